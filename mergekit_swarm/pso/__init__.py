@@ -1,0 +1,7 @@
+"""Particle swarm search over expert coefficients (pure numpy, no I/O)."""
+
+from mergekit_swarm.pso.engine import initialize, observe, step, winner
+from mergekit_swarm.pso.settings import Granularity, SwarmSettings
+from mergekit_swarm.pso.state import SwarmState
+
+__all__ = ["Granularity", "SwarmSettings", "SwarmState", "initialize", "observe", "step", "winner"]

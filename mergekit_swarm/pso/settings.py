@@ -1,0 +1,64 @@
+"""The `swarm:` section of a recipe: Model Swarms hyperparameters.
+
+Defaults follow the official implementation's argparse (Feng et al., 2024), except
+`particles`, which defaults to twice the number of experts as in the authors' launch
+scripts (10 experts grown to 20 particles by crossover).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from mergekit_swarm.config_base import StrictSection
+
+Granularity = Literal["model", "layer", "tensor"]
+
+
+class SwarmSettings(StrictSection):
+    """Hyperparameters of the particle swarm search (coefficient space)."""
+
+    section_name = "swarm"
+
+    particles: int | None = Field(
+        None, ge=2, description="Swarm size; >= number of experts, extra particles by crossover. Default: 2 x experts."
+    )
+    max_iterations: int = Field(50, ge=0, description="Upper bound on swarm iterations (moves).")
+    patience: int = Field(10, ge=1, description="Stop when the global best has not improved for this many iterations.")
+    inertia: float = Field(0.4, ge=0, description="Weight of the previous velocity.")
+    cognitive: float = Field(0.3, ge=0, description="Pull towards the particle's personal best.")
+    social: float = Field(0.3, ge=0, description="Pull towards the swarm's global best.")
+    repel: float = Field(0.3, ge=0, description="Push away from the worst position ever seen.")
+    step_length: float = Field(1.0, gt=0, description="lambda: scales the move x <- x + lambda * v.")
+    step_decay: float = Field(0.95, gt=0, le=1, description="lambda <- max(lambda * step_decay, min_step_length) per iteration.")
+    min_step_length: float = Field(0.1, ge=0, description="Floor of the step length.")
+    restart_patience: float = Field(
+        0.5, gt=0, description="Restart a particle at its personal best after restart_patience * patience stale iterations."
+    )
+    starting_velocity: Literal["random", "zero", "best"] = Field(
+        "random", description="random: towards another particle; zero; best: towards the global best."
+    )
+    random_factors: bool = Field(True, description="Draw r ~ U(0,1) per (particle, group) for each term; false: all 1.")
+    granularity: Granularity = Field(
+        "model", description="One coefficient vector per model (the paper), per layer, or per tensor."
+    )
+    seed: int = Field(42, description="Seed of every random draw of the search.")
+
+    @model_validator(mode="after")
+    def _some_term_is_weighted(self) -> SwarmSettings:
+        if self.inertia + self.cognitive + self.social + self.repel <= 0:
+            raise ValueError("inertia, cognitive, social and repel are all 0: particles could never move")
+        return self
+
+    def particle_count(self, experts: int) -> int:
+        """The swarm size for `experts` experts (validated: never fewer particles than experts)."""
+        count = 2 * experts if self.particles is None else self.particles
+        if count < experts:
+            raise ValueError(f"swarm.particles = {count} is fewer than the {experts} experts; every expert starts as a particle")
+        return count
+
+    @property
+    def restart_after(self) -> float:
+        """Stale iterations after which a particle restarts from its personal best."""
+        return self.restart_patience * self.patience

@@ -1,0 +1,198 @@
+"""The coefficient-space engine, rule by rule (pure numpy, no models)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mergekit_swarm import pso
+from mergekit_swarm.pso import SwarmSettings, SwarmState
+
+
+def settings(**overrides) -> SwarmSettings:
+    return SwarmSettings(**{"particles": 6, "max_iterations": 40, "patience": 10, **overrides})
+
+
+def run(state: SwarmState, s: SwarmSettings, utility, iterations: int) -> None:
+    for _ in range(iterations):
+        pso.observe(state, [utility(state, i) for i in range(state.shape[0])], s)
+        if state.done:
+            return
+        pso.step(state, s)
+
+
+def noisy(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return lambda state, i: float(rng.random())
+
+
+@pytest.mark.parametrize("groups", [1, 5])
+def test_positions_sum_to_one_and_velocities_to_zero(groups):
+    s = settings()
+    state = pso.initialize(s, experts=4, groups=groups)
+    utility = noisy()
+    for _ in range(30):
+        np.testing.assert_allclose(state.positions.sum(-1), 1.0, atol=1e-12)
+        np.testing.assert_allclose(state.velocities.sum(-1), 0.0, atol=1e-12)
+        pso.observe(state, [utility(state, i) for i in range(6)], s)
+        if state.done:
+            break
+        pso.step(state, s)
+    assert state.iteration >= 10
+
+
+def test_particles_start_as_experts_then_crossover_with_documented_draws():
+    s = settings(particles=7, seed=3, starting_velocity="zero")
+    state = pso.initialize(s, experts=3, groups=2)
+    np.testing.assert_array_equal(state.positions[:3, 0], np.eye(3))
+    rng = np.random.default_rng(3)
+    expected = [np.eye(3)[i] for i in range(3)]
+    for i in range(3, 7):
+        a, b = rng.choice(i, size=2, replace=False)
+        t = rng.uniform(0, 2)
+        assert 0 <= t < 2
+        expected.append(t * expected[a] + (1 - t) * expected[b])
+    np.testing.assert_array_equal(state.positions[:, 0], np.array(expected))
+    np.testing.assert_array_equal(state.positions[:, 0], state.positions[:, 1])  # one t per child, all groups
+
+
+def test_default_particle_count_is_twice_the_experts():
+    assert pso.initialize(SwarmSettings(), experts=3, groups=1).shape == (6, 1, 3)
+    with pytest.raises(ValueError, match="fewer than the 4 experts"):
+        SwarmSettings(particles=3).particle_count(4)
+
+
+def test_starting_velocity_modes():
+    zero = pso.initialize(settings(starting_velocity="zero"), 3, 1)
+    assert not zero.velocities.any()
+
+    random = pso.initialize(settings(starting_velocity="random"), 3, 1)
+    for i in range(6):
+        targets = random.velocities[i] + random.positions[i]
+        assert any(np.allclose(targets, random.positions[j]) for j in range(6) if j != i)
+
+    s = settings(starting_velocity="best")
+    best = pso.initialize(s, 3, 1)
+    assert not best.velocities.any()
+    pso.observe(best, [0.1, 0.9, 0.3, 0.2, 0.5, 0.4], s)
+    np.testing.assert_array_equal(best.velocities, best.positions[1][None] - best.positions)
+
+
+def test_personal_and_global_best_need_strict_improvement_first_particle_wins():
+    s = settings(starting_velocity="zero")
+    state = pso.initialize(s, 3, 1)
+    pso.observe(state, [0.5, 0.7, 0.7, 0.1, 0.2, 0.3], s)
+    assert state.global_best_particle == 1
+    first_best = state.global_best.copy()
+    pso.step(state, s)
+    pso.observe(state, [0.5, 0.7, 0.6, 0.05, 0.2, 0.3], s)  # ties only: nothing improves
+    np.testing.assert_array_equal(state.global_best, first_best)
+    assert state.global_best_particle == 1
+    assert list(state.stale) == [1, 1, 1, 1, 1, 1]
+    assert state.global_stale == 1
+
+
+def test_worst_is_worst_ever_and_failed_evaluations_never_count():
+    s = settings(starting_velocity="zero")
+    state = pso.initialize(s, 3, 1)
+    pso.observe(state, [0.5, 0.6, 0.7, 0.2, float("nan"), 0.3], s)
+    assert state.global_worst_utility == 0.2
+    worst = state.positions[3].copy()
+    np.testing.assert_array_equal(state.global_worst, worst)
+    assert state.utilities[4] == -np.inf and state.best_utilities[4] == -np.inf
+    pso.step(state, s)
+    pso.observe(state, [0.9, 0.9, 0.9, 0.9, -np.inf, 0.9], s)  # all better: worst stays
+    assert state.global_worst_utility == 0.2
+    np.testing.assert_array_equal(state.global_worst, worst)
+
+
+def test_update_rule_without_random_factors_by_hand():
+    s = settings(
+        random_factors=False, starting_velocity="random", inertia=0.4, cognitive=0.3, social=0.2, repel=0.1, step_length=0.5
+    )
+    state = pso.initialize(s, 3, 1)
+    pso.observe(state, [0.3, 0.9, 0.1, 0.5, 0.6, 0.2], s)
+    x, v, p = state.positions.copy(), state.velocities.copy(), state.best_positions.copy()
+    g, w = x[1], x[2]
+    pso.step(state, s)
+    expected_v = (0.4 * v + 0.3 * (p - x) + 0.2 * (g - x) + 0.1 * (x - w)) / 1.0
+    np.testing.assert_allclose(state.velocities, expected_v, atol=1e-15)
+    np.testing.assert_allclose(state.positions, x + 0.5 * expected_v, atol=1e-15)
+
+
+def test_step_length_decays_to_its_floor():
+    s = settings(step_length=1.0, step_decay=0.5, min_step_length=0.2, patience=100)
+    state = pso.initialize(s, 3, 1)
+    lengths = []
+    run_utility = noisy(1)
+    for _ in range(5):
+        pso.observe(state, [run_utility(state, i) for i in range(6)], s)
+        pso.step(state, s)
+        lengths.append(state.step_length)
+    assert lengths == [0.5, 0.25, 0.2, 0.2, 0.2]
+
+
+def test_stray_particles_restart_with_cool_down():
+    s = settings(patience=100, restart_patience=0.03)  # restart after 3 stale iterations
+    state = pso.initialize(s, 3, 1)
+
+    def utility(st, i):  # particle 0 peaks at iteration 0 and never improves; the others always do
+        return (1.0 if st.iteration == 0 else 0.0) if i == 0 else 0.01 * st.iteration + 0.001 * i
+
+    restarted_at = []
+    for _ in range(10):
+        pso.observe(state, [utility(state, i) for i in range(6)], s)
+        before = state.restarts
+        pso.step(state, s)
+        if state.restarts > before:
+            restarted_at.append(state.iteration - 1)
+    # stale for 3 iterations at 3, then (counter reset) again at 6 and 9
+    assert restarted_at == [3, 6, 9]
+    assert state.restarts == 3
+
+
+def test_restarted_particle_moves_from_its_personal_best_with_zero_velocity():
+    s = settings(patience=100, restart_patience=0.01, random_factors=False, starting_velocity="random")
+    state = pso.initialize(s, 3, 1)
+    pso.observe(state, [0.5, 0.9, 0.1, 0.2, 0.3, 0.4], s)
+    pso.step(state, s)
+    pso.observe(state, [0.0, 0.9, 0.1, 0.2, 0.3, 0.4], s)  # particle 0 went stale once: restart
+    p, g, w = state.best_positions[0].copy(), state.global_best.copy(), state.global_worst.copy()
+    lam = state.step_length
+    pso.step(state, s)
+    expected_v = (s.social * (g - p) + s.repel * (p - w)) / (s.inertia + s.cognitive + s.social + s.repel)
+    np.testing.assert_allclose(state.velocities[0], expected_v, atol=1e-15)
+    np.testing.assert_allclose(state.positions[0], p + lam * expected_v, atol=1e-15)
+
+
+def test_stops_on_patience_and_on_max_iterations():
+    s = settings(patience=3, max_iterations=50)
+    state = pso.initialize(s, 3, 1)
+    run(state, s, lambda st, i: 0.5, 100)
+    assert state.done and state.iteration == 3 and "unchanged for 3" in state.stop_reason
+
+    s = settings(patience=100, max_iterations=4)
+    state = pso.initialize(s, 3, 1)
+    run(state, s, lambda st, i: st.iteration + i / 10, 100)
+    assert state.done and state.iteration == 4 and "max_iterations" in state.stop_reason
+    assert state.global_best_utility == 4.5
+
+
+def test_state_round_trips_through_json_and_continues_bit_for_bit():
+    s = settings(particles=7, patience=100, max_iterations=30)
+    state = pso.initialize(s, 4, 3)
+    utility = lambda st, i: float(np.sin(st.positions[i].sum() * 7 + i))  # noqa: E731
+    run(state, s, utility, 5)
+    restored = SwarmState.from_dict(json.loads(json.dumps(state.to_dict())))
+    run(state, s, utility, 10)
+    run(restored, s, utility, 10)
+    for name in ("positions", "velocities", "best_positions", "global_best", "global_worst", "stale"):
+        np.testing.assert_array_equal(getattr(state, name), getattr(restored, name))
+    assert state.step_length == restored.step_length and state.iteration == restored.iteration
+
+
+def test_all_zero_terms_are_rejected():
+    with pytest.raises(ValueError, match="could never move"):
+        SwarmSettings(inertia=0, cognitive=0, social=0, repel=0)
