@@ -1,0 +1,123 @@
+"""Experts that are PEFT LoRA adapters of one base model.
+
+As in the paper (and LoraHub, PEFT `linear`), lora_A and lora_B are combined
+separately, so the merged update is (sum_k c_k B_k)(sum_k c_k A_k). To combine adapters
+of different ranks and scalings, every adapter is brought to one common form first:
+
+* each expert's scaling s_k = lora_alpha / r (or / sqrt(r) with rsLoRA, per-module
+  patterns included) is folded into B: B_k' = s_k B_k, and the output adapter has
+  r = lora_alpha = R (scaling 1), so each expert's own update s_k B_k A_k is unchanged;
+* A is zero-padded to R rows and B to R columns, R = the largest rank in the pool;
+  the padded rows/columns contribute exact zeros.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mergekit_swarm.errors import ExpertError
+from mergekit_swarm.experts.pool import ExpertPool, TensorSpec, open_safetensors
+
+# base_model.model.<module>.lora_A.weight / .lora_embedding_B (embeddings have no .weight)
+_LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?:embedding_)?(?P<side>[AB])(?:\.weight)?$")
+_PEFT_PREFIX = "base_model.model."
+_UNSUPPORTED = {"use_dora": "DoRA", "lora_bias": "lora_bias", "use_qalora": "QALoRA"}
+
+
+def read_adapter_config(folder: Path) -> dict[str, Any]:
+    path = folder / "adapter_config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ExpertError(f"{folder} is not a PEFT adapter folder (no adapter_config.json)") from None
+    except ValueError as exc:
+        raise ExpertError(f"{path}: invalid JSON ({exc})") from None
+    if config.get("peft_type") != "LORA":
+        raise ExpertError(f"{path}: peft_type is {config.get('peft_type')!r}; only LORA adapters can be swarmed")
+    for key, label in _UNSUPPORTED.items():
+        if config.get(key):
+            raise ExpertError(f"{path}: {label} adapters are not supported (set in {key!r})")
+    return config
+
+
+def is_adapter_folder(folder: Path) -> bool:
+    return (folder / "adapter_config.json").exists()
+
+
+class LoraPool(ExpertPool):
+    """LoRA adapters, rank-padded and alpha-folded into one common shape per tensor."""
+
+    kind = "lora"
+
+    def __init__(self, paths: list[Path]):
+        super().__init__(paths)
+        self.configs = [read_adapter_config(p) for p in paths]
+        self.files = [open_safetensors(p, "adapter_model", "adapter") for p in paths]
+        raw = [{name: f.shape(name) for name in f.names()} for f in self.files]
+        # Rank and scaling of every (expert, module), read from the tensors and configs.
+        self._rank: list[dict[str, int]] = []
+        self._scale: list[dict[str, float]] = []
+        for config, shapes in zip(self.configs, raw):
+            ranks = {m.group("module"): shapes[name][0] for name in shapes if (m := _LORA_KEY.match(name)) and m["side"] == "A"}
+            self._rank.append(ranks)
+            self._scale.append({module: _scaling(config, module, r) for module, r in ranks.items()})
+        self.rank = max(max(r.values(), default=0) for r in self._rank)
+        if self.rank == 0:
+            raise ExpertError(f"adapter {paths[0]} has no lora_A/lora_B tensors")
+        per_expert = [{name: self._padded_shape(name, shape) for name, shape in shapes.items()} for shapes in raw]
+        self._check_aligned(per_expert)
+        first = self.files[0]
+        self.specs = [TensorSpec(name, per_expert[0][name], first.dtype(name)) for name in first.names()]
+
+    def _padded_shape(self, name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        m = _LORA_KEY.match(name)
+        if m is None:  # modules_to_save and the like: combined as full tensors
+            return shape
+        axis = 0 if m["side"] == "A" else 1
+        return shape[:axis] + (self.rank,) + shape[axis + 1 :]
+
+    def tensor(self, expert: int, name: str) -> torch.Tensor:
+        raw = self.files[expert].get(name)
+        m = _LORA_KEY.match(name)
+        if m is None:
+            return raw
+        out = torch.zeros(self._padded_shape(name, tuple(raw.shape)), dtype=torch.float32)
+        if m["side"] == "A":
+            out[: raw.shape[0]] = raw
+        else:
+            out[:, : raw.shape[1]] = raw.float() * self._scale[expert][m["module"]]
+        return out
+
+    def unit(self, name: str) -> str:
+        m = _LORA_KEY.match(name)
+        return m["module"] if m else name
+
+    def output_config(self, base_model: str) -> dict[str, Any]:
+        """adapter_config.json of a combined adapter: rank R, scaling 1, no patterns."""
+        config = dict(self.configs[0])
+        config.update(
+            r=self.rank,
+            lora_alpha=self.rank,
+            use_rslora=False,
+            rank_pattern={},
+            alpha_pattern={},
+            base_model_name_or_path=base_model,
+            inference_mode=True,
+        )
+        return config
+
+
+def _scaling(config: dict[str, Any], module: str, rank: int) -> float:
+    """PEFT's scaling for one module: alpha/r, or alpha/sqrt(r) with rsLoRA."""
+    from peft.utils.other import get_pattern_key
+
+    key = module.removeprefix(_PEFT_PREFIX)
+    patterns = config.get("alpha_pattern") or {}
+    alpha = patterns.get(get_pattern_key(patterns.keys(), key), config["lora_alpha"])
+    return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank

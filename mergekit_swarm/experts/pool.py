@@ -1,0 +1,141 @@
+"""What every expert pool offers: aligned tensor names, shapes and memory-mapped reads.
+
+A pool presents n experts as n aligned lists of tensors: the same names, in the same
+order, with the same shapes. `tensor(k, name)` reads one tensor of expert k from its
+memory-mapped safetensors file (prepared, for LoRA: rank-padded and alpha-folded), so
+materialising a particle never holds more than one tensor per expert at a time.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from mergekit_swarm.errors import ExpertError
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape (after preparation) and stored dtype of one aligned tensor."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+class SafetensorsFiles:
+    """Read-only access to the tensors of one checkpoint (single file or sharded)."""
+
+    def __init__(self, folder: Path, weight_map: dict[str, str]):
+        self.folder = folder
+        self.weight_map = weight_map  # tensor name -> shard file name
+        self._handles: dict[str, object] = {}
+
+    def _handle(self, name: str):
+        shard = self.weight_map[name]
+        if shard not in self._handles:
+            self._handles[shard] = safe_open(str(self.folder / shard), framework="pt", device="cpu")
+        return self._handles[shard]
+
+    def names(self) -> list[str]:
+        return list(self.weight_map)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._handle(name).get_slice(name).get_shape())
+
+    def dtype(self, name: str) -> str:
+        return self._handle(name).get_slice(name).get_dtype()
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._handle(name).get_tensor(name)
+
+
+class ExpertPool(ABC):
+    """n experts of one architecture, seen as aligned tensors."""
+
+    kind: str  # "full" | "lora"
+
+    def __init__(self, paths: list[Path]):
+        if len(paths) < 2:
+            raise ExpertError("a swarm needs at least 2 experts under models:")
+        self.paths = paths
+        self.names = _display_names(paths)
+        self.specs: list[TensorSpec] = []
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def tensor_names(self) -> list[str]:
+        return [spec.name for spec in self.specs]
+
+    @abstractmethod
+    def tensor(self, expert: int, name: str) -> torch.Tensor:
+        """Tensor `name` of expert `expert`, ready to be combined linearly."""
+
+    @abstractmethod
+    def unit(self, name: str) -> str:
+        """The unit a tensor belongs to for `granularity: tensor` (LoRA: its module)."""
+
+    def _check_aligned(self, per_expert: list[dict[str, tuple[int, ...]]]) -> None:
+        """Every expert has the first expert's tensors with the same shapes."""
+        reference = per_expert[0]
+        for k, shapes in enumerate(per_expert[1:], start=1):
+            for name, shape in reference.items():
+                if name not in shapes:
+                    raise ExpertError(
+                        f"expert {self.names[k]!r} ({self.paths[k]}) has no tensor {name!r}, which {self.names[0]!r} has"
+                    )
+                if shapes[name] != shape:
+                    raise ExpertError(
+                        f"expert {self.names[k]!r} ({self.paths[k]}): tensor {name!r} has shape {list(shapes[name])}, "
+                        f"but {list(shape)} in {self.names[0]!r}"
+                    )
+            extra = [name for name in shapes if name not in reference]
+            if extra:
+                raise ExpertError(
+                    f"expert {self.names[k]!r} ({self.paths[k]}) has tensor {extra[0]!r}, which {self.names[0]!r} lacks"
+                )
+
+
+def open_safetensors(folder: Path, stem: str, what: str) -> SafetensorsFiles:
+    """`stem.safetensors` or its sharded index in `folder`; pickles are refused."""
+    import json
+
+    single = folder / f"{stem}.safetensors"
+    index = folder / f"{stem}.safetensors.index.json"
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError) as exc:
+            raise ExpertError(f"{index}: not a safetensors index ({exc})") from None
+        missing = sorted({f for f in weight_map.values() if not (folder / f).exists()})
+        if missing:
+            raise ExpertError(f"{index} lists shard {missing[0]!r}, which does not exist")
+        return SafetensorsFiles(folder, weight_map)
+    if single.exists():
+        try:
+            with safe_open(str(single), framework="pt") as handle:
+                names = list(handle.keys())
+        except Exception as exc:  # safetensors raises its own error types
+            raise ExpertError(f"{single}: not a readable safetensors file ({exc})") from None
+        return SafetensorsFiles(folder, {name: single.name for name in names})
+    pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
+    if pickles:
+        raise ExpertError(
+            f"{what} {folder} has only pickle weights ({pickles[0]}); they can run code when loaded, "
+            "so convert them to safetensors first"
+        )
+    raise ExpertError(f"{what} {folder} has no {stem}.safetensors (or sharded index)")
+
+
+def _display_names(paths: list[Path]) -> list[str]:
+    """Short unique names for tables and messages: folder names, with parents where needed."""
+    names = [p.name for p in paths]
+    if len(set(names)) == len(names):
+        return names
+    return [f"{p.parent.name}/{p.name}" for p in paths]

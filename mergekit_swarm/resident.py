@@ -1,0 +1,91 @@
+"""One model kept in memory for the whole search; particles are written into it in place.
+
+Loading a model per evaluation (what the official code and mergekit-evolve do) costs
+more than a small utility's forward passes. Instead the model is loaded once, and
+`load(coefficients)` streams the particle's tensors straight into its parameters
+(full pools) or into its single LoRA adapter slot (LoRA pools).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mergekit_swarm.errors import ExpertError
+from mergekit_swarm.experts import ExpertPool, LoraPool
+from mergekit_swarm.groups import GroupLayout
+from mergekit_swarm.materialize import combine
+
+ADAPTER_NAME = "swarm"
+
+
+class ResidentModel:
+    """A causal LM whose weights (or adapter) are set from particle coefficients."""
+
+    def __init__(
+        self,
+        pool: ExpertPool,
+        layout: GroupLayout,
+        *,
+        model_source: Path,
+        tokenizer_source: Path,
+        model_dtype: torch.dtype | None,
+        merge_dtype: torch.dtype | None = None,
+        device: str = "cpu",
+        trust_remote_code: bool = False,
+    ):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.pool, self.layout = pool, layout
+        self.merge_dtype, self.device = merge_dtype, device
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                model_source, dtype=model_dtype or "auto", trust_remote_code=trust_remote_code
+            )
+            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as exc:
+            raise ExpertError(f"cannot load a causal LM from {model_source}: {exc}") from None
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if isinstance(pool, LoraPool):
+            model = _attach_adapter_slot(model, pool, str(model_source))
+        self.model = model.to(device).eval()
+        self._targets = self._map_targets()
+
+    def _map_targets(self) -> dict[str, torch.Tensor]:
+        """Checkpoint tensor name -> the model tensor (sharing storage) it is written into."""
+        if isinstance(self.pool, LoraPool):
+            from peft import get_peft_model_state_dict
+
+            available = get_peft_model_state_dict(self.model, adapter_name=ADAPTER_NAME)
+        else:
+            available = self.model.state_dict()
+        storages = {p.data_ptr() for p in self.model.parameters()} | {b.data_ptr() for b in self.model.buffers()}
+        targets = {}
+        for name, spec in zip(self.pool.tensor_names, self.pool.specs):
+            target = available.get(name)
+            if target is None:
+                raise ExpertError(f"tensor {name!r} of the experts has no counterpart in the resident model")
+            if tuple(target.shape) != spec.shape:
+                raise ExpertError(f"tensor {name!r}: experts have shape {list(spec.shape)}, the model {list(target.shape)}")
+            if target.data_ptr() not in storages:
+                raise RuntimeError(f"tensor {name!r} does not share storage with the model; cannot write in place")
+            targets[name] = target
+        return targets
+
+    @torch.no_grad()
+    def load(self, coefficients: np.ndarray) -> None:
+        """Write the particle with `coefficients` (groups, experts) into the model."""
+        for name, tensor in combine(self.pool, self.layout, coefficients, dtype=self.merge_dtype, device=self.device):
+            self._targets[name].copy_(tensor)
+
+
+def _attach_adapter_slot(model, pool: LoraPool, base: str):
+    """Wrap the base model in a PeftModel with one adapter slot of the pool's common shape."""
+    from peft import LoraConfig, get_peft_model
+
+    fields = set(LoraConfig.__dataclass_fields__)
+    config = {k: v for k, v in pool.output_config(base).items() if k in fields and k not in ("peft_type", "auto_mapping")}
+    return get_peft_model(model, LoraConfig(**config), adapter_name=ADAPTER_NAME)

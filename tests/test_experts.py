@@ -1,0 +1,116 @@
+"""Expert pools: memory-mapped reads, alignment errors, LoRA rank padding and alpha folding."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from mergekit_swarm.errors import ExpertError
+from mergekit_swarm.experts import FullModelPool, LoraPool, open_pool
+
+
+def test_sharded_and_single_file_experts_read_the_same_tensors(zoo, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    single = tmp_path / "single"
+    AutoModelForCausalLM.from_pretrained(zoo.full[0]).save_pretrained(single)
+    assert (zoo.full[0] / "model.safetensors.index.json").exists() and (single / "model.safetensors").exists()
+    pool = FullModelPool([zoo.full[0], single])
+    assert len(pool.files[0].weight_map) == len(pool.tensor_names) > 10
+    assert len(set(pool.files[0].weight_map.values())) > 1  # really sharded
+    for name in pool.tensor_names:
+        assert torch.equal(pool.tensor(0, name), pool.tensor(1, name))
+
+
+def _copy_with(src, dst, edit):
+    shutil.copytree(src, dst)
+    tensors = load_file(str(src / "model.safetensors"))
+    edit(tensors)
+    save_file(tensors, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    return dst
+
+
+def test_mismatched_experts_name_the_tensor_and_expert(zoo, tmp_path):
+    ok = zoo.full[1]
+    name = "model.layers.1.mlp.up_proj.weight"
+    wrong_shape = _copy_with(ok, tmp_path / "wide", lambda t: t.__setitem__(name, torch.zeros(3, 3)))
+    with pytest.raises(ExpertError) as err:
+        FullModelPool([ok, wrong_shape])
+    assert name in str(err.value) and "'wide'" in str(err.value) and "[3, 3]" in str(err.value)
+
+    missing = _copy_with(ok, tmp_path / "missing", lambda t: t.pop(name))
+    with pytest.raises(ExpertError, match=f"'missing'.*no tensor '{name}'"):
+        FullModelPool([ok, missing])
+
+    extra = _copy_with(ok, tmp_path / "extra", lambda t: t.__setitem__("model.extra.weight", torch.zeros(2)))
+    with pytest.raises(ExpertError, match="'extra'.*'model.extra.weight'"):
+        FullModelPool([ok, extra])
+
+
+def test_pickle_only_experts_are_refused(zoo, tmp_path):
+    pickled = tmp_path / "pickled"
+    shutil.copytree(zoo.full[1], pickled)
+    (pickled / "model.safetensors").unlink()
+    torch.save({"w": torch.zeros(1)}, pickled / "pytorch_model.bin")
+    with pytest.raises(ExpertError, match="only pickle weights .*pytorch_model.bin"):
+        open_pool([zoo.full[1], pickled])
+
+
+def test_mixed_and_unsupported_pools_are_refused(zoo, tmp_path):
+    with pytest.raises(ExpertError, match="mix LoRA adapters"):
+        open_pool([zoo.lora[0], zoo.full[0]])
+    dora = tmp_path / "dora"
+    shutil.copytree(zoo.lora[0], dora)
+    config = json.loads((dora / "adapter_config.json").read_text())
+    (dora / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
+    with pytest.raises(ExpertError, match="DoRA"):
+        open_pool([zoo.lora[0], dora])
+    with pytest.raises(ExpertError, match="does not exist"):
+        open_pool([zoo.lora[0], tmp_path / "nope"])
+
+
+def test_lora_ranks_are_zero_padded_and_scalings_folded_into_b_exactly(zoo):
+    pool = LoraPool(list(zoo.lora))
+    assert pool.rank == 8
+    # expert 0: r=2, alpha=4 -> 2.0; expert 1: r=4, alpha=4, rsLoRA -> 4/sqrt(4) = 2.0; expert 2: r=8, alpha=32 -> 4.0
+    scales = [4 / 2, 4 / math.sqrt(4), 32 / 8]
+    name_a = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+    name_b = name_a.replace("lora_A", "lora_B")
+    for k, (path, rank, scale) in enumerate(zip(zoo.lora, (2, 4, 8), scales)):
+        with safe_open(str(path / "adapter_model.safetensors"), "pt") as raw:
+            a, b = raw.get_tensor(name_a), raw.get_tensor(name_b)
+        padded_a, padded_b = pool.tensor(k, name_a), pool.tensor(k, name_b)
+        assert padded_a.shape == (8, a.shape[1]) and padded_b.shape == (b.shape[0], 8)
+        assert torch.equal(padded_a[:rank], a) and not padded_a[rank:].any()
+        assert torch.equal(padded_b[:, :rank], b * scale) and not padded_b[:, rank:].any()
+        # the expert's own update is unchanged by padding and folding
+        torch.testing.assert_close(padded_b @ padded_a, scale * (b @ a), rtol=1e-6, atol=1e-7)
+    config = pool.output_config("base")
+    assert (config["r"], config["lora_alpha"], config["use_rslora"]) == (8, 8, False)
+
+
+def test_padded_expert_in_the_resident_slot_matches_peft_loading_it(zoo):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from mergekit_swarm.groups import group_layout
+    from mergekit_swarm.materialize import one_hot
+    from mergekit_swarm.resident import ResidentModel
+
+    pool = LoraPool(list(zoo.lora))
+    layout = group_layout(pool, "tensor")
+    resident = ResidentModel(pool, layout, model_source=zoo.base, tokenizer_source=zoo.base, model_dtype=None)
+    ids = torch.tensor([[1, 20, 7, 8, 9, 40, 7]])
+    for k, path in enumerate(zoo.lora):
+        reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(zoo.base), path).eval()
+        resident.load(one_hot(layout, len(pool), k))
+        with torch.no_grad():
+            torch.testing.assert_close(
+                resident.model(input_ids=ids).logits, reference(input_ids=ids).logits, rtol=1e-5, atol=1e-5
+            )

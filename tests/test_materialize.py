@@ -1,0 +1,81 @@
+"""Materialisation: float32 accumulation in expert order, bit-identical to mergekit's linear,
+written in place into the resident model without leaking state between particles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from mergekit_swarm.experts import FullModelPool, open_pool
+from mergekit_swarm.groups import group_layout
+from mergekit_swarm.materialize import combine
+from mergekit_swarm.resident import ResidentModel
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_combine_is_bit_identical_to_mergekit_linear_unnormalised(tmp_path, dtype):
+    from mergekit.merge_methods import merge_tensors
+
+    gen = torch.Generator().manual_seed(1)
+    shapes = {"a.weight": (33, 17), "b.bias": (9,)}
+    experts = []
+    for k in range(5):
+        tensors = {n: torch.randn(s, generator=gen).to(dtype) for n, s in shapes.items()}
+        (tmp_path / f"e{k}").mkdir()
+        save_file(tensors, str(tmp_path / f"e{k}" / "model.safetensors"))
+        experts.append(tensors)
+    pool = FullModelPool([tmp_path / f"e{k}" for k in range(5)])
+    layout = group_layout(pool, "tensor")
+    coefficients = np.random.default_rng(0).normal(size=(len(layout), 5)) * 1.7
+    for (name, ours), group in zip(combine(pool, layout, coefficients), layout.of_tensor):
+        theirs = merge_tensors(
+            [e[name] for e in experts], "linear", parameters={"weight": coefficients[group].tolist(), "normalize": False}
+        )
+        assert ours.dtype == dtype
+        assert torch.equal(ours, theirs), name
+
+
+def test_layouts_group_tensors_by_model_layer_and_tensor(zoo):
+    full = open_pool(list(zoo.full))
+    assert group_layout(full, "model").names == ("model",)
+    layer = group_layout(full, "layer")
+    assert {"layer.0", "layer.1"} <= set(layer.names)
+    assert "model.embed_tokens.weight" in layer.names and "lm_head.weight" in layer.names
+    assert len(group_layout(full, "tensor")) == len(full.tensor_names)
+    lora = open_pool(list(zoo.lora))
+    tensor = group_layout(lora, "tensor")
+    assert len(tensor) == len(lora.tensor_names) // 2  # lora_A and lora_B of a module share a group
+    name = "base_model.model.model.layers.1.mlp.up_proj.lora_A.weight"
+    i = lora.tensor_names.index(name)
+    j = lora.tensor_names.index(name.replace("lora_A", "lora_B"))
+    assert tensor.of_tensor[i] == tensor.of_tensor[j]
+    assert group_layout(lora, "layer").names == ("layer.0", "layer.1")
+
+
+@pytest.mark.parametrize("kind", ["full", "lora"])
+def test_resident_model_holds_exactly_the_particle_and_nothing_else(zoo, kind):
+    experts = zoo.full if kind == "full" else zoo.lora
+    pool = open_pool(list(experts))
+    layout = group_layout(pool, "layer")
+    resident = ResidentModel(
+        pool, layout, model_source=experts[0] if kind == "full" else zoo.base, tokenizer_source=zoo.base, model_dtype=None
+    )
+    rng = np.random.default_rng(3)
+    first = rng.dirichlet(np.ones(3), size=len(layout))
+    second = rng.normal(size=(len(layout), 3))
+    ids = torch.tensor([[1, 20, 7, 8, 9, 40, 7]])
+
+    resident.load(first)
+    expected = dict(combine(pool, layout, first))
+    for name, tensor in expected.items():
+        assert torch.equal(resident._targets[name], tensor), name
+    with torch.no_grad():
+        logits_first = resident.model(input_ids=ids).logits.clone()
+    resident.load(second)
+    with torch.no_grad():
+        assert not torch.equal(resident.model(input_ids=ids).logits, logits_first)
+    resident.load(first)
+    with torch.no_grad():
+        assert torch.equal(resident.model(input_ids=ids).logits, logits_first)
