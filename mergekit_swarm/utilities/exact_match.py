@@ -1,0 +1,45 @@
+"""`exact_match`: greedy generation; correct when the gold answer appears in it (as the paper).
+
+Both strings are normalised (lower case, runs of whitespace collapsed) before the
+substring test. Utility = share of dev examples answered correctly.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field
+
+from mergekit_swarm.utilities.base import DatasetUtilityConfig, Split, Utility, register_utility
+from mergekit_swarm.utilities.data import Example, load_examples
+from mergekit_swarm.utilities.text import greedy_generate
+
+
+def normalize(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def contains_answer(generation: str, answer: str) -> bool:
+    return normalize(answer) in normalize(generation)
+
+
+class ExactMatch(Utility):
+    def __init__(self, examples: list[Example], max_new_tokens: int, batch_size: int):
+        self.examples, self.max_new_tokens, self.batch_size = examples, max_new_tokens, batch_size
+
+    def __call__(self, model, tokenizer) -> float:
+        generations = greedy_generate(
+            model, tokenizer, [e.prompt for e in self.examples], max_new_tokens=self.max_new_tokens, batch_size=self.batch_size
+        )
+        return sum(contains_answer(g, e.answer) for g, e in zip(generations, self.examples)) / len(self.examples)
+
+
+@register_utility
+class ExactMatchConfig(DatasetUtilityConfig):
+    type: Literal["exact_match"] = "exact_match"
+    max_new_tokens: int = Field(16, ge=1, description="Tokens generated per prompt (greedy).")
+
+    def build(self, split: Split) -> Utility | None:
+        path = self.path(split)
+        return None if path is None else ExactMatch(load_examples(path), self.max_new_tokens, self.batch_size)

@@ -1,0 +1,33 @@
+"""`nll`: minus the mean token loss of the gold answers given their prompts (LoraHub-style).
+
+The mean is over all answer tokens of the split (token-weighted), so the utility is the
+negative cross-entropy per answer token: 0 is perfect, lower is worse.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from mergekit_swarm.utilities.base import DatasetUtilityConfig, Split, Utility, register_utility
+from mergekit_swarm.utilities.data import Example, load_examples
+from mergekit_swarm.utilities.text import continuation_logprobs
+
+
+class NegativeLoss(Utility):
+    def __init__(self, examples: list[Example], batch_size: int):
+        self.examples, self.batch_size = examples, batch_size
+
+    def __call__(self, model, tokenizer) -> float:
+        scores = continuation_logprobs(
+            model, tokenizer, [(e.prompt, e.answer) for e in self.examples], batch_size=self.batch_size
+        )
+        return sum(s for s, _ in scores) / sum(n for _, n in scores)
+
+
+@register_utility
+class NllConfig(DatasetUtilityConfig):
+    type: Literal["nll"] = "nll"
+
+    def build(self, split: Split) -> Utility | None:
+        path = self.path(split)
+        return None if path is None else NegativeLoss(load_examples(path), self.batch_size)
