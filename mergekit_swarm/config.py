@@ -1,0 +1,173 @@
+"""A swarm recipe: a mergekit recipe with `merge_method: model_swarms`, plus `swarm:` and `utility:`.
+
+The mergekit part is validated by mergekit's own `MergeConfiguration`; our sections are
+strict (unknown keys are errors with a suggestion). Relative paths resolve against the
+recipe's folder, so a recipe runs the same from any working directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from mergekit_swarm.config_base import format_validation_error, unknown_key_message
+from mergekit_swarm.errors import ConfigError
+from mergekit_swarm.pso.settings import SwarmSettings
+from mergekit_swarm.utilities import UTILITIES, UtilityConfig
+
+METHOD_NAME = "model_swarms"
+SWARM_KEYS = ("swarm", "utility")
+# mergekit keys we do not implement (yet): refused rather than silently ignored
+_UNSUPPORTED = {
+    "slices": "slices: recipes are not supported by model_swarms; list whole models under models:",
+    "modules": "modules: recipes are not supported by model_swarms; list whole models under models:",
+    "tokenizer_source": "tokenizer_source is not supported yet; the tokenizer is copied from base_model (or the first expert)",
+    "tokenizer": "tokenizer: is not supported yet; the tokenizer is copied from base_model (or the first expert)",
+    "chat_template": "chat_template is not supported yet",
+}
+
+
+@dataclass(frozen=True)
+class SwarmRecipe:
+    """A validated recipe with absolute paths."""
+
+    merge: Any  # mergekit.config.MergeConfiguration
+    swarm: SwarmSettings
+    utility: UtilityConfig
+    experts: tuple[Path, ...]
+    base_model: Path | None
+    source: str  # where the recipe came from, for messages
+    text: str  # the recipe as written
+
+    @property
+    def dtype(self) -> str | None:
+        return self.merge.dtype
+
+    @property
+    def out_dtype(self) -> str | None:
+        return self.merge.out_dtype or self.merge.dtype
+
+    def fingerprint(self) -> str:
+        """Identifies the search: the same fingerprint resumes, a different one is refused."""
+        payload = {
+            "merge": self.merge.model_dump(mode="json"),
+            "swarm": self.swarm.model_dump(mode="json"),
+            "utility": self.utility.model_dump(mode="json"),
+            "files": {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in self.utility.input_files() if p.is_file()},
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def load_recipe(path: str | Path) -> SwarmRecipe:
+    """Read and validate a recipe file. Every problem raises `ConfigError` naming the file and key."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read recipe {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    return parse_recipe(data, base_dir=path.resolve().parent, source=str(path), text=text)
+
+
+def parse_recipe(data: Any, *, base_dir: Path, source: str = "recipe", text: str = "") -> SwarmRecipe:
+    """Validate an already-parsed recipe; relative paths resolve against `base_dir`."""
+    from mergekit.config import MergeConfiguration
+
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a recipe is a YAML mapping (merge_method:, models:, swarm:, utility:)")
+    known = [*MergeConfiguration.model_fields, *SWARM_KEYS]
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{source}: {unknown_key_message(str(key), known, 'the recipe')}")
+    for key, message in _UNSUPPORTED.items():
+        if data.get(key) is not None:
+            raise ConfigError(f"{source}: {message}")
+    if data.get("merge_method") != METHOD_NAME:
+        raise ConfigError(
+            f"{source}: merge_method is {data.get('merge_method')!r}; a swarm recipe needs merge_method: {METHOD_NAME}"
+        )
+    if "utility" not in data:
+        raise ConfigError(f"{source}: missing the utility: section (what the swarm maximises)")
+
+    mergekit_part = {k: v for k, v in data.items() if k not in SWARM_KEYS}
+    try:
+        merge = MergeConfiguration.model_validate(mergekit_part)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+    except RuntimeError as exc:  # mergekit's own validators raise RuntimeError
+        raise ConfigError(f"{source}: {exc}") from None
+
+    if merge.parameters:
+        raise ConfigError(f"{source}: parameters: is not used by a model_swarms search; the swarm finds the weights")
+    for i, model in enumerate(merge.models or []):
+        if model.parameters:
+            raise ConfigError(f"{source}: models[{i}] has parameters:; a model_swarms search finds the weights itself")
+    _check_dtypes(merge, source)
+
+    experts = tuple(_local_model(m.model, base_dir, f"models[{i}]", source) for i, m in enumerate(merge.models))
+    base = _local_model(merge.base_model, base_dir, "base_model", source) if merge.base_model else None
+    if len(set(experts)) != len(experts):
+        raise ConfigError(f"{source}: the same expert is listed twice under models:")
+
+    context = {"base_dir": base_dir}
+    swarm = _validate_section(SwarmSettings, data.get("swarm") or {}, "swarm", source, context)
+    try:
+        swarm.particle_count(len(experts))
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    utility = _validate_utility(data["utility"], source, context)
+    return SwarmRecipe(merge, swarm, utility, experts, base, source, text)
+
+
+def _validate_section(cls, data: Any, name: str, source: str, context: dict):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {name}: must be a mapping")
+    try:
+        return cls.model_validate(data, context=context)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, f"{source}: {name}")) from None
+
+
+def _validate_utility(data: Any, source: str, context: dict) -> UtilityConfig:
+    if not isinstance(data, dict) or "type" not in data:
+        raise ConfigError(f"{source}: utility: needs a type ({', '.join(sorted(UTILITIES))})")
+    kind = data["type"]
+    if kind not in UTILITIES:
+        close = difflib.get_close_matches(str(kind), UTILITIES, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(sorted(UTILITIES))
+        raise ConfigError(f"{source}: utility: unknown type {kind!r} ({hint})")
+    return _validate_section(UTILITIES[kind], data, "utility", source, context)
+
+
+def _check_dtypes(merge, source: str) -> None:
+    from mergekit.common import dtype_from_name
+
+    for key in ("dtype", "out_dtype"):
+        value = getattr(merge, key)
+        if value is not None:
+            try:
+                dtype_from_name(value)
+            except (RuntimeError, ValueError, KeyError):
+                raise ConfigError(f"{source}: {key}: unknown dtype {value!r} (float32, bfloat16, float16, float64)") from None
+
+
+def _local_model(reference, base_dir: Path, where: str, source: str) -> Path:
+    if reference.lora is not None:
+        raise ConfigError(f"{source}: {where}: 'model+lora' syntax is not used here; list the adapter folder itself as an expert")
+    path = Path(reference.model.path).expanduser()
+    resolved = (path if path.is_absolute() else base_dir / path).resolve()
+    if not resolved.is_dir():
+        raise ConfigError(f"{source}: {where}: model folder {reference.model.path} not found (looked in {resolved})")
+    return resolved

@@ -1,0 +1,1 @@
+"""What a finished run writes: the model folder, the card, the plot and the summary."""

@@ -1,0 +1,50 @@
+"""`swarm_result.json`: the machine-readable summary of a finished run."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+RESULT_FILE = "swarm_result.json"
+
+
+@dataclass
+class SwarmResult:
+    """What a run found, and how each expert compares on dev and test."""
+
+    experts: list[str]
+    expert_dev: list[float | None]
+    expert_test: list[float | None] | None
+    winner_dev: float
+    winner_test: float | None
+    groups: list[str]
+    coefficients: list[list[float]]  # (groups, experts)
+    granularity: str
+    iterations: int
+    evaluations: int
+    failed: int
+    restarts: int
+    stop_reason: str
+    output_kind: str  # "full" | "lora" | "lora-merged"
+
+    def write(self, folder: Path) -> None:
+        (folder / RESULT_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def read(cls, folder: Path) -> SwarmResult:
+        return cls(**json.loads((folder / RESULT_FILE).read_text(encoding="utf-8")))
+
+    def summary(self) -> str:
+        """A plain-text table: each expert's dev/test utility, then the winner's."""
+        has_test = self.expert_test is not None or self.winner_test is not None
+        width = max(len(n) for n in [*self.experts, "swarm winner"])
+        rows = [f"{'model':<{width}}  {'dev':>8}" + (f"  {'test':>8}" if has_test else "")]
+        tests = self.expert_test or [None] * len(self.experts)
+        for name, dev, test in [*zip(self.experts, self.expert_dev, tests), ("swarm winner", self.winner_dev, self.winner_test)]:
+            rows.append(f"{name:<{width}}  {format_utility(dev):>8}" + (f"  {format_utility(test):>8}" if has_test else ""))
+        return "\n".join(rows)
+
+
+def format_utility(value: float | None) -> str:
+    return "failed" if value is None else f"{value:.4f}"

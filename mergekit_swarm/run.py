@@ -1,0 +1,201 @@
+"""One swarm run from recipe to published output folder.
+
+recipe -> expert pool + parameter groups -> resident model -> search loop (checkpointed)
+-> winner, test report -> weights, card, plot, history -> rename into place.
+Everything that can be checked is checked before the first evaluation.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from mergekit_swarm import pso
+from mergekit_swarm.config import SwarmRecipe
+from mergekit_swarm.errors import ConfigError, UtilityError
+from mergekit_swarm.experts import LoraPool, open_pool
+from mergekit_swarm.groups import GroupLayout, group_layout
+from mergekit_swarm.materialize import one_hot
+from mergekit_swarm.output.card import render_card
+from mergekit_swarm.output.model_folder import copy_tokenizer_files, write_full_model, write_lora_adapter, write_merged_lora
+from mergekit_swarm.output.plot import plot_history, read_history
+from mergekit_swarm.output.result import SwarmResult
+from mergekit_swarm.resident import ResidentModel
+from mergekit_swarm.search.evaluator import Evaluator
+from mergekit_swarm.search.loop import run_search
+from mergekit_swarm.search.rundir import Checkpoint, RunDirectory
+from mergekit_swarm.utilities import Utility
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run (not what to search): devices, output format, resume behaviour."""
+
+    device: str = "cpu"
+    resume: bool = False
+    overwrite: bool = False
+    fail_fast: bool = False
+    merge_lora: bool = False
+    quiet: bool = False
+    out_shard_size: int = 5_000_000_000
+    copy_tokenizer: bool = True
+    write_model_card: bool = True
+    trust_remote_code: bool = False
+
+    @classmethod
+    def from_merge_options(cls, merge_options, **ours) -> RunOptions:
+        """Take mergekit's `MergeOptions` fields that mean the same here, plus our own flags."""
+        return cls(
+            device=merge_options.device or "cpu",
+            quiet=merge_options.quiet,
+            out_shard_size=merge_options.out_shard_size,
+            copy_tokenizer=merge_options.copy_tokenizer,
+            write_model_card=merge_options.write_model_card,
+            trust_remote_code=merge_options.trust_remote_code,
+            **ours,
+        )
+
+
+def run_swarm(recipe: SwarmRecipe, out: str | Path, options: RunOptions | None = None) -> SwarmResult:
+    """Search, then write the winner to `out`; returns the run's summary.
+
+    With `options.resume`, an interrupted run of the same recipe continues from its last
+    checkpoint, and a finished one is returned as is.
+    """
+    from mergekit.common import dtype_from_name
+
+    options = options or RunOptions()
+    say = _printer(options.quiet)
+    rundir = RunDirectory(Path(out))
+    fingerprint = recipe.fingerprint()
+    if options.resume and rundir.finished(fingerprint):
+        say(f"{rundir.out} already holds the finished run of this recipe")
+        return SwarmResult.read(rundir.out)
+
+    dev, test = recipe.utility.build("dev"), recipe.utility.build("test")
+    if dev is None:
+        raise ConfigError(f"{recipe.source}: utility: nothing to evaluate on the dev side")
+    pool = open_pool(list(recipe.experts))
+    is_lora = isinstance(pool, LoraPool)
+    if is_lora and recipe.base_model is None:
+        raise ConfigError(f"{recipe.source}: base_model: is required when the experts are LoRA adapters")
+    if options.merge_lora and not is_lora:
+        raise ConfigError("--merge-lora applies to LoRA experts only; these experts are full models")
+    layout = group_layout(pool, recipe.swarm.granularity)
+    merge_dtype, out_dtype = dtype_from_name(recipe.dtype), dtype_from_name(recipe.out_dtype)
+
+    checkpoint = rundir.open(fingerprint, resume=options.resume, overwrite=options.overwrite)
+    source = recipe.base_model or recipe.experts[0]
+    resident = ResidentModel(
+        pool,
+        layout,
+        model_source=recipe.base_model if is_lora else recipe.experts[0],
+        tokenizer_source=source,
+        model_dtype=merge_dtype if is_lora else out_dtype,
+        merge_dtype=merge_dtype,
+        device=options.device,
+        trust_remote_code=options.trust_remote_code,
+    )
+    particles = recipe.swarm.particle_count(len(pool))
+    if checkpoint is None:
+        checkpoint = Checkpoint(fingerprint, pso.initialize(recipe.swarm, len(pool), len(layout)))
+        say(
+            f"{len(pool)} {'LoRA adapters' if is_lora else 'full models'}, {particles} particles, "
+            f"{len(layout)} parameter group(s) ({layout.granularity}), utility {recipe.utility.type}"
+        )
+    else:
+        say(f"resuming {rundir.work} at iteration {checkpoint.state.iteration}")
+
+    checkpoint = run_search(
+        recipe.swarm, Evaluator(resident, dev), rundir, checkpoint, fail_fast=options.fail_fast, quiet=options.quiet
+    )
+    state = checkpoint.state
+    winner = pso.winner(state)
+    expert_test, winner_test = _test_report(resident, test, layout, len(pool), winner, options.fail_fast)
+
+    work = rundir.work
+    if not is_lora:
+        write_full_model(
+            work,
+            pool,
+            layout,
+            winner,
+            merge_dtype=merge_dtype,
+            out_dtype=out_dtype,
+            config_source=recipe.experts[0],
+            max_shard_size=options.out_shard_size,
+            trust_remote_code=options.trust_remote_code,
+        )
+    elif options.merge_lora:
+        write_merged_lora(work, resident, winner, max_shard_size=options.out_shard_size)
+    else:
+        write_lora_adapter(
+            work, pool, layout, winner, merge_dtype=merge_dtype, out_dtype=out_dtype, base_model=str(recipe.base_model)
+        )
+    if options.copy_tokenizer:
+        copy_tokenizer_files(work, source, options.trust_remote_code)
+
+    result = SwarmResult(
+        experts=pool.names,
+        expert_dev=checkpoint.expert_dev or [],
+        expert_test=expert_test,
+        winner_dev=state.global_best_utility,
+        winner_test=winner_test,
+        groups=list(layout.names),
+        coefficients=winner.tolist(),
+        granularity=layout.granularity,
+        iterations=state.iteration,
+        evaluations=(state.iteration + 1) * particles,
+        failed=checkpoint.failed,
+        restarts=state.restarts,
+        stop_reason=state.stop_reason or "",
+        output_kind="lora-merged" if options.merge_lora else pool.kind,
+    )
+    _write_reports(work, result, recipe, rundir, card=options.write_model_card)
+    rundir.publish()
+    say(f"wrote {rundir.out}")
+    return result
+
+
+def _test_report(
+    resident: ResidentModel, test: Utility | None, layout: GroupLayout, experts: int, winner: np.ndarray, fail_fast: bool
+) -> tuple[list[float | None] | None, float | None]:
+    """Test utility of every expert and of the winner (reported only, never searched on)."""
+    if test is None:
+        return None, None
+    evaluate = Evaluator(resident, test)
+
+    def score(coefficients: np.ndarray, what: str) -> float | None:
+        result = evaluate(coefficients)
+        if result.failed and fail_fast:
+            raise UtilityError(f"test utility failed on {what}: {result.error}")
+        return None if result.failed else result.utility
+
+    expert_test = [score(one_hot(layout, experts, k), f"expert {k}") for k in range(experts)]
+    return expert_test, score(winner, "the winner")
+
+
+def _write_reports(work: Path, result: SwarmResult, recipe: SwarmRecipe, rundir: RunDirectory, *, card: bool) -> None:
+    result.write(work)
+    header = (
+        f"# Recipe of this run, copied from {Path(recipe.source).resolve()}\n"
+        "# (relative paths below are relative to that file's folder)\n"
+    )
+    (work / "swarm.yml").write_text(header + recipe.text, encoding="utf-8")
+    best_expert = max((u for u in result.expert_dev if u is not None), default=None)
+    plot_history(read_history(rundir.history_path), best_expert, work / "swarm_history.png")
+    if card:
+        text = render_card(result, recipe.swarm, recipe.utility.type, recipe.text, title=rundir.out.name)
+        (work / "README.md").write_text(text, encoding="utf-8")
+
+
+def _printer(quiet: bool):
+    def say(message: str) -> None:
+        if not quiet:
+            tqdm.write(message, file=sys.stderr)
+
+    return say

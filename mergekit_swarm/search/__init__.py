@@ -1,0 +1,1 @@
+"""The search loop: evaluation of particles, checkpoints and resume."""

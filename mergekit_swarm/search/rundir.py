@@ -1,0 +1,141 @@
+"""Where a run lives while it runs, how it is checkpointed, and how it is published.
+
+A run works in a hidden folder beside the output, `.<out>.partial/`, and the output
+folder appears only when everything is written (one rename). The state is saved
+atomically after every iteration together with the size of the history file at that
+moment, so a run killed at any point resumes from its last complete iteration, with
+the history cut back to match.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mergekit_swarm.errors import OutputError
+from mergekit_swarm.pso import SwarmState
+
+STATE_FILE = "swarm_state.json"
+HISTORY_FILE = "swarm_history.jsonl"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    """The search state plus the loop's own bookkeeping."""
+
+    fingerprint: str
+    state: SwarmState
+    history_bytes: int = 0  # size of the history file when the state was saved
+    failed: int = 0  # failed evaluations so far
+    expert_dev: list[float] | None = None  # the experts' dev utilities (iteration 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_VERSION,
+            "fingerprint": self.fingerprint,
+            "history_bytes": self.history_bytes,
+            "failed": self.failed,
+            "expert_dev": self.expert_dev,
+            "state": self.state.to_dict(),
+        }
+
+    @classmethod
+    def read(cls, path: Path) -> Checkpoint | None:
+        """The checkpoint at `path`, or None if there is none or it is not ours."""
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if data.get("format") != FORMAT_VERSION:
+                return None
+            return cls(
+                fingerprint=data["fingerprint"],
+                state=SwarmState.from_dict(data["state"]),
+                history_bytes=data["history_bytes"],
+                failed=data["failed"],
+                expert_dev=data["expert_dev"],
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a file so that readers see the old or the new content, never a mix."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class RunDirectory:
+    """The partial folder of a run and the final output folder it becomes."""
+
+    def __init__(self, out: Path):
+        self.out = Path(os.path.abspath(out))
+        self.work = self.out.parent / f".{self.out.name}.partial"
+
+    @property
+    def history_path(self) -> Path:
+        return self.work / HISTORY_FILE
+
+    def finished(self, fingerprint: str) -> Checkpoint | None:
+        """The checkpoint of a finished run of this recipe in the output folder, if any."""
+        checkpoint = Checkpoint.read(self.out / STATE_FILE)
+        if checkpoint and checkpoint.fingerprint == fingerprint and checkpoint.state.done:
+            return checkpoint
+        return None
+
+    def open(self, fingerprint: str, *, resume: bool, overwrite: bool) -> Checkpoint | None:
+        """Prepare the partial folder; return the checkpoint to continue from, if resuming.
+
+        Refuses (OutputError) to touch an existing output folder without --overwrite, and
+        an interrupted run without --resume or --overwrite. Nothing is deleted here
+        except an interrupted run the user asked to discard.
+        """
+        if self.out.exists() and not overwrite:
+            if self.finished(fingerprint):
+                raise OutputError(f"{self.out} already holds a finished run of this recipe; pass --overwrite to run it again")
+            raise OutputError(f"output folder {self.out} already exists; pass --overwrite to replace it")
+        if self.work.exists():
+            checkpoint = Checkpoint.read(self.work / STATE_FILE)
+            if resume and checkpoint is not None:
+                if checkpoint.fingerprint != fingerprint:
+                    raise OutputError(
+                        f"the interrupted run in {self.work} was started from a different recipe; pass --overwrite to discard it"
+                    )
+                self._truncate_history(checkpoint.history_bytes)
+                return checkpoint
+            if not (resume or overwrite):
+                raise OutputError(
+                    f"an interrupted run exists in {self.work}; pass --resume to continue it or --overwrite to discard it"
+                )
+            shutil.rmtree(self.work)  # asked to start over, or nothing checkpointed yet
+        self.work.mkdir(parents=True)
+        return None
+
+    def _truncate_history(self, size: int) -> None:
+        path = self.history_path
+        if not path.exists() or path.stat().st_size < size:
+            raise OutputError(f"{path} is shorter than its checkpoint says; the run cannot be resumed")
+        with path.open("r+b") as handle:
+            handle.truncate(size)
+
+    def save(self, checkpoint: Checkpoint) -> None:
+        write_atomic(self.work / STATE_FILE, json.dumps(checkpoint.to_dict()))
+
+    def publish(self) -> None:
+        """Make the finished partial folder the output folder (replacing an old one last)."""
+        replaced = None
+        if self.out.exists():
+            replaced = self.out.parent / f".{self.out.name}.replaced"
+            if replaced.exists():
+                shutil.rmtree(replaced)
+            os.rename(self.out, replaced)
+        os.rename(self.work, self.out)
+        if replaced is not None:
+            shutil.rmtree(replaced)

@@ -1,0 +1,186 @@
+"""End to end, in process: recipe -> search -> a folder that transformers/PEFT load as the winner."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mergekit_swarm.config import load_recipe
+from mergekit_swarm.errors import OutputError, UtilityError
+from mergekit_swarm.run import RunOptions, run_swarm
+from mergekit_swarm.utilities.data import load_examples
+from mergekit_swarm.utilities.nll import NegativeLoss
+
+QUIET = RunOptions(quiet=True)
+
+
+def dev_nll(model, zoo) -> float:
+    from transformers import AutoTokenizer
+
+    return NegativeLoss(load_examples(zoo.dev), batch_size=16)(model.eval(), AutoTokenizer.from_pretrained(zoo.base))
+
+
+def history(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "swarm_history.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("granularity", ["model", "layer", "tensor"])
+def test_lora_pool_writes_a_peft_adapter_that_is_the_winner(zoo, recipe_factory, tmp_path, granularity):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "out"
+    result = run_swarm(load_recipe(recipe_factory("lora", swarm={"granularity": granularity})), out, QUIET)
+
+    assert {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "README.md",
+        "swarm.yml",
+        "swarm_history.jsonl",
+        "swarm_history.png",
+        "swarm_state.json",
+        "swarm_result.json",
+        "tokenizer.json",
+    } <= {p.name for p in out.iterdir()}
+    assert not (tmp_path / ".out.partial").exists()
+    coefficients = np.array(result.coefficients)
+    np.testing.assert_allclose(coefficients.sum(axis=1), 1.0, atol=1e-9)
+    assert coefficients.shape[0] == {"model": 1, "layer": 2, "tensor": 14}[granularity]
+    assert result.winner_dev >= max(result.expert_dev)
+    assert len(history(out)) == result.evaluations == (result.iterations + 1) * 4
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(zoo.base), out)
+    assert dev_nll(model, zoo) == pytest.approx(result.winner_dev, rel=1e-6)
+
+
+@pytest.mark.parametrize("granularity", ["model", "layer", "tensor"])
+def test_full_pool_writes_a_sharded_model_that_is_the_winner(zoo, recipe_factory, tmp_path, granularity):
+    from transformers import AutoModelForCausalLM
+
+    from mergekit_swarm.experts import open_pool
+    from mergekit_swarm.groups import group_layout
+    from mergekit_swarm.materialize import combine
+
+    out = tmp_path / "out"
+    result = run_swarm(
+        load_recipe(recipe_factory("full", swarm={"granularity": granularity})),
+        out,
+        RunOptions(quiet=True, out_shard_size=80_000),
+    )
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert dev_nll(model, zoo) == pytest.approx(result.winner_dev, rel=1e-6)
+    pool = open_pool(list(zoo.full))
+    state = model.state_dict()
+    for name, tensor in combine(pool, group_layout(pool, granularity), np.array(result.coefficients)):
+        assert torch.equal(state[name], tensor), name
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+
+
+def test_merge_lora_writes_the_base_with_the_winner_baked_in(zoo, recipe_factory, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "out"
+    result = run_swarm(load_recipe(recipe_factory("lora")), out, RunOptions(quiet=True, merge_lora=True))
+    assert not (out / "adapter_config.json").exists() and (out / "model.safetensors").exists()
+    assert dev_nll(AutoModelForCausalLM.from_pretrained(out), zoo) == pytest.approx(result.winner_dev, rel=1e-4)
+    assert result.output_kind == "lora-merged"
+
+
+def test_reports_card_plot_and_recipe_copy(zoo, recipe_factory, tmp_path):
+    recipe_path = recipe_factory(
+        "lora", utility={"type": "exact_match", "dev": str(zoo.dev), "test": str(zoo.test), "max_new_tokens": 4}
+    )
+    out = tmp_path / "out"
+    result = run_swarm(load_recipe(recipe_path), out, QUIET)
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: peft\ntags:\n- merge\n- mergekit\n- model-swarms\n---")
+    for name, dev, test in zip(result.experts, result.expert_dev, result.expert_test):
+        assert f"| {name} | {dev:.4f} | {test:.4f} |" in card
+    assert f"| **swarm winner** | **{result.winner_dev:.4f}** | **{result.winner_test:.4f}** |" in card
+    assert "![search history](swarm_history.png)" in card and "| inertia | 0.4 |" in card and "arXiv" not in card
+    assert (out / "swarm_history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert recipe_path.read_text() in (out / "swarm.yml").read_text()
+    rows = history(out)
+    assert [(r["iteration"], r["particle"]) for r in rows[:5]] == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0)]
+    assert all(0 <= r["utility"] <= 1 and r["wall_time"] > 0 for r in rows)
+    summary = result.summary()
+    assert "swarm winner" in summary and f"{result.winner_test:.4f}" in summary
+
+
+def test_same_seed_same_winner_bit_for_bit(recipe_factory, tmp_path):
+    recipe = load_recipe(recipe_factory("lora", swarm={"granularity": "layer", "max_iterations": 3}))
+    run_swarm(recipe, tmp_path / "a", QUIET)
+    run_swarm(recipe, tmp_path / "b", QUIET)
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert (a / "adapter_model.safetensors").read_bytes() == (b / "adapter_model.safetensors").read_bytes()
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_time"} for r in rows]  # noqa: E731
+    assert strip(history(a)) == strip(history(b))
+
+
+def test_existing_output_is_refused_unless_overwrite(recipe_factory, tmp_path):
+    recipe = load_recipe(recipe_factory("lora"))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "precious.txt").write_text("user data")
+    with pytest.raises(OutputError, match="already exists; pass --overwrite"):
+        run_swarm(recipe, out, QUIET)
+    assert (out / "precious.txt").read_text() == "user data"
+    assert not (tmp_path / ".out.partial").exists()
+    run_swarm(recipe, out, RunOptions(quiet=True, overwrite=True))
+    assert not (out / "precious.txt").exists() and (out / "adapter_model.safetensors").exists()
+    with pytest.raises(OutputError, match="already holds a finished run of this recipe"):
+        run_swarm(recipe, out, QUIET)
+    again = run_swarm(recipe, out, RunOptions(quiet=True, resume=True))  # finished: returned as is
+    assert again.winner_dev == json.loads((out / "swarm_result.json").read_text())["winner_dev"]
+
+
+def test_interrupted_run_needs_resume_or_overwrite(recipe_factory, tmp_path):
+    partial = tmp_path / ".out.partial"
+    partial.mkdir()
+    with pytest.raises(OutputError, match="an interrupted run exists .* --resume .* --overwrite"):
+        run_swarm(load_recipe(recipe_factory("lora")), tmp_path / "out", QUIET)
+
+
+FLAKY = """
+import math
+calls = {"n": 0}
+
+def score(model, tokenizer):
+    calls["n"] += 1
+    if calls["n"] % 3 == 0:
+        raise RuntimeError("flaky objective")
+    return -sum(float(p.detach().double().pow(2).mean()) for p in model.parameters()) / 1e3
+
+def always_fails(model, tokenizer):
+    return math.nan
+"""
+
+
+def test_failed_evaluations_are_counted_and_the_search_goes_on(recipe_factory, tmp_path):
+    (tmp_path / "flaky.py").write_text(FLAKY)
+    utility = {"type": "python", "function": str(tmp_path / "flaky.py") + ":score"}
+    out = tmp_path / "out"
+    result = run_swarm(load_recipe(recipe_factory("lora", utility=utility)), out, QUIET)
+    rows = history(out)
+    failed = [r for r in rows if "error" in r]
+    assert result.failed == len(failed) == len(rows) // 3
+    assert all(r["utility"] is None and r["error"] == "RuntimeError: flaky objective" for r in failed)
+    assert "failed" in (out / "README.md").read_text()
+
+    with pytest.raises(UtilityError, match="utility failed on particle 2 at iteration 0: RuntimeError: flaky objective"):
+        run_swarm(load_recipe(recipe_factory("lora", utility=utility)), tmp_path / "ff", RunOptions(quiet=True, fail_fast=True))
+    assert not (tmp_path / "ff").exists()
+
+
+def test_a_utility_failing_on_every_expert_stops_with_its_error(recipe_factory, tmp_path):
+    (tmp_path / "flaky.py").write_text(FLAKY)
+    utility = {"type": "python", "function": str(tmp_path / "flaky.py") + ":always_fails"}
+    with pytest.raises(UtilityError, match="failed on every expert; first error: ValueError: utility returned nan"):
+        run_swarm(load_recipe(recipe_factory("lora", utility=utility)), tmp_path / "out", QUIET)
+    assert not (tmp_path / "out").exists()
