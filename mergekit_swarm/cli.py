@@ -60,6 +60,8 @@ def run(
     from mergekit_swarm.run import RunOptions, run_swarm
 
     merge_options.apply_global_options()
+    if merge_options.quiet:
+        _silence_library_progress_bars()
     try:
         recipe = load_recipe(config_file)
         options = RunOptions.from_merge_options(
@@ -70,8 +72,22 @@ def run(
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
-        again = shlex.join(["mergekit-swarm", config_file, out_path, "--resume"])
-        click.echo(f"\ninterrupted; continue with: {again}", err=True)
+        click.echo(f"\ninterrupted; continue with: {_resume_command()}", err=True)
         sys.exit(130)
     if not merge_options.quiet:
         click.echo(result.summary())
+
+
+def _silence_library_progress_bars() -> None:
+    """--quiet also covers the loading bars of transformers and huggingface_hub."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    disable_progress_bars()
+    transformers_logging.disable_progress_bar()
+
+
+def _resume_command() -> str:
+    """The command the user ran, with --resume: same recipe, output and options."""
+    args = sys.argv[1:]
+    return shlex.join(["mergekit-swarm", *args, *([] if "--resume" in args else ["--resume"])])

@@ -55,12 +55,17 @@ class SwarmRecipe:
         return self.merge.out_dtype or self.merge.dtype
 
     def fingerprint(self) -> str:
-        """Identifies the search: the same fingerprint resumes, a different one is refused."""
+        """Identifies the search (settings, objective files, experts' weights): the same
+        fingerprint resumes, a different one is refused."""
+        from mergekit_swarm.experts.pool import folder_identity
+
+        models = [*self.experts, *([self.base_model] if self.base_model else [])]
         payload = {
             "merge": self.merge.model_dump(mode="json"),
             "swarm": self.swarm.model_dump(mode="json"),
             "utility": self.utility.model_dump(mode="json"),
             "files": {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in self.utility.input_files() if p.is_file()},
+            "models": {str(p): folder_identity(p) for p in models},
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -141,7 +146,7 @@ def _validate_section(cls, data: Any, name: str, source: str, context: dict):
 
 
 def _validate_utility(data: Any, source: str, context: dict) -> UtilityConfig:
-    if not isinstance(data, dict) or "type" not in data:
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         raise ConfigError(f"{source}: utility: needs a type ({', '.join(sorted(UTILITIES))})")
     kind = data["type"]
     if kind not in UTILITIES:

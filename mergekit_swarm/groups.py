@@ -1,9 +1,10 @@
 """Parameter groups: which coefficient vector of a particle applies to which tensor.
 
 * `model`: one group, the whole model (the paper).
-* `layer`: one group per transformer block (`...layers.7...`, `h.7`, `blocks.7`,
-  `layer.7`); every tensor outside the blocks (embeddings, final norm, head) is its
-  own group.
+* `layer`: one group per transformer block (`model.layers.7`, `transformer.h.7`,
+  `blocks.7`, `encoder.layer.7`; the group is named by that prefix, so the blocks of
+  two towers stay apart); every tensor outside the blocks (embeddings, final norm,
+  head) is its own group.
 * `tensor`: one group per tensor; for LoRA pools per adapted module, so lora_A and
   lora_B of one module share coefficients as in the paper's formulation.
 """
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from mergekit_swarm.experts import ExpertPool
 from mergekit_swarm.pso import Granularity
 
-_LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
+_LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.\d+\.")
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ def group_key(unit: str, granularity: Granularity) -> str:
     if granularity == "model":
         return "model"
     if granularity == "layer" and (m := _LAYER.search(unit)):
-        return f"layer.{int(m.group(1))}"
+        return unit[: m.end() - 1]  # e.g. "model.layers.7"
     return unit
 
 

@@ -49,13 +49,25 @@ def combine(
     coefficients: np.ndarray,
     *,
     dtype: torch.dtype | None = None,
+    out_dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Stream (name, tensor) of the particle with `coefficients` of shape (groups, experts)."""
+    """Stream (name, tensor) of the particle with `coefficients` of shape (groups, experts).
+
+    Tensors come out in `out_dtype` (mergekit's `out_dtype:`), by default in the dtype
+    the first expert stores them in. Constant tensors of the pool are not included.
+    """
     if coefficients.shape != (len(layout), len(pool)):
         raise ValueError(f"coefficients of shape {coefficients.shape}, expected {(len(layout), len(pool))}")
-    for name, group in zip(pool.tensor_names, layout.of_tensor):
-        yield name, combine_tensor(pool, name, coefficients[group], dtype=dtype, device=device)
+    for spec, group in zip(pool.specs, layout.of_tensor):
+        tensor = combine_tensor(pool, spec.name, coefficients[group], dtype=dtype, device=device)
+        yield spec.name, tensor.to(out_dtype or spec.torch_dtype)
+
+
+def constants(pool: ExpertPool) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors every expert has bit-identical, as the first expert stores them."""
+    for name in pool.constant_names:
+        yield name, pool.tensor(0, name)
 
 
 def one_hot(layout: GroupLayout, experts: int, expert: int) -> np.ndarray:

@@ -97,6 +97,7 @@ def run_swarm(recipe: SwarmRecipe, out: str | Path, options: RunOptions | None =
         tokenizer_source=source,
         model_dtype=merge_dtype if is_lora else out_dtype,
         merge_dtype=merge_dtype,
+        out_dtype=out_dtype,
         device=options.device,
         trust_remote_code=options.trust_remote_code,
     )
@@ -118,6 +119,7 @@ def run_swarm(recipe: SwarmRecipe, out: str | Path, options: RunOptions | None =
     expert_test, winner_test = _test_report(resident, test, layout, len(pool), winner, options.fail_fast)
 
     work = rundir.work
+    rundir.clear_outputs()  # files of an earlier, interrupted write (maybe with other options)
     if not is_lora:
         write_full_model(
             work,
@@ -126,15 +128,23 @@ def run_swarm(recipe: SwarmRecipe, out: str | Path, options: RunOptions | None =
             winner,
             merge_dtype=merge_dtype,
             out_dtype=out_dtype,
+            device=options.device,
             config_source=recipe.experts[0],
             max_shard_size=options.out_shard_size,
             trust_remote_code=options.trust_remote_code,
         )
     elif options.merge_lora:
-        write_merged_lora(work, resident, winner, max_shard_size=options.out_shard_size)
+        write_merged_lora(work, resident, winner, out_dtype=out_dtype, max_shard_size=options.out_shard_size)
     else:
         write_lora_adapter(
-            work, pool, layout, winner, merge_dtype=merge_dtype, out_dtype=out_dtype, base_model=str(recipe.base_model)
+            work,
+            pool,
+            layout,
+            winner,
+            merge_dtype=merge_dtype,
+            out_dtype=out_dtype,
+            device=options.device,
+            base_model=str(recipe.base_model),
         )
     if options.copy_tokenizer:
         copy_tokenizer_files(work, source, options.trust_remote_code)

@@ -118,8 +118,34 @@ def test_python_utility_file_resolves_against_the_recipe(tmp_path, valid):
     assert "utility file" in error_of(tmp_path, valid) and "missing.py does not exist" in error_of(tmp_path, valid)
 
 
-def test_fingerprint_changes_with_settings_and_data(tmp_path, valid, zoo):
-    a = load_recipe(write(tmp_path / "a.yml", valid)).fingerprint()
-    assert load_recipe(write(tmp_path / "b.yml", valid)).fingerprint() == a
+def test_fingerprint_changes_with_settings_data_and_expert_weights(tmp_path, valid, zoo):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    data = tmp_path / "dev.jsonl"
+    shutil.copyfile(zoo.dev, data)
+    expert = tmp_path / "expert"
+    shutil.copytree(zoo.lora[0], expert)
+    valid["utility"]["dev"] = str(data)
+    valid["models"][0]["model"] = str(expert)
+
+    def fingerprint() -> str:
+        return load_recipe(write(tmp_path / "swarm.yml", valid)).fingerprint()
+
+    first = fingerprint()
+    assert fingerprint() == first
     valid["swarm"]["seed"] = 1
-    assert load_recipe(write(tmp_path / "c.yml", valid)).fingerprint() != a
+    assert fingerprint() != first
+    valid["swarm"]["seed"] = 42
+    assert fingerprint() == first
+
+    data.write_text(data.read_text() + '{"prompt": "copy ab=", "answer": "ab"}\n')
+    second = fingerprint()
+    assert second != first
+
+    tensors = load_file(str(expert / "adapter_model.safetensors"))
+    name = next(iter(tensors))
+    tensors[name] = tensors[name] + 1  # a retrained expert: same names, shapes and file size
+    save_file(tensors, str(expert / "adapter_model.safetensors"), metadata={"format": "pt"})
+    assert fingerprint() != second

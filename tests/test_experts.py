@@ -114,3 +114,86 @@ def test_padded_expert_in_the_resident_slot_matches_peft_loading_it(zoo):
             torch.testing.assert_close(
                 resident.model(input_ids=ids).logits, reference(input_ids=ids).logits, rtol=1e-5, atol=1e-5
             )
+
+
+def test_lora_shape_mismatch_names_the_tensor_and_expert(zoo, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    other = tmp_path / "qv_only"
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(zoo.base), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    model.save_pretrained(other)
+    with pytest.raises(
+        ExpertError, match=r"'qv_only' .* has no tensor 'base_model\.model\.model\.layers\.0\.mlp\.down_proj\.lora_A"
+    ):
+        LoraPool([zoo.lora[0], other])
+
+
+def test_corrupt_shard_is_a_clear_error(zoo, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(zoo.full[0], broken)
+    shard = sorted(broken.glob("model-*.safetensors"))[-1]
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(ExpertError, match=f"{shard.name}: cannot read tensor"):
+        FullModelPool([zoo.full[1], broken])
+
+
+@pytest.fixture(scope="module")
+def embedding_adapters(zoo, tmp_path_factory):
+    """Two adapters that also target the embeddings (PEFT then saves the embedding base layer
+    too, identical in both) and train lm_head fully (modules_to_save, different in each)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("embedding_adapters")
+    paths = []
+    for k, rank in enumerate((2, 4)):
+        torch.manual_seed(k)
+        config = LoraConfig(
+            r=rank,
+            lora_alpha=2 * rank,
+            target_modules=["embed_tokens", "q_proj"],
+            modules_to_save=["lm_head"],
+            init_lora_weights=False,
+        )
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(zoo.base), config)
+        with torch.no_grad():
+            model.base_model.model.lm_head.modules_to_save["default"].weight.add_(0.05 * (k + 1))
+        model.save_pretrained(root / f"e{k}")
+        paths.append(root / f"e{k}")
+    return paths
+
+
+def test_embedding_lora_and_modules_to_save(zoo, embedding_adapters, tmp_path):
+    import numpy as np
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from mergekit_swarm.groups import group_layout
+    from mergekit_swarm.materialize import one_hot
+    from mergekit_swarm.output.model_folder import write_lora_adapter
+    from mergekit_swarm.resident import ResidentModel
+
+    pool = LoraPool(embedding_adapters)
+    assert pool.constant_names == ["base_model.model.model.embed_tokens.base_layer.weight"]
+    assert "base_model.model.lm_head.weight" in pool.tensor_names  # differs between experts: combined
+    assert "base_model.model.model.embed_tokens.lora_embedding_A" in pool.tensor_names
+    layout = group_layout(pool, "tensor")
+    resident = ResidentModel(pool, layout, model_source=zoo.base, tokenizer_source=zoo.base, model_dtype=None)
+    ids = torch.tensor([[1, 20, 7, 8, 9, 40, 7]])
+    for k, path in enumerate(embedding_adapters):
+        reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(zoo.base), path).eval()
+        resident.load(one_hot(layout, 2, k))
+        with torch.no_grad():
+            torch.testing.assert_close(
+                resident.model(input_ids=ids).logits, reference(input_ids=ids).logits, rtol=1e-5, atol=1e-5
+            )
+
+    coefficients = np.random.default_rng(0).normal(0.5, 0.4, size=(len(layout), 2))
+    resident.load(coefficients)
+    out = tmp_path / "adapter"
+    out.mkdir()
+    write_lora_adapter(out, pool, layout, coefficients, merge_dtype=None, out_dtype=None, device="cpu", base_model=str(zoo.base))
+    written = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(zoo.base), out).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(written(input_ids=ids).logits, resident.model(input_ids=ids).logits, rtol=1e-5, atol=1e-5)

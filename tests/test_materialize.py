@@ -41,7 +41,7 @@ def test_layouts_group_tensors_by_model_layer_and_tensor(zoo):
     full = open_pool(list(zoo.full))
     assert group_layout(full, "model").names == ("model",)
     layer = group_layout(full, "layer")
-    assert {"layer.0", "layer.1"} <= set(layer.names)
+    assert {"model.layers.0", "model.layers.1"} <= set(layer.names)
     assert "model.embed_tokens.weight" in layer.names and "lm_head.weight" in layer.names
     assert len(group_layout(full, "tensor")) == len(full.tensor_names)
     lora = open_pool(list(zoo.lora))
@@ -51,7 +51,16 @@ def test_layouts_group_tensors_by_model_layer_and_tensor(zoo):
     i = lora.tensor_names.index(name)
     j = lora.tensor_names.index(name.replace("lora_A", "lora_B"))
     assert tensor.of_tensor[i] == tensor.of_tensor[j]
-    assert group_layout(lora, "layer").names == ("layer.0", "layer.1")
+    assert group_layout(lora, "layer").names == ("base_model.model.model.layers.0", "base_model.model.model.layers.1")
+
+
+def test_layer_groups_keep_the_blocks_of_two_towers_apart():
+    from mergekit_swarm.groups import group_key
+
+    assert group_key("vision_tower.encoder.layers.3.mlp.fc1.weight", "layer") == "vision_tower.encoder.layers.3"
+    assert group_key("language_model.model.layers.3.mlp.up_proj.weight", "layer") == "language_model.model.layers.3"
+    assert group_key("transformer.h.11.attn.c_attn.weight", "layer") == "transformer.h.11"
+    assert group_key("model.norm.weight", "layer") == "model.norm.weight"
 
 
 @pytest.mark.parametrize("kind", ["full", "lora"])

@@ -188,11 +188,38 @@ def test_state_round_trips_through_json_and_continues_bit_for_bit():
     restored = SwarmState.from_dict(json.loads(json.dumps(state.to_dict())))
     run(state, s, utility, 10)
     run(restored, s, utility, 10)
-    for name in ("positions", "velocities", "best_positions", "global_best", "global_worst", "stale"):
+    for name in (
+        "positions",
+        "velocities",
+        "utilities",
+        "best_positions",
+        "best_utilities",
+        "global_best",
+        "global_worst",
+        "stale",
+    ):
         np.testing.assert_array_equal(getattr(state, name), getattr(restored, name))
-    assert state.step_length == restored.step_length and state.iteration == restored.iteration
+    scalars = (
+        "global_best_utility",
+        "global_best_particle",
+        "global_worst_utility",
+        "global_stale",
+        "step_length",
+        "iteration",
+        "evaluated",
+        "restarts",
+        "done",
+        "stop_reason",
+    )
+    assert [getattr(state, k) for k in scalars] == [getattr(restored, k) for k in scalars]
+    assert state.rng.bit_generator.state == restored.rng.bit_generator.state
 
 
 def test_all_zero_terms_are_rejected():
     with pytest.raises(ValueError, match="could never move"):
         SwarmSettings(inertia=0, cognitive=0, social=0, repel=0)
+
+
+def test_min_step_length_cannot_exceed_step_length():
+    with pytest.raises(ValueError, match="min_step_length"):
+        SwarmSettings(step_length=0.1, min_step_length=0.5)

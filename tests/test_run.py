@@ -10,6 +10,7 @@ import torch
 
 from mergekit_swarm.config import load_recipe
 from mergekit_swarm.errors import OutputError, UtilityError
+from mergekit_swarm.output.result import SwarmResult
 from mergekit_swarm.run import RunOptions, run_swarm
 from mergekit_swarm.utilities.data import load_examples
 from mergekit_swarm.utilities.nll import NegativeLoss
@@ -25,6 +26,11 @@ def dev_nll(model, zoo) -> float:
 
 def history(out) -> list[dict]:
     return [json.loads(line) for line in (out / "swarm_history.jsonl").read_text().splitlines()]
+
+
+def evaluations(out) -> list[dict]:
+    """The history without wall times: what must repeat exactly."""
+    return [{k: v for k, v in row.items() if k != "wall_time"} for row in history(out)]
 
 
 @pytest.mark.parametrize("granularity", ["model", "layer", "tensor"])
@@ -80,6 +86,7 @@ def test_full_pool_writes_a_sharded_model_that_is_the_winner(zoo, recipe_factory
     for name, tensor in combine(pool, group_layout(pool, granularity), np.array(result.coefficients)):
         assert torch.equal(state[name], tensor), name
     assert json.loads((out / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    assert (out / "generation_config.json").read_text() == (zoo.full[0] / "generation_config.json").read_text()
 
 
 def test_merge_lora_writes_the_base_with_the_winner_baked_in(zoo, recipe_factory, tmp_path):
@@ -103,7 +110,7 @@ def test_reports_card_plot_and_recipe_copy(zoo, recipe_factory, tmp_path):
     for name, dev, test in zip(result.experts, result.expert_dev, result.expert_test):
         assert f"| {name} | {dev:.4f} | {test:.4f} |" in card
     assert f"| **swarm winner** | **{result.winner_dev:.4f}** | **{result.winner_test:.4f}** |" in card
-    assert "![search history](swarm_history.png)" in card and "| inertia | 0.4 |" in card and "arXiv" not in card
+    assert "![search history](swarm_history.png)" in card and "| inertia | 0.4 |" in card
     assert (out / "swarm_history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert recipe_path.read_text() in (out / "swarm.yml").read_text()
     rows = history(out)
@@ -119,8 +126,7 @@ def test_same_seed_same_winner_bit_for_bit(recipe_factory, tmp_path):
     run_swarm(recipe, tmp_path / "b", QUIET)
     a, b = tmp_path / "a", tmp_path / "b"
     assert (a / "adapter_model.safetensors").read_bytes() == (b / "adapter_model.safetensors").read_bytes()
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_time"} for r in rows]  # noqa: E731
-    assert strip(history(a)) == strip(history(b))
+    assert evaluations(a) == evaluations(b)
 
 
 def test_existing_output_is_refused_unless_overwrite(recipe_factory, tmp_path):
@@ -136,15 +142,75 @@ def test_existing_output_is_refused_unless_overwrite(recipe_factory, tmp_path):
     assert not (out / "precious.txt").exists() and (out / "adapter_model.safetensors").exists()
     with pytest.raises(OutputError, match="already holds a finished run of this recipe"):
         run_swarm(recipe, out, QUIET)
-    again = run_swarm(recipe, out, RunOptions(quiet=True, resume=True))  # finished: returned as is
-    assert again.winner_dev == json.loads((out / "swarm_result.json").read_text())["winner_dev"]
+    first = SwarmResult.read(out)
+    history_before = (out / "swarm_history.jsonl").read_bytes()
+    again = run_swarm(recipe, out, RunOptions(quiet=True, resume=True))  # finished: returned, nothing evaluated
+    assert again == first and (out / "swarm_history.jsonl").read_bytes() == history_before
 
 
-def test_interrupted_run_needs_resume_or_overwrite(recipe_factory, tmp_path):
+INTERRUPTIBLE = """
+import os
+from pathlib import Path
+
+from mergekit_swarm.utilities.data import load_examples
+from mergekit_swarm.utilities.nll import NegativeLoss
+
+calls = {"n": 0}
+
+
+def score(model, tokenizer):
+    calls["n"] += 1
+    if calls["n"] == int(os.environ.get("SWARM_TEST_INTERRUPT_AT", "0")):
+        raise KeyboardInterrupt  # what Ctrl-C does in the middle of an evaluation
+    return NegativeLoss(load_examples(Path(os.environ["SWARM_TEST_DEV"])), batch_size=16)(model, tokenizer)
+"""
+
+
+def test_interrupted_run_is_kept_and_resumed_only_when_asked(zoo, recipe_factory, tmp_path, monkeypatch):
+    (tmp_path / "interruptible.py").write_text(INTERRUPTIBLE)
+    monkeypatch.setenv("SWARM_TEST_DEV", str(zoo.dev))
+    utility = {"type": "python", "function": str(tmp_path / "interruptible.py") + ":score"}
+    recipe = load_recipe(recipe_factory("lora", utility=utility, swarm={"max_iterations": 3}))
+    reference = run_swarm(recipe, tmp_path / "reference", QUIET)
+
+    out, partial = tmp_path / "out", tmp_path / ".out.partial"
+    monkeypatch.setenv("SWARM_TEST_INTERRUPT_AT", "6")  # iteration 1, after the first checkpoint
+    with pytest.raises(KeyboardInterrupt):
+        run_swarm(recipe, out, QUIET)
+    monkeypatch.delenv("SWARM_TEST_INTERRUPT_AT")
+    assert (partial / "swarm_state.json").exists() and not out.exists()
+    with pytest.raises(OutputError, match="an interrupted run exists .* --resume .* --overwrite"):
+        run_swarm(recipe, out, QUIET)
+    other = load_recipe(
+        recipe_factory("lora", utility=utility, swarm={"max_iterations": 3, "seed": 8}, folder=tmp_path / "other")
+    )
+    with pytest.raises(OutputError, match="started from a different recipe or different experts"):
+        run_swarm(other, out, RunOptions(quiet=True, resume=True))
+    resumed = run_swarm(recipe, out, RunOptions(quiet=True, resume=True))
+    assert resumed.coefficients == reference.coefficients and resumed.winner_dev == reference.winner_dev
+    assert evaluations(out) == evaluations(tmp_path / "reference")
+
+
+def test_unreadable_checkpoint_is_never_discarded_silently(recipe_factory, tmp_path):
+    recipe = load_recipe(recipe_factory("lora"))
     partial = tmp_path / ".out.partial"
     partial.mkdir()
-    with pytest.raises(OutputError, match="an interrupted run exists .* --resume .* --overwrite"):
-        run_swarm(load_recipe(recipe_factory("lora")), tmp_path / "out", QUIET)
+    (partial / "swarm_history.jsonl").write_text('{"iteration": 0}\n' * 100)
+    (partial / "swarm_state.json").write_text('{"format": 99}')
+    for options in (QUIET, RunOptions(quiet=True, resume=True)):
+        with pytest.raises(OutputError, match="cannot be read .* pass --overwrite to discard"):
+            run_swarm(recipe, tmp_path / "out", options)
+    assert len((partial / "swarm_history.jsonl").read_text().splitlines()) == 100
+    run_swarm(recipe, tmp_path / "out", RunOptions(quiet=True, overwrite=True))
+    assert (tmp_path / "out" / "adapter_model.safetensors").exists()
+
+
+def test_a_partial_folder_without_checkpoint_does_not_block_the_next_run(recipe_factory, tmp_path):
+    partial = tmp_path / ".out.partial"
+    partial.mkdir()
+    (partial / "swarm_history.jsonl").write_text("")  # e.g. the model failed to load last time
+    run_swarm(load_recipe(recipe_factory("lora")), tmp_path / "out", QUIET)
+    assert (tmp_path / "out" / "adapter_model.safetensors").exists()
 
 
 FLAKY = """
@@ -175,12 +241,16 @@ def test_failed_evaluations_are_counted_and_the_search_goes_on(recipe_factory, t
 
     with pytest.raises(UtilityError, match="utility failed on particle 2 at iteration 0: RuntimeError: flaky objective"):
         run_swarm(load_recipe(recipe_factory("lora", utility=utility)), tmp_path / "ff", RunOptions(quiet=True, fail_fast=True))
-    assert not (tmp_path / "ff").exists()
+    partial = tmp_path / ".ff.partial"
+    assert not (partial / "swarm_state.json").exists()  # stopped inside iteration 0: nothing checkpointed
+    assert len(history(partial)) == 2  # the two evaluations before the failure
 
 
 def test_a_utility_failing_on_every_expert_stops_with_its_error(recipe_factory, tmp_path):
     (tmp_path / "flaky.py").write_text(FLAKY)
     utility = {"type": "python", "function": str(tmp_path / "flaky.py") + ":always_fails"}
-    with pytest.raises(UtilityError, match="failed on every expert; first error: ValueError: utility returned nan"):
+    with pytest.raises(
+        UtilityError, match="failed on all 4 particles of iteration 0; first error: ValueError: utility returned nan"
+    ):
         run_swarm(load_recipe(recipe_factory("lora", utility=utility)), tmp_path / "out", QUIET)
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / ".out.partial" / "swarm_state.json").exists()

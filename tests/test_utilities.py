@@ -72,6 +72,8 @@ def test_multiple_choice_by_loglikelihood_matches_a_hand_computation(lm, zoo):
 
 def test_multiple_choice_by_generated_letter(monkeypatch):
     assert parse_letter("The answer is B.", 4) == 1
+    assert parse_letter("A good answer is C", 4) == 2  # explicit "answer is" beats the article
+    assert parse_letter("(D) because", 4) == 3
     assert parse_letter("E then A", 4) == 0  # E is not a valid choice here
     assert parse_letter("no letter here", 4) is None
     assert parse_letter("ABC", 4) is None  # not a standalone letter
@@ -79,6 +81,20 @@ def test_multiple_choice_by_generated_letter(monkeypatch):
     monkeypatch.setattr(mc_module, "greedy_generate", lambda *a, **k: ["A", "Answer: B", "C", "nothing"])
     # predictions 0, 1, 2, None against gold 0, 1, 2, 0
     assert MultipleChoice(examples, parse="generate", max_new_tokens=4, batch_size=2)(None, None) == 0.75
+
+
+def test_multiple_choice_target_delimiter_goes_between_prompt_and_choice(monkeypatch):
+    seen = []
+
+    def fake_logprobs(model, tokenizer, pairs, batch_size):
+        seen.extend(pairs)
+        return [(-1.0, 1), (-0.5, 1)]
+
+    monkeypatch.setattr(mc_module, "continuation_logprobs", fake_logprobs)
+    example = Example("Q: 2+2=?\nA:", "4", ("3", "4"), 1)
+    utility = MultipleChoice([example], parse="loglikelihood", max_new_tokens=4, batch_size=2, target_delimiter=" ")
+    assert utility(None, None) == 1.0
+    assert seen == [("Q: 2+2=?\nA:", " 3"), ("Q: 2+2=?\nA:", " 4")]
 
 
 def test_nll_is_minus_the_token_weighted_mean_answer_loss(lm, zoo):

@@ -51,7 +51,12 @@ def is_adapter_folder(folder: Path) -> bool:
 
 
 class LoraPool(ExpertPool):
-    """LoRA adapters, rank-padded and alpha-folded into one common shape per tensor."""
+    """LoRA adapters, rank-padded and alpha-folded into one common shape per tensor.
+
+    Non-LoRA tensors (`modules_to_save`, an embedding base layer PEFT saved beside the
+    adapter) are combined like full weights, unless every expert has them bit-identical:
+    then they are constants, copied from the first expert.
+    """
 
     kind = "lora"
 
@@ -61,19 +66,27 @@ class LoraPool(ExpertPool):
         self.files = [open_safetensors(p, "adapter_model", "adapter") for p in paths]
         raw = [{name: f.shape(name) for name in f.names()} for f in self.files]
         # Rank and scaling of every (expert, module), read from the tensors and configs.
-        self._rank: list[dict[str, int]] = []
         self._scale: list[dict[str, float]] = []
-        for config, shapes in zip(self.configs, raw):
-            ranks = {m.group("module"): shapes[name][0] for name in shapes if (m := _LORA_KEY.match(name)) and m["side"] == "A"}
-            self._rank.append(ranks)
-            self._scale.append({module: _scaling(config, module, r) for module, r in ranks.items()})
-        self.rank = max(max(r.values(), default=0) for r in self._rank)
+        ranks = []
+        for config, path, shapes in zip(self.configs, paths, raw):
+            rank = {m["module"]: shapes[name][0] for name in shapes if (m := _LORA_KEY.match(name)) and m["side"] == "A"}
+            ranks.append(rank)
+            self._scale.append({module: _scaling(config, module, r, path) for module, r in rank.items()})
+        self.rank = max(max(r.values(), default=0) for r in ranks)
         if self.rank == 0:
             raise ExpertError(f"adapter {paths[0]} has no lora_A/lora_B tensors")
         per_expert = [{name: self._padded_shape(name, shape) for name, shape in shapes.items()} for shapes in raw]
         self._check_aligned(per_expert)
+        self._check_floating(self.files)
         first = self.files[0]
-        self.specs = [TensorSpec(name, per_expert[0][name], first.dtype(name)) for name in first.names()]
+        self.constant_names = [
+            name
+            for name in first.names()
+            if not _LORA_KEY.match(name) and all(torch.equal(first.get(name), f.get(name)) for f in self.files[1:])
+        ]
+        self.specs = [
+            TensorSpec(name, per_expert[0][name], first.dtype(name)) for name in first.names() if name not in self.constant_names
+        ]
 
     def _padded_shape(self, name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
         m = _LORA_KEY.match(name)
@@ -99,7 +112,11 @@ class LoraPool(ExpertPool):
         return m["module"] if m else name
 
     def output_config(self, base_model: str) -> dict[str, Any]:
-        """adapter_config.json of a combined adapter: rank R, scaling 1, no patterns."""
+        """adapter_config.json of a combined adapter: rank R, scaling 1, no patterns.
+
+        `init_lora_weights` is reset to the plain default: initialisations such as PiSSA,
+        OLoRA or LoftQ modify the base weights when the adapter is created.
+        """
         config = dict(self.configs[0])
         config.update(
             r=self.rank,
@@ -107,17 +124,24 @@ class LoraPool(ExpertPool):
             use_rslora=False,
             rank_pattern={},
             alpha_pattern={},
+            init_lora_weights=True,
             base_model_name_or_path=base_model,
             inference_mode=True,
         )
         return config
 
 
-def _scaling(config: dict[str, Any], module: str, rank: int) -> float:
+def is_lora_tensor(name: str) -> bool:
+    return _LORA_KEY.match(name) is not None
+
+
+def _scaling(config: dict[str, Any], module: str, rank: int, folder: Path) -> float:
     """PEFT's scaling for one module: alpha/r, or alpha/sqrt(r) with rsLoRA."""
     from peft.utils.other import get_pattern_key
 
     key = module.removeprefix(_PEFT_PREFIX)
     patterns = config.get("alpha_pattern") or {}
-    alpha = patterns.get(get_pattern_key(patterns.keys(), key), config["lora_alpha"])
+    alpha = patterns.get(get_pattern_key(patterns.keys(), key), config.get("lora_alpha", 8))  # PEFT's default alpha
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or rank <= 0:
+        raise ExpertError(f"{folder / 'adapter_config.json'}: invalid lora_alpha {alpha!r} for {module}")
     return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank

@@ -8,6 +8,8 @@ materialising a particle never holds more than one tensor per expert at a time.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,8 @@ from safetensors import safe_open
 
 from mergekit_swarm.errors import ExpertError
 
+STORED_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -24,7 +28,11 @@ class TensorSpec:
 
     name: str
     shape: tuple[int, ...]
-    dtype: str
+    dtype: str  # safetensors name, e.g. "BF16"
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return STORED_DTYPES[self.dtype]
 
 
 class SafetensorsFiles:
@@ -35,27 +43,36 @@ class SafetensorsFiles:
         self.weight_map = weight_map  # tensor name -> shard file name
         self._handles: dict[str, object] = {}
 
-    def _handle(self, name: str):
+    def _read(self, name: str, what):
+        """`what(handle)` on the shard holding `name`; read errors name the file and tensor."""
         shard = self.weight_map[name]
-        if shard not in self._handles:
-            self._handles[shard] = safe_open(str(self.folder / shard), framework="pt", device="cpu")
-        return self._handles[shard]
+        try:
+            if shard not in self._handles:
+                self._handles[shard] = safe_open(str(self.folder / shard), framework="pt", device="cpu")
+            return what(self._handles[shard])
+        except Exception as exc:  # safetensors raises its own error types
+            raise ExpertError(f"{self.folder / shard}: cannot read tensor {name!r} ({exc})") from None
 
     def names(self) -> list[str]:
         return list(self.weight_map)
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._handle(name).get_slice(name).get_shape())
+        return tuple(self._read(name, lambda h: h.get_slice(name).get_shape()))
 
     def dtype(self, name: str) -> str:
-        return self._handle(name).get_slice(name).get_dtype()
+        return self._read(name, lambda h: h.get_slice(name).get_dtype())
 
     def get(self, name: str) -> torch.Tensor:
-        return self._handle(name).get_tensor(name)
+        return self._read(name, lambda h: h.get_tensor(name))
 
 
 class ExpertPool(ABC):
-    """n experts of one architecture, seen as aligned tensors."""
+    """n experts of one architecture, seen as aligned tensors.
+
+    `specs` are the tensors the swarm combines; `constant_names` are tensors every
+    expert has bit-identical (e.g. a base layer PEFT saved beside the adapter): they
+    are taken from the first expert as they are, never combined.
+    """
 
     kind: str  # "full" | "lora"
 
@@ -65,6 +82,7 @@ class ExpertPool(ABC):
         self.paths = paths
         self.names = _display_names(paths)
         self.specs: list[TensorSpec] = []
+        self.constant_names: list[str] = []
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -101,11 +119,18 @@ class ExpertPool(ABC):
                     f"expert {self.names[k]!r} ({self.paths[k]}) has tensor {extra[0]!r}, which {self.names[0]!r} lacks"
                 )
 
+    def _check_floating(self, files: list[SafetensorsFiles]) -> None:
+        for k, f in enumerate(files):
+            for name in f.names():
+                if f.dtype(name) not in STORED_DTYPES:
+                    raise ExpertError(
+                        f"expert {self.names[k]!r}: tensor {name!r} has dtype {f.dtype(name)}; "
+                        "only floating-point tensors can be merged"
+                    )
+
 
 def open_safetensors(folder: Path, stem: str, what: str) -> SafetensorsFiles:
     """`stem.safetensors` or its sharded index in `folder`; pickles are refused."""
-    import json
-
     single = folder / f"{stem}.safetensors"
     index = folder / f"{stem}.safetensors.index.json"
     if index.exists():
@@ -131,6 +156,25 @@ def open_safetensors(folder: Path, stem: str, what: str) -> SafetensorsFiles:
             "so convert them to safetensors first"
         )
     raise ExpertError(f"{what} {folder} has no {stem}.safetensors (or sharded index)")
+
+
+def folder_identity(folder: Path, sample: int = 1 << 20) -> str:
+    """A cheap fingerprint of a model folder: every JSON file, and for each safetensors
+    file its size and its first and last MiB (the header and values at both ends), so a
+    retrained or replaced expert is noticed without hashing gigabytes."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if path.suffix == ".json":
+            digest.update(path.name.encode() + path.read_bytes())
+        elif path.suffix == ".safetensors":
+            size = path.stat().st_size
+            digest.update(f"{path.name}:{size}".encode())
+            with path.open("rb") as handle:
+                digest.update(handle.read(sample))
+                if size > 2 * sample:
+                    handle.seek(-sample, 2)
+                    digest.update(handle.read())
+    return digest.hexdigest()
 
 
 def _display_names(paths: list[Path]) -> list[str]:

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from mergekit_swarm.experts import ExpertPool, LoraPool
 from mergekit_swarm.groups import GroupLayout
-from mergekit_swarm.materialize import combine
+from mergekit_swarm.materialize import combine, constants
 from mergekit_swarm.resident import ResidentModel
 
 
@@ -32,6 +32,7 @@ def write_full_model(
     *,
     merge_dtype: torch.dtype | None,
     out_dtype: torch.dtype | None,
+    device: str,
     config_source: Path,
     max_shard_size: int,
     trust_remote_code: bool = False,
@@ -39,12 +40,12 @@ def write_full_model(
     from mergekit.io import TensorWriter
     from transformers import AutoConfig
 
+    tensors = combine(pool, layout, coefficients, dtype=merge_dtype, out_dtype=out_dtype, device=device)
     with TensorWriter(str(folder), max_shard_size=max_shard_size, safe_serialization=True) as writer:
-        for name, tensor in combine(pool, layout, coefficients, dtype=merge_dtype):
-            writer.save_tensor(name, tensor.to(out_dtype) if out_dtype else tensor)
+        for name, tensor in tensors:
+            writer.save_tensor(name, tensor.cpu())
     config = AutoConfig.from_pretrained(config_source, trust_remote_code=trust_remote_code)
-    if out_dtype is not None:
-        config.dtype = out_dtype
+    config.dtype = out_dtype or pool.specs[0].torch_dtype
     config.save_pretrained(folder)
 
 
@@ -56,21 +57,24 @@ def write_lora_adapter(
     *,
     merge_dtype: torch.dtype | None,
     out_dtype: torch.dtype | None,
+    device: str,
     base_model: str,
 ) -> None:
-    tensors = {
-        name: (tensor.to(out_dtype) if out_dtype else tensor).contiguous()
-        for name, tensor in combine(pool, layout, coefficients, dtype=merge_dtype)
-    }
+    combined = combine(pool, layout, coefficients, dtype=merge_dtype, out_dtype=out_dtype, device=device)
+    tensors = {name: tensor.cpu().contiguous() for name, tensor in [*combined, *constants(pool)]}
     save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
     config = pool.output_config(base_model)
     (folder / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def write_merged_lora(folder: Path, resident: ResidentModel, coefficients: np.ndarray, *, max_shard_size: int) -> None:
+def write_merged_lora(
+    folder: Path, resident: ResidentModel, coefficients: np.ndarray, *, out_dtype: torch.dtype | None, max_shard_size: int
+) -> None:
     """Bake the winner adapter into the resident base model and save it (consumes the slot)."""
     resident.load(coefficients)
     merged = resident.model.merge_and_unload()
+    if out_dtype is not None:
+        merged = merged.to(out_dtype)
     merged.save_pretrained(folder, max_shard_size=max_shard_size, safe_serialization=True)
 
 

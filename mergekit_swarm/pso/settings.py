@@ -1,8 +1,9 @@
 """The `swarm:` section of a recipe: Model Swarms hyperparameters.
 
-Defaults follow the official implementation's argparse (Feng et al., 2024), except
+Defaults follow the official implementation's argparse (Feng et al., 2025), except
 `particles`, which defaults to twice the number of experts as in the authors' launch
-scripts (10 experts grown to 20 particles by crossover).
+scripts (10 experts grown to 20 particles by crossover), and `max_iterations` (50, not
+200: with `patience` the search rarely gets that far).
 """
 
 from __future__ import annotations
@@ -46,9 +47,11 @@ class SwarmSettings(StrictSection):
     seed: int = Field(42, description="Seed of every random draw of the search.")
 
     @model_validator(mode="after")
-    def _some_term_is_weighted(self) -> SwarmSettings:
+    def _consistent(self) -> SwarmSettings:
         if self.inertia + self.cognitive + self.social + self.repel <= 0:
             raise ValueError("inertia, cognitive, social and repel are all 0: particles could never move")
+        if self.min_step_length > self.step_length:
+            raise ValueError(f"min_step_length ({self.min_step_length}) is larger than step_length ({self.step_length})")
         return self
 
     def particle_count(self, experts: int) -> int:

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from mergekit_swarm import pso
 from mergekit_swarm.errors import UtilityError
-from mergekit_swarm.search.evaluator import Evaluator
+from mergekit_swarm.search.evaluator import Evaluation, Evaluator
 from mergekit_swarm.search.rundir import Checkpoint, RunDirectory
 
 
@@ -41,48 +41,46 @@ def run_search(
         unit="it",
         disable=quiet,
         dynamic_ncols=True,
+        mininterval=0.5,
     )
 
     def show(particle: int | None = None) -> None:
         postfix = {"best": _fmt(state.global_best_utility), "failed": checkpoint.failed}
         if particle is not None:
             postfix["particle"] = f"{particle}/{particles}"
-        bar.set_postfix(postfix, refresh=True)
+        bar.set_postfix(postfix, refresh=False)
+        bar.update(0)  # redraws at most every `mininterval` seconds, so logs stay readable
 
     show()
     with rundir.history_path.open("a", encoding="utf-8") as history:
         while True:
             if not state.evaluated:
-                utilities = []
+                utilities, errors = [], []
                 for i in range(particles):
                     show(i + 1)
                     result = evaluator(state.positions[i])
                     if result.failed:
                         checkpoint.failed += 1
+                        errors.append(result.error)
                         if fail_fast:
                             raise UtilityError(f"utility failed on particle {i} at iteration {state.iteration}: {result.error}")
-                    record = {
-                        "iteration": state.iteration,
-                        "particle": i,
-                        "utility": result.utility if not result.failed else None,
-                        "wall_time": round(result.seconds, 6),
-                    }
-                    if result.failed:
-                        record["error"] = result.error
-                    history.write(json.dumps(record) + "\n")
+                    history.write(json.dumps(_record(state.iteration, i, result)) + "\n")
                     history.flush()
                     utilities.append(result.utility)
+                if len(errors) == particles:  # systemic (bad utility, out of memory, ...): stop, resumable
+                    raise UtilityError(
+                        f"the utility failed on all {particles} particles of iteration {state.iteration}; "
+                        f"first error: {errors[0]}"
+                    )
                 pso.observe(state, utilities, settings)
                 if state.iteration == 0:
-                    if not math.isfinite(state.global_best_utility):
-                        raise UtilityError(f"the utility failed on every expert; first error: {_first_error(rundir)}")
                     checkpoint.expert_dev = [u if math.isfinite(u) else None for u in utilities[: state.shape[2]]]
-                else:
-                    bar.update(1)
                 os.fsync(history.fileno())
                 checkpoint.history_bytes = history.tell()
                 rundir.save(checkpoint)
                 show()
+                if state.iteration > 0:
+                    bar.update(1)
             if state.done:
                 break
             pso.step(state, settings)
@@ -90,10 +88,14 @@ def run_search(
     return checkpoint
 
 
-def _first_error(rundir: RunDirectory) -> str:
-    with rundir.history_path.open(encoding="utf-8") as handle:
-        for line in handle:
-            error = json.loads(line).get("error")
-            if error:
-                return error
-    return "unknown"
+def _record(iteration: int, particle: int, result: Evaluation) -> dict:
+    """One line of swarm_history.jsonl."""
+    record = {
+        "iteration": iteration,
+        "particle": particle,
+        "utility": None if result.failed else result.utility,
+        "wall_time": round(result.seconds, 6),
+    }
+    if result.failed:
+        record["error"] = result.error
+    return record

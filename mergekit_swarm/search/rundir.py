@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mergekit_swarm.errors import OutputError
+from mergekit_swarm.output.result import RESULT_FILE
 from mergekit_swarm.pso import SwarmState
 
 STATE_FILE = "swarm_state.json"
@@ -86,7 +87,8 @@ class RunDirectory:
     def finished(self, fingerprint: str) -> Checkpoint | None:
         """The checkpoint of a finished run of this recipe in the output folder, if any."""
         checkpoint = Checkpoint.read(self.out / STATE_FILE)
-        if checkpoint and checkpoint.fingerprint == fingerprint and checkpoint.state.done:
+        complete = (self.out / RESULT_FILE).is_file()
+        if checkpoint and checkpoint.fingerprint == fingerprint and checkpoint.state.done and complete:
             return checkpoint
         return None
 
@@ -94,29 +96,44 @@ class RunDirectory:
         """Prepare the partial folder; return the checkpoint to continue from, if resuming.
 
         Refuses (OutputError) to touch an existing output folder without --overwrite, and
-        an interrupted run without --resume or --overwrite. Nothing is deleted here
-        except an interrupted run the user asked to discard.
+        an interrupted run without --resume or --overwrite. The only things ever deleted
+        here are an interrupted run the user asked to discard (--overwrite without
+        --resume) and a partial folder that never reached its first checkpoint.
         """
+        self._recover_interrupted_publish()
         if self.out.exists() and not overwrite:
             if self.finished(fingerprint):
                 raise OutputError(f"{self.out} already holds a finished run of this recipe; pass --overwrite to run it again")
             raise OutputError(f"output folder {self.out} already exists; pass --overwrite to replace it")
         if self.work.exists():
-            checkpoint = Checkpoint.read(self.work / STATE_FILE)
-            if resume and checkpoint is not None:
-                if checkpoint.fingerprint != fingerprint:
-                    raise OutputError(
-                        f"the interrupted run in {self.work} was started from a different recipe; pass --overwrite to discard it"
-                    )
-                self._truncate_history(checkpoint.history_bytes)
-                return checkpoint
-            if not (resume or overwrite):
+            state_file = self.work / STATE_FILE
+            checkpoint = Checkpoint.read(state_file)
+            if not state_file.exists() or (overwrite and not resume):
+                shutil.rmtree(self.work)
+            elif checkpoint is None:
+                raise OutputError(
+                    f"{state_file} cannot be read (another version of mergekit-swarm?); pass --overwrite to discard that run"
+                )
+            elif not resume:
                 raise OutputError(
                     f"an interrupted run exists in {self.work}; pass --resume to continue it or --overwrite to discard it"
                 )
-            shutil.rmtree(self.work)  # asked to start over, or nothing checkpointed yet
+            elif checkpoint.fingerprint != fingerprint:
+                raise OutputError(
+                    f"the interrupted run in {self.work} was started from a different recipe or different experts; "
+                    "pass --overwrite to discard it"
+                )
+            else:
+                self._truncate_history(checkpoint.history_bytes)
+                return checkpoint
         self.work.mkdir(parents=True)
         return None
+
+    def clear_outputs(self) -> None:
+        """Remove everything but the state and the history (e.g. files of an interrupted write)."""
+        for path in self.work.iterdir():
+            if path.name not in (STATE_FILE, HISTORY_FILE):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
 
     def _truncate_history(self, size: int) -> None:
         path = self.history_path
@@ -128,14 +145,25 @@ class RunDirectory:
     def save(self, checkpoint: Checkpoint) -> None:
         write_atomic(self.work / STATE_FILE, json.dumps(checkpoint.to_dict()))
 
+    @property
+    def _replaced(self) -> Path:
+        return self.out.parent / f".{self.out.name}.replaced"
+
     def publish(self) -> None:
         """Make the finished partial folder the output folder (replacing an old one last)."""
         replaced = None
         if self.out.exists():
-            replaced = self.out.parent / f".{self.out.name}.replaced"
-            if replaced.exists():
-                shutil.rmtree(replaced)
+            replaced = self._replaced
             os.rename(self.out, replaced)
         os.rename(self.work, self.out)
         if replaced is not None:
             shutil.rmtree(replaced)
+
+    def _recover_interrupted_publish(self) -> None:
+        """A crash inside `publish` can leave the old output aside; put it back (or finish)."""
+        if not self._replaced.exists():
+            return
+        if self.out.exists():  # the new output is in place: only the clean-up was missed
+            shutil.rmtree(self._replaced)
+        else:
+            os.rename(self._replaced, self.out)

@@ -1,9 +1,11 @@
 """`multiple_choice`: accuracy on examples with `choices`.
 
 `parse: loglikelihood` (default) picks the choice with the highest summed log-probability
-given the prompt (lm-eval's `acc`). `parse: generate` generates greedily and reads the
-first standalone capital letter (A, B, ...) as the answer, like the paper; a generation
-without a valid letter counts as wrong.
+given the prompt (lm-eval's `acc`); the choice is appended to the prompt after
+`target_delimiter` (default "": as written; lm-eval uses " ").
+`parse: generate` generates greedily and reads the answer letter, like the paper; the
+prompt must then list the choices as lettered options itself ("A. ...", "B. ...").
+A generation without a valid letter counts as wrong.
 """
 
 from __future__ import annotations
@@ -17,21 +19,29 @@ from mergekit_swarm.utilities.base import DatasetUtilityConfig, Split, Utility, 
 from mergekit_swarm.utilities.data import LETTERS, Example, load_examples
 from mergekit_swarm.utilities.text import continuation_logprobs, greedy_generate
 
-_LETTER = re.compile(r"\b([A-Z])\b")
+# Most explicit first: "answer is (B)" / "Answer: B", then a leading "B." / "(B)", then "(B)"
+# anywhere, then any standalone capital letter (which an article "A" can fool).
+_LETTER_PATTERNS = [
+    re.compile(r"answer\s*(?:is|:)?\s*\(?([A-Z])\b", re.IGNORECASE),
+    re.compile(r"^\s*\(?([A-Z])(?:[).:]|\s*$)"),
+    re.compile(r"\(([A-Z])\)"),
+    re.compile(r"\b([A-Z])\b"),
+]
 
 
 def parse_letter(generation: str, choices: int) -> int | None:
-    """Index of the first standalone letter among the first `choices` letters, else None."""
-    for match in _LETTER.finditer(generation):
-        index = LETTERS.index(match.group(1))
-        if index < choices:
-            return index
+    """Index of the answer letter among the first `choices` letters, else None."""
+    for pattern in _LETTER_PATTERNS:
+        for match in pattern.finditer(generation):
+            letter = match.group(1)
+            if letter in LETTERS[:choices]:  # the first pattern matches case-insensitively on "answer" only
+                return LETTERS.index(letter)
     return None
 
 
 class MultipleChoice(Utility):
-    def __init__(self, examples: list[Example], parse: str, max_new_tokens: int, batch_size: int):
-        self.examples, self.parse = examples, parse
+    def __init__(self, examples: list[Example], parse: str, max_new_tokens: int, batch_size: int, target_delimiter: str = ""):
+        self.examples, self.parse, self.delimiter = examples, parse, target_delimiter
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
 
     def predictions(self, model, tokenizer) -> list[int | None]:
@@ -44,7 +54,7 @@ class MultipleChoice(Utility):
                 batch_size=self.batch_size,
             )
             return [parse_letter(t, len(e.choices)) for t, e in zip(texts, self.examples)]
-        pairs = [(e.prompt, choice) for e in self.examples for choice in e.choices]
+        pairs = [(e.prompt, self.delimiter + choice) for e in self.examples for choice in e.choices]
         scores = iter(continuation_logprobs(model, tokenizer, pairs, batch_size=self.batch_size))
         predictions = []
         for e in self.examples:
@@ -62,9 +72,11 @@ class MultipleChoiceConfig(DatasetUtilityConfig):
     type: Literal["multiple_choice"] = "multiple_choice"
     parse: Literal["loglikelihood", "generate"] = Field("loglikelihood", description="How the chosen answer is read.")
     max_new_tokens: int = Field(8, ge=1, description="Tokens generated per prompt with parse: generate.")
+    target_delimiter: str = Field("", description='Put between prompt and choice with parse: loglikelihood (lm-eval: " ").')
 
     def build(self, split: Split) -> Utility | None:
         path = self.path(split)
         if path is None:
             return None
-        return MultipleChoice(load_examples(path, multiple_choice=True), self.parse, self.max_new_tokens, self.batch_size)
+        examples = load_examples(path, multiple_choice=True)
+        return MultipleChoice(examples, self.parse, self.max_new_tokens, self.batch_size, self.target_delimiter)

@@ -34,8 +34,8 @@ def load_function(spec: str) -> Callable:
     else:
         try:
             module = importlib.import_module(target)
-        except ImportError as exc:
-            raise UtilityError(f"cannot import utility module {target!r}: {exc}") from None
+        except Exception as exc:  # ImportError, or whatever the module raises while importing
+            raise UtilityError(f"cannot import utility module {target!r}: {type(exc).__name__}: {exc}") from None
     function = getattr(module, name, None)
     if not callable(function):
         raise UtilityError(f"{target} has no function {name!r}")
