@@ -11,23 +11,26 @@ Public API (imports are lazy so that `import mergekit_swarm` stays cheap):
     result = run_swarm(load_recipe("swarm.yml"), "out/", RunOptions(resume=True))
 """
 
-from __future__ import annotations
-
-from typing import Any
+from mergekit_swarm import _hook  # no other import here: this runs at every interpreter start-up
 
 __version__ = "0.1.0"
+
+# Registers `model_swarms` with mergekit as soon as mergekit's merge methods are imported
+# (right away if they already are), without importing mergekit (or torch) here.
+_hook.install()
 
 _LAZY = {
     "load_recipe": "mergekit_swarm.config",
     "SwarmRecipe": "mergekit_swarm.config",
     "run_swarm": "mergekit_swarm.run",
-    "RunOptions": "mergekit_swarm.run",
+    "RunOptions": "mergekit_swarm.options",
+    "apply_recipe": "mergekit_swarm.apply",
     "SwarmResult": "mergekit_swarm.output.result",
     "SwarmSettings": "mergekit_swarm.pso",
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name in _LAZY:
         import importlib
 

@@ -1,7 +1,8 @@
-"""`mergekit-swarm`: run a Model Swarms recipe.
+"""`mergekit-swarm`: run a Model Swarms recipe, or apply a recipe of found weights.
 
 `mergekit-swarm swarm.yml out/` is short for `mergekit-swarm run swarm.yml out/`; every
-mergekit merge option is accepted (`mergekit.options.add_merge_options`).
+mergekit merge option is accepted (`mergekit.options.add_merge_options`). The same
+search also runs from stock `mergekit-yaml` (see `mergekit_swarm.mergekit_plugin`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,21 @@ from mergekit.options import MergeOptions, PrettyPrintHelp, add_merge_options
 
 from mergekit_swarm import __version__
 from mergekit_swarm.errors import SwarmError
+
+_FLAG_HELP = {
+    "--resume": "Continue an interrupted run of the same recipe (a finished one is kept).",
+    "--overwrite": "Replace an existing output folder once the new run has finished.",
+    "--fail-fast": "Stop at the first failed utility evaluation instead of recording it.",
+    "--merge-lora": "LoRA experts: write the base model with the winner baked in.",
+}
+# The same flags, as click options, for `mergekit-yaml` once the plugin extends it.
+SWARM_FLAGS = [click.Option([flag], is_flag=True, help=text) for flag, text in _FLAG_HELP.items()]
+
+
+def _with_swarm_flags(command):
+    for flag, text in reversed(_FLAG_HELP.items()):
+        command = click.option(flag, is_flag=True, help=text)(command)
+    return command
 
 
 class DefaultCommandGroup(click.Group):
@@ -33,49 +49,97 @@ def main() -> None:
     """Adapt a pool of LLM experts to your objective with Model Swarms.
 
     \b
-      mergekit-swarm swarm.yml out/            run a recipe (same as `run`)
+      mergekit-swarm swarm.yml out/             search, write the winner (same as `run`)
       mergekit-swarm run swarm.yml out/ --resume
+      mergekit-swarm apply out/mergekit_config.yml again/
     """
 
 
 @main.command("run", cls=PrettyPrintHelp)
 @click.argument("config_file", type=click.Path(dir_okay=False))
 @click.argument("out_path", type=click.Path(file_okay=False))
-@click.option("--resume", is_flag=True, help="Continue an interrupted run of the same recipe (a finished one is kept).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output folder once the new run has finished.")
-@click.option("--fail-fast", is_flag=True, help="Stop at the first failed utility evaluation instead of recording it.")
-@click.option("--merge-lora", is_flag=True, help="LoRA experts: write the base model with the winner baked in.")
+@_with_swarm_flags
 @add_merge_options
-def run(
-    merge_options: MergeOptions,
+def run(merge_options: MergeOptions, config_file: str, out_path: str, **flags: bool) -> None:
+    """Search with the swarm in CONFIG_FILE and write the winner to OUT_PATH.
+
+    A `model_swarms` recipe without `swarm:`/`utility:` sections, but with weights, is a
+    one-shot merge (see `apply`).
+    """
+    run_recipe_file(config_file, out_path, merge_options, **flags)
+
+
+@main.command("apply", cls=PrettyPrintHelp)
+@click.argument("config_file", type=click.Path(dir_okay=False))
+@click.argument("out_path", type=click.Path(file_okay=False))
+@click.option("--overwrite", is_flag=True, help=_FLAG_HELP["--overwrite"])
+@add_merge_options
+def apply(merge_options: MergeOptions, config_file: str, out_path: str, overwrite: bool) -> None:
+    """Write the merge of the weights in CONFIG_FILE (e.g. a winner's mergekit_config.yml).
+
+    Works for LoRA adapters too, which stock mergekit can only bake into full models.
+    """
+    from mergekit_swarm.apply import apply_recipe
+    from mergekit_swarm.options import RunOptions
+
+    merge_options.apply_global_options()
+    _guard(lambda: apply_recipe(config_file, out_path, RunOptions.from_merge_options(merge_options, overwrite=overwrite)))
+
+
+def run_recipe_file(
     config_file: str,
     out_path: str,
-    resume: bool,
-    overwrite: bool,
-    fail_fast: bool,
-    merge_lora: bool,
+    merge_options: MergeOptions,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    fail_fast: bool = False,
+    merge_lora: bool = False,
 ) -> None:
-    """Search with the swarm in CONFIG_FILE and write the winner to OUT_PATH."""
-    from mergekit_swarm.config import load_recipe
-    from mergekit_swarm.run import RunOptions, run_swarm
+    """The whole command: shared by `mergekit-swarm run` and the extended `mergekit-yaml`."""
+    from mergekit_swarm.config import is_swarm_recipe
+    from mergekit_swarm.options import RunOptions
 
     merge_options.apply_global_options()
     if merge_options.quiet:
         _silence_library_progress_bars()
+    options = RunOptions.from_merge_options(
+        merge_options, resume=resume, overwrite=overwrite, fail_fast=fail_fast, merge_lora=merge_lora
+    )
+    if not is_swarm_recipe(config_file):
+        from mergekit_swarm.apply import apply_recipe
+
+        _guard(lambda: apply_recipe(config_file, out_path, options))
+        return
+
+    def search():
+        from mergekit_swarm.config import load_recipe
+        from mergekit_swarm.run import run_swarm
+
+        return run_swarm(load_recipe(config_file), out_path, options)
+
+    result = _guard(search)
+    if not merge_options.quiet:
+        click.echo(result.summary())
+
+
+def _guard(work):
+    """Run `work`; a SwarmError becomes one line and exit 1, Ctrl-C a resume hint and exit 130."""
     try:
-        recipe = load_recipe(config_file)
-        options = RunOptions.from_merge_options(
-            merge_options, resume=resume, overwrite=overwrite, fail_fast=fail_fast, merge_lora=merge_lora
-        )
-        result = run_swarm(recipe, out_path, options)
+        return work()
     except SwarmError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted; continue with: {_resume_command()}", err=True)
         sys.exit(130)
-    if not merge_options.quiet:
-        click.echo(result.summary())
+
+
+def _resume_command() -> str:
+    """The command the user ran, with --resume: same recipe, output and options."""
+    args = sys.argv[1:]
+    program = "mergekit-yaml" if sys.argv[0].endswith("mergekit-yaml") else "mergekit-swarm"
+    return shlex.join([program, *args, *([] if "--resume" in args else ["--resume"])])
 
 
 def _silence_library_progress_bars() -> None:
@@ -85,9 +149,3 @@ def _silence_library_progress_bars() -> None:
 
     disable_progress_bars()
     transformers_logging.disable_progress_bar()
-
-
-def _resume_command() -> str:
-    """The command the user ran, with --resume: same recipe, output and options."""
-    args = sys.argv[1:]
-    return shlex.join(["mergekit-swarm", *args, *([] if "--resume" in args else ["--resume"])])

@@ -1,8 +1,10 @@
-"""A swarm recipe: a mergekit recipe with `merge_method: model_swarms`, plus `swarm:` and `utility:`.
+"""Recipes: mergekit recipes with `merge_method: model_swarms`.
 
-The mergekit part is validated by mergekit's own `MergeConfiguration`; our sections are
-strict (unknown keys are errors with a suggestion). Relative paths resolve against the
-recipe's folder, so a recipe runs the same from any working directory.
+A *search* recipe adds `swarm:` and `utility:` sections; a *weights* recipe (the one-shot
+form, e.g. a winner's `mergekit_config.yml`) gives every model a `weight` instead. The
+mergekit part is validated by mergekit's own `MergeConfiguration`; our sections are strict
+(unknown keys are errors with a suggestion). Relative paths resolve against the recipe's
+folder, so a recipe runs the same from any working directory.
 """
 
 from __future__ import annotations
@@ -24,25 +26,21 @@ from mergekit_swarm.utilities import UTILITIES, UtilityConfig
 
 METHOD_NAME = "model_swarms"
 SWARM_KEYS = ("swarm", "utility")
-# mergekit keys we do not implement (yet): refused rather than silently ignored
-_UNSUPPORTED = {
+UNION = "union"
+_REFUSED = {
     "slices": "slices: recipes are not supported by model_swarms; list whole models under models:",
     "modules": "modules: recipes are not supported by model_swarms; list whole models under models:",
-    "tokenizer_source": "tokenizer_source is not supported yet; the tokenizer is copied from base_model (or the first expert)",
-    "tokenizer": "tokenizer: is not supported yet; the tokenizer is copied from base_model (or the first expert)",
-    "chat_template": "chat_template is not supported yet",
 }
 
 
 @dataclass(frozen=True)
-class SwarmRecipe:
-    """A validated recipe with absolute paths."""
+class MergeRecipe:
+    """The mergekit part of a recipe, validated, with absolute local paths."""
 
     merge: Any  # mergekit.config.MergeConfiguration
-    swarm: SwarmSettings
-    utility: UtilityConfig
     experts: tuple[Path, ...]
     base_model: Path | None
+    tokenizer_source: Path | str  # a model folder, or "union" (checked when the tokenizers are loaded)
     source: str  # where the recipe came from, for messages
     text: str  # the recipe as written
 
@@ -53,6 +51,18 @@ class SwarmRecipe:
     @property
     def out_dtype(self) -> str | None:
         return self.merge.out_dtype or self.merge.dtype
+
+    @property
+    def chat_template(self) -> str | None:
+        return self.merge.chat_template
+
+
+@dataclass(frozen=True)
+class SwarmRecipe(MergeRecipe):
+    """A search recipe: what to search (`swarm:`) and for what (`utility:`)."""
+
+    swarm: SwarmSettings
+    utility: UtilityConfig
 
     def fingerprint(self) -> str:
         """Identifies the search (settings, objective files, experts' weights): the same
@@ -70,8 +80,69 @@ class SwarmRecipe:
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+def is_swarm_recipe(path: str | Path) -> bool:
+    """Whether a recipe file asks for a swarm search (not a one-shot merge)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return False  # let whoever loads it report the problem
+    return isinstance(data, dict) and data.get("merge_method") == METHOD_NAME and any(k in data for k in SWARM_KEYS)
+
+
 def load_recipe(path: str | Path) -> SwarmRecipe:
-    """Read and validate a recipe file. Every problem raises `ConfigError` naming the file and key."""
+    """Read and validate a search recipe. Every problem raises `ConfigError` naming the file and key."""
+    data, text, base_dir = _read(path)
+    return parse_recipe(data, base_dir=base_dir, source=str(path), text=text)
+
+
+def load_weights_recipe(path: str | Path) -> MergeRecipe:
+    """Read and validate a recipe of explicit weights (`model_swarms`, or `linear` with
+    `normalize: false`) for `mergekit-swarm apply`."""
+    data, text, base_dir = _read(path)
+    source = str(path)
+    if isinstance(data, dict) and any(key in data for key in SWARM_KEYS):
+        raise ConfigError(f"{source}: this is a search recipe (swarm:/utility:); run it with `mergekit-swarm {source} OUT`")
+    method = data.get("merge_method") if isinstance(data, dict) else None
+    normalize = ((data.get("parameters") or {}).get("normalize") if isinstance(data, dict) else None) is False
+    if not (method == METHOD_NAME or (method == "linear" and normalize)):
+        raise ConfigError(
+            f"{source}: merge_method is {method!r}; apply takes {METHOD_NAME} or linear with normalize: false "
+            "(use mergekit-yaml for other methods)"
+        )
+    recipe = _parse_merge(data, base_dir, source, text, extra_keys=())
+    for i, model in enumerate(recipe.merge.models):
+        if "weight" not in (model.parameters or {}) and "weight" not in (recipe.merge.parameters or {}):
+            raise ConfigError(f"{source}: models[{i}] has no weight")
+    return recipe
+
+
+def parse_recipe(data: Any, *, base_dir: Path, source: str = "recipe", text: str = "") -> SwarmRecipe:
+    """Validate an already-parsed search recipe; relative paths resolve against `base_dir`."""
+    if isinstance(data, dict) and data.get("merge_method") != METHOD_NAME:
+        raise ConfigError(
+            f"{source}: merge_method is {data.get('merge_method')!r}; a swarm recipe needs merge_method: {METHOD_NAME}"
+        )
+    if isinstance(data, dict) and "utility" not in data:
+        raise ConfigError(f"{source}: missing the utility: section (what the swarm maximises)")
+    recipe = _parse_merge(data, base_dir, source, text, extra_keys=SWARM_KEYS)
+    if recipe.merge.parameters:
+        raise ConfigError(f"{source}: parameters: is not used by a model_swarms search; the swarm finds the weights")
+    for i, model in enumerate(recipe.merge.models):
+        if model.parameters:
+            raise ConfigError(f"{source}: models[{i}] has parameters:; a model_swarms search finds the weights itself")
+
+    context = {"base_dir": base_dir}
+    swarm = _validate_section(SwarmSettings, data.get("swarm") or {}, "swarm", source, context)
+    try:
+        swarm.particle_count(len(recipe.experts))
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    utility = _validate_utility(data["utility"], source, context)
+    fields = {name: getattr(recipe, name) for name in MergeRecipe.__dataclass_fields__}
+    return SwarmRecipe(**fields, swarm=swarm, utility=utility)
+
+
+def _read(path: str | Path) -> tuple[Any, str, Path]:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -83,57 +154,58 @@ def load_recipe(path: str | Path) -> SwarmRecipe:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise ConfigError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
-    return parse_recipe(data, base_dir=path.resolve().parent, source=str(path), text=text)
+    return data, text, path.resolve().parent
 
 
-def parse_recipe(data: Any, *, base_dir: Path, source: str = "recipe", text: str = "") -> SwarmRecipe:
-    """Validate an already-parsed recipe; relative paths resolve against `base_dir`."""
+def _parse_merge(data: Any, base_dir: Path, source: str, text: str, *, extra_keys: tuple[str, ...]) -> MergeRecipe:
+    """Validate the mergekit part of a recipe with mergekit, then resolve its local paths."""
     from mergekit.config import MergeConfiguration
 
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: a recipe is a YAML mapping (merge_method:, models:, swarm:, utility:)")
-    known = [*MergeConfiguration.model_fields, *SWARM_KEYS]
+        raise ConfigError(f"{source}: a recipe is a YAML mapping (merge_method:, models:, ...)")
+    known = [*MergeConfiguration.model_fields, *extra_keys]
     for key in data:
         if key not in known:
             raise ConfigError(f"{source}: {unknown_key_message(str(key), known, 'the recipe')}")
-    for key, message in _UNSUPPORTED.items():
+    for key, message in _REFUSED.items():
         if data.get(key) is not None:
             raise ConfigError(f"{source}: {message}")
-    if data.get("merge_method") != METHOD_NAME:
-        raise ConfigError(
-            f"{source}: merge_method is {data.get('merge_method')!r}; a swarm recipe needs merge_method: {METHOD_NAME}"
-        )
-    if "utility" not in data:
-        raise ConfigError(f"{source}: missing the utility: section (what the swarm maximises)")
-
-    mergekit_part = {k: v for k, v in data.items() if k not in SWARM_KEYS}
     try:
-        merge = MergeConfiguration.model_validate(mergekit_part)
+        merge = MergeConfiguration.model_validate({k: v for k, v in data.items() if k not in extra_keys})
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source)) from None
     except RuntimeError as exc:  # mergekit's own validators raise RuntimeError
         raise ConfigError(f"{source}: {exc}") from None
-
-    if merge.parameters:
-        raise ConfigError(f"{source}: parameters: is not used by a model_swarms search; the swarm finds the weights")
-    for i, model in enumerate(merge.models or []):
-        if model.parameters:
-            raise ConfigError(f"{source}: models[{i}] has parameters:; a model_swarms search finds the weights itself")
     _check_dtypes(merge, source)
 
     experts = tuple(_local_model(m.model, base_dir, f"models[{i}]", source) for i, m in enumerate(merge.models))
     base = _local_model(merge.base_model, base_dir, "base_model", source) if merge.base_model else None
     if len(set(experts)) != len(experts):
         raise ConfigError(f"{source}: the same expert is listed twice under models:")
+    tokenizer = _tokenizer_source(merge, base_dir, base or experts[0], source)
+    return MergeRecipe(merge, experts, base, tokenizer, source, text)
 
-    context = {"base_dir": base_dir}
-    swarm = _validate_section(SwarmSettings, data.get("swarm") or {}, "swarm", source, context)
-    try:
-        swarm.particle_count(len(experts))
-    except ValueError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-    utility = _validate_utility(data["utility"], source, context)
-    return SwarmRecipe(merge, swarm, utility, experts, base, source, text)
+
+def _tokenizer_source(merge, base_dir: Path, default: Path, source: str) -> Path | str:
+    """mergekit's `tokenizer_source` / `tokenizer.source`, without embedding surgery:
+    `base`, a model, or `union` of identical vocabularies. Default: base model or first expert."""
+    chosen = merge.tokenizer_source
+    if merge.tokenizer is not None:
+        if merge.tokenizer.tokens or merge.tokenizer.pad_to_multiple_of:
+            raise ConfigError(
+                f"{source}: tokenizer: tokens / pad_to_multiple_of change the embeddings' shape; "
+                "a swarm needs the experts' vocabulary as it is"
+            )
+        chosen = merge.tokenizer.source
+    if chosen is None:
+        return default
+    if chosen == "base":
+        if merge.base_model is None:
+            raise ConfigError(f"{source}: tokenizer_source: base needs a base_model")
+        return default
+    if chosen == UNION:
+        return UNION
+    return _local_model(chosen, base_dir, "tokenizer_source", source)
 
 
 def _validate_section(cls, data: Any, name: str, source: str, context: dict):

@@ -36,14 +36,14 @@ class ResidentModel:
         layout: GroupLayout,
         *,
         model_source: Path,
-        tokenizer_source: Path,
+        tokenizer,
         model_dtype: torch.dtype | None,
         merge_dtype: torch.dtype | None = None,
         out_dtype: torch.dtype | None = None,
         device: str = "cpu",
         trust_remote_code: bool = False,
     ):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         self.pool, self.layout = pool, layout
         self.merge_dtype, self.out_dtype, self.device = merge_dtype, out_dtype, device
@@ -51,9 +51,9 @@ class ResidentModel:
             model = AutoModelForCausalLM.from_pretrained(
                 model_source, dtype=model_dtype or "auto", trust_remote_code=trust_remote_code
             )
-            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as exc:
             raise ExpertError(f"cannot load a causal LM from {model_source}: {exc}") from None
+        self.tokenizer = tokenizer
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if isinstance(pool, LoraPool):

@@ -1,14 +1,13 @@
 """One swarm run from recipe to published output folder.
 
 recipe -> expert pool + parameter groups -> resident model -> search loop (checkpointed)
--> winner, test report -> weights, card, plot, history -> rename into place.
+-> winner, test report -> weights, recipe, card, plot, history -> rename into place.
 Everything that can be checked is checked before the first evaluation.
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,44 +19,19 @@ from mergekit_swarm.errors import ConfigError, UtilityError
 from mergekit_swarm.experts import LoraPool, open_pool
 from mergekit_swarm.groups import GroupLayout, group_layout
 from mergekit_swarm.materialize import one_hot
+from mergekit_swarm.options import RunOptions
 from mergekit_swarm.output.card import render_card
-from mergekit_swarm.output.model_folder import copy_tokenizer_files, write_full_model, write_lora_adapter, write_merged_lora
+from mergekit_swarm.output.model_folder import write_model_folder
 from mergekit_swarm.output.plot import plot_history, read_history
 from mergekit_swarm.output.result import SwarmResult
 from mergekit_swarm.resident import ResidentModel
 from mergekit_swarm.search.evaluator import Evaluator
 from mergekit_swarm.search.loop import run_search
 from mergekit_swarm.search.rundir import Checkpoint, RunDirectory
+from mergekit_swarm.tokenizer import load_tokenizer, tokenizer_folder
 from mergekit_swarm.utilities import Utility
 
-
-@dataclass(frozen=True)
-class RunOptions:
-    """How to run (not what to search): devices, output format, resume behaviour."""
-
-    device: str = "cpu"
-    resume: bool = False
-    overwrite: bool = False
-    fail_fast: bool = False
-    merge_lora: bool = False
-    quiet: bool = False
-    out_shard_size: int = 5_000_000_000
-    copy_tokenizer: bool = True
-    write_model_card: bool = True
-    trust_remote_code: bool = False
-
-    @classmethod
-    def from_merge_options(cls, merge_options, **ours) -> RunOptions:
-        """Take mergekit's `MergeOptions` fields that mean the same here, plus our own flags."""
-        return cls(
-            device=merge_options.device or "cpu",
-            quiet=merge_options.quiet,
-            out_shard_size=merge_options.out_shard_size,
-            copy_tokenizer=merge_options.copy_tokenizer,
-            write_model_card=merge_options.write_model_card,
-            trust_remote_code=merge_options.trust_remote_code,
-            **ours,
-        )
+__all__ = ["RunOptions", "run_swarm"]
 
 
 def run_swarm(recipe: SwarmRecipe, out: str | Path, options: RunOptions | None = None) -> SwarmResult:
@@ -86,15 +60,15 @@ def run_swarm(recipe: SwarmRecipe, out: str | Path, options: RunOptions | None =
     if options.merge_lora and not is_lora:
         raise ConfigError("--merge-lora applies to LoRA experts only; these experts are full models")
     layout = group_layout(pool, recipe.swarm.granularity)
+    tokenizer_source = tokenizer_folder(recipe, options.trust_remote_code)
     merge_dtype, out_dtype = dtype_from_name(recipe.dtype), dtype_from_name(recipe.out_dtype)
 
     checkpoint = rundir.open(fingerprint, resume=options.resume, overwrite=options.overwrite)
-    source = recipe.base_model or recipe.experts[0]
     resident = ResidentModel(
         pool,
         layout,
         model_source=recipe.base_model if is_lora else recipe.experts[0],
-        tokenizer_source=source,
+        tokenizer=load_tokenizer(tokenizer_source, recipe, options.trust_remote_code),
         model_dtype=merge_dtype if is_lora else out_dtype,
         merge_dtype=merge_dtype,
         out_dtype=out_dtype,
@@ -118,37 +92,9 @@ def run_swarm(recipe: SwarmRecipe, out: str | Path, options: RunOptions | None =
     winner = pso.winner(state)
     expert_test, winner_test = _test_report(resident, test, layout, len(pool), winner, options.fail_fast)
 
-    work = rundir.work
     rundir.clear_outputs()  # files of an earlier, interrupted write (maybe with other options)
-    if not is_lora:
-        write_full_model(
-            work,
-            pool,
-            layout,
-            winner,
-            merge_dtype=merge_dtype,
-            out_dtype=out_dtype,
-            device=options.device,
-            config_source=recipe.experts[0],
-            max_shard_size=options.out_shard_size,
-            trust_remote_code=options.trust_remote_code,
-        )
-    elif options.merge_lora:
-        write_merged_lora(work, resident, winner, out_dtype=out_dtype, max_shard_size=options.out_shard_size)
-    else:
-        write_lora_adapter(
-            work,
-            pool,
-            layout,
-            winner,
-            merge_dtype=merge_dtype,
-            out_dtype=out_dtype,
-            device=options.device,
-            base_model=str(recipe.base_model),
-        )
-    if options.copy_tokenizer:
-        copy_tokenizer_files(work, source, options.trust_remote_code)
-
+    tokenizer = load_tokenizer(tokenizer_source, recipe, options.trust_remote_code)  # as loaded, no pad added
+    kind = write_model_folder(rundir.work, recipe, pool, layout, winner, options, tokenizer=tokenizer, resident=resident)
     result = SwarmResult(
         experts=pool.names,
         expert_dev=checkpoint.expert_dev or [],
@@ -163,9 +109,9 @@ def run_swarm(recipe: SwarmRecipe, out: str | Path, options: RunOptions | None =
         failed=checkpoint.failed,
         restarts=state.restarts,
         stop_reason=state.stop_reason or "",
-        output_kind="lora-merged" if options.merge_lora else pool.kind,
+        output_kind=kind,
     )
-    _write_reports(work, result, recipe, rundir, card=options.write_model_card)
+    _write_reports(rundir, result, recipe, card=options.write_model_card)
     rundir.publish()
     say(f"wrote {rundir.out}")
     return result
@@ -189,7 +135,8 @@ def _test_report(
     return expert_test, score(winner, "the winner")
 
 
-def _write_reports(work: Path, result: SwarmResult, recipe: SwarmRecipe, rundir: RunDirectory, *, card: bool) -> None:
+def _write_reports(rundir: RunDirectory, result: SwarmResult, recipe: SwarmRecipe, *, card: bool) -> None:
+    work = rundir.work
     result.write(work)
     header = (
         f"# Recipe of this run, copied from {Path(recipe.source).resolve()}\n"
@@ -199,7 +146,14 @@ def _write_reports(work: Path, result: SwarmResult, recipe: SwarmRecipe, rundir:
     best_expert = max((u for u in result.expert_dev if u is not None), default=None)
     plot_history(read_history(rundir.history_path), best_expert, work / "swarm_history.png")
     if card:
-        text = render_card(result, recipe.swarm, recipe.utility.type, recipe.text, title=rundir.out.name)
+        text = render_card(
+            recipe,
+            title=rundir.out.name,
+            output_kind=result.output_kind,
+            result=result,
+            settings=recipe.swarm,
+            utility_type=recipe.utility.type,
+        )
         (work / "README.md").write_text(text, encoding="utf-8")
 
 

@@ -51,6 +51,14 @@ def zoo(tmp_path_factory) -> Zoo:
     )
 
 
+@pytest.fixture(scope="session")
+def tokenizer(zoo):
+    """The zoo's character tokenizer (every model of the zoo shares it)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(zoo.base)
+
+
 def _make_rslora(adapter: Path) -> None:
     """Mark an adapter as rsLoRA (scaling alpha/sqrt(r)): the pool must fold that scaling."""
     import json

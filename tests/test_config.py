@@ -81,7 +81,8 @@ def test_bad_values_and_types_name_the_key(tmp_path, valid):
         (lambda d: d.update(dtype="float8"), "dtype: unknown dtype 'float8'"),
         (lambda d: d["models"].append({"model": "./nowhere"}), "models[3]: model folder ./nowhere not found"),
         (lambda d: d["models"][0].update(parameters={"weight": 1.0}), "models[0] has parameters:"),
-        (lambda d: d.update(tokenizer_source="base"), "tokenizer_source is not supported yet"),
+        (lambda d: d.update(tokenizer={"source": "base", "pad_to_multiple_of": 64}), "change the embeddings' shape"),
+        (lambda d: (d.pop("base_model"), d.update(tokenizer_source="base")), "tokenizer_source: base needs a base_model"),
     ],
 )
 def test_refused_recipes(tmp_path, valid, edit, expected):

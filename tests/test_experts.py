@@ -95,7 +95,7 @@ def test_lora_ranks_are_zero_padded_and_scalings_folded_into_b_exactly(zoo):
     assert (config["r"], config["lora_alpha"], config["use_rslora"]) == (8, 8, False)
 
 
-def test_padded_expert_in_the_resident_slot_matches_peft_loading_it(zoo):
+def test_padded_expert_in_the_resident_slot_matches_peft_loading_it(zoo, tokenizer):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -105,7 +105,7 @@ def test_padded_expert_in_the_resident_slot_matches_peft_loading_it(zoo):
 
     pool = LoraPool(list(zoo.lora))
     layout = group_layout(pool, "tensor")
-    resident = ResidentModel(pool, layout, model_source=zoo.base, tokenizer_source=zoo.base, model_dtype=None)
+    resident = ResidentModel(pool, layout, model_source=zoo.base, tokenizer=tokenizer, model_dtype=None)
     ids = torch.tensor([[1, 20, 7, 8, 9, 40, 7]])
     for k, path in enumerate(zoo.lora):
         reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(zoo.base), path).eval()
@@ -164,14 +164,16 @@ def embedding_adapters(zoo, tmp_path_factory):
     return paths
 
 
-def test_embedding_lora_and_modules_to_save(zoo, embedding_adapters, tmp_path):
+def test_embedding_lora_and_modules_to_save(zoo, tokenizer, embedding_adapters, tmp_path):
     import numpy as np
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    from mergekit_swarm.apply import apply_recipe
     from mergekit_swarm.groups import group_layout
     from mergekit_swarm.materialize import one_hot
-    from mergekit_swarm.output.model_folder import write_lora_adapter
+    from mergekit_swarm.options import RunOptions
+    from mergekit_swarm.output.recipe import winner_recipe
     from mergekit_swarm.resident import ResidentModel
 
     pool = LoraPool(embedding_adapters)
@@ -179,7 +181,7 @@ def test_embedding_lora_and_modules_to_save(zoo, embedding_adapters, tmp_path):
     assert "base_model.model.lm_head.weight" in pool.tensor_names  # differs between experts: combined
     assert "base_model.model.model.embed_tokens.lora_embedding_A" in pool.tensor_names
     layout = group_layout(pool, "tensor")
-    resident = ResidentModel(pool, layout, model_source=zoo.base, tokenizer_source=zoo.base, model_dtype=None)
+    resident = ResidentModel(pool, layout, model_source=zoo.base, tokenizer=tokenizer, model_dtype=None)
     ids = torch.tensor([[1, 20, 7, 8, 9, 40, 7]])
     for k, path in enumerate(embedding_adapters):
         reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(zoo.base), path).eval()
@@ -191,9 +193,9 @@ def test_embedding_lora_and_modules_to_save(zoo, embedding_adapters, tmp_path):
 
     coefficients = np.random.default_rng(0).normal(0.5, 0.4, size=(len(layout), 2))
     resident.load(coefficients)
-    out = tmp_path / "adapter"
-    out.mkdir()
-    write_lora_adapter(out, pool, layout, coefficients, merge_dtype=None, out_dtype=None, device="cpu", base_model=str(zoo.base))
+    recipe = tmp_path / "weights.yml"  # the winner-recipe path: written as weights, applied back
+    recipe.write_text(winner_recipe(pool, layout, coefficients, base_model=zoo.base, dtype=None, out_dtype=None))
+    out = apply_recipe(recipe, tmp_path / "adapter", RunOptions(quiet=True))
     written = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(zoo.base), out).eval()
     with torch.no_grad():
         torch.testing.assert_close(written(input_ids=ids).logits, resident.model(input_ids=ids).logits, rtol=1e-5, atol=1e-5)

@@ -64,12 +64,12 @@ def test_layer_groups_keep_the_blocks_of_two_towers_apart():
 
 
 @pytest.mark.parametrize("kind", ["full", "lora"])
-def test_resident_model_holds_exactly_the_particle_and_nothing_else(zoo, kind):
+def test_resident_model_holds_exactly_the_particle_and_nothing_else(zoo, tokenizer, kind):
     experts = zoo.full if kind == "full" else zoo.lora
     pool = open_pool(list(experts))
     layout = group_layout(pool, "layer")
     resident = ResidentModel(
-        pool, layout, model_source=experts[0] if kind == "full" else zoo.base, tokenizer_source=zoo.base, model_dtype=None
+        pool, layout, model_source=experts[0] if kind == "full" else zoo.base, tokenizer=tokenizer, model_dtype=None
     )
     rng = np.random.default_rng(3)
     first = rng.dirichlet(np.ones(3), size=len(layout))

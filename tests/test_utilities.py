@@ -148,7 +148,7 @@ def test_python_utility_from_file_and_module(tmp_path, monkeypatch):
         load_function("not_a_module_xyz:f")
 
 
-def test_evaluator_records_failures_instead_of_raising(zoo):
+def test_evaluator_records_failures_instead_of_raising(zoo, tokenizer):
     from mergekit_swarm.experts import open_pool
     from mergekit_swarm.groups import group_layout
     from mergekit_swarm.materialize import one_hot
@@ -157,7 +157,7 @@ def test_evaluator_records_failures_instead_of_raising(zoo):
 
     pool = open_pool(list(zoo.lora))
     layout = group_layout(pool, "model")
-    resident = ResidentModel(pool, layout, model_source=zoo.base, tokenizer_source=zoo.base, model_dtype=None)
+    resident = ResidentModel(pool, layout, model_source=zoo.base, tokenizer=tokenizer, model_dtype=None)
 
     class Raises:
         def __call__(self, model, tokenizer):

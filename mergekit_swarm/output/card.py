@@ -1,13 +1,19 @@
-"""`README.md`: a model card that says what was searched, how, and what it gained."""
+"""`README.md`: a model card in mergekit's layout, plus what the swarm searched and gained.
+
+Only local facts are used: unlike mergekit's own card code, nothing here asks the Hub
+whether a path is a repository (mergekit does for relative paths, which fails offline).
+"""
 
 from __future__ import annotations
 
 import yaml
 
+from mergekit_swarm.config import MergeRecipe
 from mergekit_swarm.output.result import SwarmResult, format_utility
 from mergekit_swarm.pso import SwarmSettings
 
 PAPER_URL = "https://arxiv.org/abs/2410.11163"
+MERGEKIT_URL = "https://github.com/arcee-ai/mergekit"
 CITATION = """@inproceedings{feng2025model,
   title     = {Model Swarms: Collaborative Search to Adapt LLM Experts via Swarm Intelligence},
   author    = {Feng, Shangbin and Wang, Zifeng and Wang, Yike and Ebrahimi, Sayna and Palangi, Hamid and
@@ -16,52 +22,79 @@ CITATION = """@inproceedings{feng2025model,
   booktitle = {International Conference on Machine Learning},
   year      = {2025}
 }"""
+LORA_NOTE = (
+    "LoRA adapters are combined as adapters, as the paper does: lora_A and lora_B separately, each expert's "
+    "alpha/r scaling folded into B and ranks zero-padded to the largest one, so this adapter has r = lora_alpha. "
+    "`mergekit_config.yml` holds the weights; `mergekit-swarm apply mergekit_config.yml out/` rebuilds this "
+    "adapter bit for bit. Stock mergekit cannot: it only bakes an adapter into its base model (`base+adapter`)."
+)
 
 
-def render_card(result: SwarmResult, settings: SwarmSettings, utility_type: str, recipe_text: str, title: str) -> str:
-    library = "peft" if result.output_kind == "lora" else "transformers"
-    front = {"library_name": library, "tags": ["merge", "mergekit", "model-swarms"]}
+def render_card(
+    recipe: MergeRecipe,
+    *,
+    title: str,
+    output_kind: str,
+    result: SwarmResult | None = None,
+    settings: SwarmSettings | None = None,
+    utility_type: str | None = None,
+) -> str:
+    """The card of a search (`result` given) or of a one-shot merge of given weights."""
+    front = {"library_name": "peft" if output_kind == "lora" else "transformers", "tags": ["merge", "mergekit", "model-swarms"]}
+    what = "LoRA adapter" if output_kind == "lora" else "model"
+    base = f" using {recipe.base_model} as a base" if recipe.base_model else ""
+    how = (
+        f": a particle swarm searched the weight space of the {len(recipe.experts)} models below for the best "
+        f"`{utility_type}` utility on the dev data, without gradients"
+        if result is not None
+        else " with the weights given in the configuration below"
+    )
     parts = [
         "---\n" + yaml.safe_dump(front, sort_keys=False) + "---",
         f"# {title}",
-        f"This {'LoRA adapter' if result.output_kind == 'lora' else 'model'} was found with "
-        f"[Model Swarms]({PAPER_URL}) using mergekit-swarm: a swarm of {len(result.experts)} "
-        f"experts searched their weight space for the best `{utility_type}` utility on the dev data, without gradients.",
-        "## Result",
+        f"This {what} is a merge of pre-trained language models created using [mergekit]({MERGEKIT_URL}) and mergekit-swarm.",
+        "## Merge Details",
+        "### Merge Method",
+        f"This {what} was merged using the [Model Swarms]({PAPER_URL}) merge method{base}{how}.",
+        "### Models Merged",
+        "The following models were included in the merge:\n\n" + "\n".join(f"* {p}" for p in recipe.experts),
+        "### Configuration",
+        "The following YAML configuration was used to produce this model:",
+        "```yaml\n" + recipe.text.rstrip() + "\n```",
+    ]
+    if output_kind == "lora":
+        parts.append(LORA_NOTE)
+    elif result is not None:
+        parts.append("The winner's weights as a plain mergekit recipe are in `mergekit_config.yml`.")
+    if result is not None and settings is not None:
+        parts += _swarm_sections(result, settings)
+    parts += ["## Citation", "```bibtex\n" + CITATION + "\n```"]
+    return "\n\n".join(parts) + "\n"
+
+
+def _swarm_sections(result: SwarmResult, settings: SwarmSettings) -> list[str]:
+    return [
+        "## Swarm search",
+        "### Result",
         _result_table(result),
         f"{result.iterations} iterations, {result.evaluations} evaluations ({result.failed} failed), "
         f"{result.restarts} particle restarts; stopped: {result.stop_reason}.",
         "![search history](swarm_history.png)",
-        "## Winner coefficients",
+        "### Winner coefficients",
         _coefficient_table(result),
-        "## Hyperparameters",
+        "### Hyperparameters",
         _settings_table(settings),
-        "## Recipe",
-        "```yaml\n" + recipe_text.rstrip() + "\n```",
-        "## Citation",
-        "```bibtex\n" + CITATION + "\n```",
     ]
-    if result.output_kind == "lora":
-        parts.insert(
-            5,
-            "Adapters are combined as the paper does: lora_A and lora_B separately, each expert's "
-            "alpha/r scaling folded into B and ranks zero-padded to the largest one, so this "
-            "adapter has r = lora_alpha.",
-        )
-    return "\n\n".join(parts) + "\n"
 
 
 def _result_table(result: SwarmResult) -> str:
     tests = result.expert_test or [None] * len(result.experts)
     has_test = result.expert_test is not None
-    head = "| model | dev | test |\n|---|---:|---:|" if has_test else "| model | dev |\n|---|---:|"
-    rows = [head]
+    rows = ["| model | dev | test |\n|---|---:|---:|" if has_test else "| model | dev |\n|---|---:|"]
     for name, dev, test in zip(result.experts, result.expert_dev, tests):
         rows.append(f"| {name} | {format_utility(dev)} |" + (f" {format_utility(test)} |" if has_test else ""))
-    rows.append(
-        f"| **swarm winner** | **{format_utility(result.winner_dev)}** |"
-        + (f" **{format_utility(result.winner_test)}** |" if has_test else "")
-    )
+    winner = f"| **swarm winner** | **{format_utility(result.winner_dev)}** |"
+    rows.append(winner + (f" **{format_utility(result.winner_test)}** |" if has_test else ""))
     return "\n".join(rows)
 
 

@@ -1,11 +1,12 @@
-"""Write the winner as a standard Hugging Face folder.
+"""Write a combination of the experts as a standard Hugging Face folder.
 
-* full-model pools: safetensors shards (+ index) written tensor by tensor with mergekit's
-  `TensorWriter` (`--out-shard-size` has mergekit's meaning), `config.json`, generation
-  config and tokenizer;
+* full-model pools: weight shards (+ index) written tensor by tensor with mergekit's
+  `TensorWriter` (`--out-shard-size`, `--safe-serialization`, `--async-write` keep
+  mergekit's meaning), `config.json`, generation config and tokenizer;
 * LoRA pools: a PEFT adapter folder (`adapter_config.json`, `adapter_model.safetensors`)
   that `PeftModel.from_pretrained` loads; with `--merge-lora`, the base model with the
-  adapter baked in instead.
+  adapter baked in instead;
+* always `mergekit_config.yml`, the weights as a plain recipe (see `output.recipe`).
 """
 
 from __future__ import annotations
@@ -18,70 +19,90 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from mergekit_swarm.config import MergeRecipe
 from mergekit_swarm.experts import ExpertPool, LoraPool
 from mergekit_swarm.groups import GroupLayout
 from mergekit_swarm.materialize import combine, constants
+from mergekit_swarm.options import RunOptions
+from mergekit_swarm.output.recipe import RECIPE_FILE, winner_recipe
 from mergekit_swarm.resident import ResidentModel
 
 
-def write_full_model(
+def write_model_folder(
     folder: Path,
+    recipe: MergeRecipe,
     pool: ExpertPool,
     layout: GroupLayout,
     coefficients: np.ndarray,
+    options: RunOptions,
     *,
-    merge_dtype: torch.dtype | None,
-    out_dtype: torch.dtype | None,
-    device: str,
-    config_source: Path,
-    max_shard_size: int,
-    trust_remote_code: bool = False,
-) -> None:
-    from mergekit.io import TensorWriter
-    from transformers import AutoConfig
+    tokenizer,
+    resident: ResidentModel | None = None,
+) -> str:
+    """Write the particle `coefficients` and its recipe into `folder`; returns the output kind
+    ("full", "lora" or "lora-merged"). `--merge-lora` bakes the adapter into `resident`."""
+    from mergekit.common import dtype_from_name
 
-    tensors = combine(pool, layout, coefficients, dtype=merge_dtype, out_dtype=out_dtype, device=device)
-    with TensorWriter(str(folder), max_shard_size=max_shard_size, safe_serialization=True) as writer:
+    merge_dtype, out_dtype = dtype_from_name(recipe.dtype), dtype_from_name(recipe.out_dtype)
+    donor = recipe.base_model or recipe.experts[0]  # mergekit's donor of config, tokenizer and tag-along files
+    if not isinstance(pool, LoraPool):
+        kind = "full"
+        tensors = combine(pool, layout, coefficients, dtype=merge_dtype, out_dtype=out_dtype, device=options.device)
+        _write_tensors(folder, tensors, options)
+        _write_config(folder, donor, out_dtype or pool.specs[0].torch_dtype, options.trust_remote_code)
+    elif options.merge_lora:
+        if resident is None:
+            raise ValueError("--merge-lora needs the resident model")
+        kind = "lora-merged"
+        resident.load(coefficients)
+        merged = resident.model.merge_and_unload()
+        merged = merged.to(out_dtype) if out_dtype is not None else merged
+        merged.save_pretrained(folder, max_shard_size=options.out_shard_size, safe_serialization=options.safe_serialization)
+    else:
+        kind = "lora"
+        combined = combine(pool, layout, coefficients, dtype=merge_dtype, out_dtype=out_dtype, device=options.device)
+        adapter = {name: tensor.cpu().contiguous() for name, tensor in [*combined, *constants(pool)]}
+        if options.safe_serialization:
+            save_file(adapter, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+        else:
+            torch.save(adapter, folder / "adapter_model.bin")
+        config = pool.output_config(str(recipe.base_model))
+        (folder / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    if options.copy_tokenizer:
+        tokenizer.save_pretrained(folder)
+        if (donor / "generation_config.json").exists() and not (folder / "generation_config.json").exists():
+            shutil.copyfile(donor / "generation_config.json", folder / "generation_config.json")
+    text = winner_recipe(
+        pool,
+        layout,
+        coefficients,
+        base_model=recipe.base_model,
+        dtype=recipe.dtype,
+        out_dtype=recipe.merge.out_dtype,
+        chat_template=recipe.chat_template,
+    )
+    (folder / RECIPE_FILE).write_text(text, encoding="utf-8")
+    return kind
+
+
+def _write_tensors(folder: Path, tensors, options: RunOptions) -> None:
+    from mergekit.io import TensorWriter
+
+    writer = TensorWriter(
+        str(folder),
+        max_shard_size=options.out_shard_size,
+        safe_serialization=options.safe_serialization,
+        use_async=options.async_write,
+        max_write_threads=options.write_threads,
+    )
+    with writer:
         for name, tensor in tensors:
             writer.save_tensor(name, tensor.cpu())
-    config = AutoConfig.from_pretrained(config_source, trust_remote_code=trust_remote_code)
-    config.dtype = out_dtype or pool.specs[0].torch_dtype
+
+
+def _write_config(folder: Path, donor: Path, dtype: torch.dtype, trust_remote_code: bool) -> None:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(donor, trust_remote_code=trust_remote_code)
+    config.dtype = dtype
     config.save_pretrained(folder)
-
-
-def write_lora_adapter(
-    folder: Path,
-    pool: LoraPool,
-    layout: GroupLayout,
-    coefficients: np.ndarray,
-    *,
-    merge_dtype: torch.dtype | None,
-    out_dtype: torch.dtype | None,
-    device: str,
-    base_model: str,
-) -> None:
-    combined = combine(pool, layout, coefficients, dtype=merge_dtype, out_dtype=out_dtype, device=device)
-    tensors = {name: tensor.cpu().contiguous() for name, tensor in [*combined, *constants(pool)]}
-    save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
-    config = pool.output_config(base_model)
-    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def write_merged_lora(
-    folder: Path, resident: ResidentModel, coefficients: np.ndarray, *, out_dtype: torch.dtype | None, max_shard_size: int
-) -> None:
-    """Bake the winner adapter into the resident base model and save it (consumes the slot)."""
-    resident.load(coefficients)
-    merged = resident.model.merge_and_unload()
-    if out_dtype is not None:
-        merged = merged.to(out_dtype)
-    merged.save_pretrained(folder, max_shard_size=max_shard_size, safe_serialization=True)
-
-
-def copy_tokenizer_files(folder: Path, source: Path, trust_remote_code: bool = False) -> None:
-    """The tokenizer (as loaded from `source`, untouched) and the generation config."""
-    from transformers import AutoTokenizer
-
-    AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code).save_pretrained(folder)
-    if (source / "generation_config.json").exists():
-        shutil.copyfile(source / "generation_config.json", folder / "generation_config.json")

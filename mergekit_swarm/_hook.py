@@ -1,0 +1,78 @@
+"""How stock `mergekit-yaml` finds `model_swarms`: a lazy import hook.
+
+mergekit has no plugin discovery, so `mergekit_swarm.pth` (installed at the root of
+site-packages) imports this package at interpreter start-up, which calls `install()`.
+`install()` only puts a small finder at the front of `sys.meta_path`: it imports neither
+torch nor mergekit and costs well under a millisecond. When, and only when, a program
+imports `mergekit.merge_methods` or `mergekit.scripts.run_yaml`, the finder lets the
+module load normally and then calls `mergekit_swarm.mergekit_plugin` to register the
+`model_swarms` method / teach `mergekit-yaml` to run swarm recipes.
+
+Set MERGEKIT_SWARM_DISABLE_HOOK=1 to skip the .pth line entirely.
+"""
+
+import sys
+
+# No typing, no importlib.abc: this module runs in every Python start-up of the
+# environment (via the .pth), and those two imports alone would cost ~45 ms.
+
+# module name -> function of mergekit_swarm.mergekit_plugin to call once it is loaded
+WATCHED = {
+    "mergekit.merge_methods": "register_method",
+    "mergekit.scripts.run_yaml": "extend_mergekit_yaml",
+}
+
+
+def _apply(name, module):
+    plugin = sys.modules.get("mergekit_swarm.mergekit_plugin")
+    if plugin is not None and not hasattr(plugin, "PLUGIN_READY"):
+        return  # the plugin itself is importing mergekit right now; it applies itself when done
+    from mergekit_swarm import mergekit_plugin
+
+    getattr(mergekit_plugin, WATCHED[name])(module)
+
+
+class _PatchingLoader:
+    """Runs the real loader, then our patch on the freshly executed module."""
+
+    def __init__(self, inner, name):
+        self.inner, self.name = inner, name
+
+    def create_module(self, spec):
+        return self.inner.create_module(spec)
+
+    def exec_module(self, module):
+        self.inner.exec_module(module)
+        _apply(self.name, module)
+
+    def __getattr__(self, attr):  # get_resource_reader, is_package, ... of the real loader
+        return getattr(self.inner, attr)
+
+
+class MergekitFinder:
+    """Finds watched mergekit modules with the other finders and wraps their loader."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname not in WATCHED:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _PatchingLoader(spec.loader, fullname)
+                return spec
+        return None
+
+
+def install():
+    """Arm the hook (idempotent); patch modules that are already imported."""
+    if not any(isinstance(f, MergekitFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, MergekitFinder())
+    for name in WATCHED:
+        module = sys.modules.get(name)
+        spec = getattr(module, "__spec__", None)
+        # a module still executing is patched by its loader when it finishes (if it is ours)
+        if spec is not None and not getattr(spec, "_initializing", False):
+            _apply(name, module)

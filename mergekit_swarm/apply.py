@@ -1,0 +1,45 @@
+"""`mergekit-swarm apply`: the one-shot form of `model_swarms`, for full models and LoRA adapters.
+
+A recipe of explicit weights (`merge_method: model_swarms`, or `linear` with
+`normalize: false`, such as a winner's `mergekit_config.yml`) is resolved exactly as
+mergekit resolves it (scalar or filtered `weight`s, first match wins) and written
+with the same code as a search's winner, so the result is bit-identical to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from mergekit_swarm.config import load_weights_recipe
+from mergekit_swarm.errors import ConfigError
+from mergekit_swarm.experts import LoraPool, open_pool
+from mergekit_swarm.options import RunOptions
+from mergekit_swarm.output.card import render_card
+from mergekit_swarm.output.model_folder import write_model_folder
+from mergekit_swarm.output.recipe import RECIPE_FILE, recipe_coefficients
+from mergekit_swarm.search.rundir import RunDirectory
+from mergekit_swarm.tokenizer import load_tokenizer, tokenizer_folder
+
+
+def apply_recipe(config_file: str | Path, out: str | Path, options: RunOptions | None = None) -> Path:
+    """Write the merge the recipe describes to `out` (published atomically); returns `out`."""
+    options = options or RunOptions()
+    recipe = load_weights_recipe(config_file)
+    if options.merge_lora:
+        raise ConfigError("--merge-lora is for search runs; apply writes the adapter (bake it with PEFT's merge_and_unload)")
+    pool = open_pool(list(recipe.experts))
+    if isinstance(pool, LoraPool) and recipe.base_model is None:
+        raise ConfigError(f"{recipe.source}: base_model: is required when the models are LoRA adapters")
+    layout, coefficients = recipe_coefficients(recipe.merge, pool, recipe.source)
+    tokenizer = load_tokenizer(tokenizer_folder(recipe, options.trust_remote_code), recipe, options.trust_remote_code)
+
+    rundir = RunDirectory(Path(out))
+    rundir.open("apply:" + hashlib.sha256(recipe.text.encode()).hexdigest(), resume=False, overwrite=options.overwrite)
+    kind = write_model_folder(rundir.work, recipe, pool, layout, coefficients, options, tokenizer=tokenizer)
+    (rundir.work / RECIPE_FILE).write_text(recipe.text, encoding="utf-8")  # as mergekit does: the recipe as given
+    if options.write_model_card:
+        card = render_card(recipe, title=rundir.out.name, output_kind=kind)
+        (rundir.work / "README.md").write_text(card, encoding="utf-8")
+    rundir.publish()
+    return rundir.out

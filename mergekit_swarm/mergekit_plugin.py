@@ -1,0 +1,77 @@
+"""`model_swarms` inside mergekit: the registered merge method and the `mergekit-yaml` entry.
+
+Two things, both applied by the lazy import hook (`mergekit_swarm._hook`):
+
+* `register_method`: registers `model_swarms` in mergekit's public registry. As a
+  per-tensor method it is an affine combination with per-input `weight`s and no
+  normalisation, exactly mergekit's `linear` with `normalize: false` (it calls that
+  kernel), so a `model_swarms` recipe with explicit weights is a valid one-shot merge.
+* `extend_mergekit_yaml`: makes `mergekit-yaml recipe.yml out/` run the swarm search
+  when the recipe is a swarm recipe (`merge_method: model_swarms` with a `utility:` or
+  `swarm:` section), with the same result as `mergekit-swarm recipe.yml out/`; every
+  other recipe goes to mergekit unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import torch
+from mergekit.merge_methods.base import BatchParameter, ParameterScope, TensorBatch
+from mergekit.merge_methods.easy_define import merge_method
+from mergekit.merge_methods.linear import linear_merge
+
+from mergekit_swarm import _hook
+from mergekit_swarm.config import METHOD_NAME, is_swarm_recipe
+from mergekit_swarm.output.card import PAPER_URL
+
+
+@merge_method(name=METHOD_NAME, pretty_name="Model Swarms", reference_url=PAPER_URL)
+def model_swarms_merge(
+    batch: TensorBatch,
+    weight: Annotated[torch.Tensor, BatchParameter(float, ParameterScope.INPUT)],
+) -> torch.Tensor:
+    """sum_k weight_k * tensor_k: a particle of the swarm, i.e. `linear` without normalisation."""
+    return linear_merge.implementation(batch, weight=weight, normalize=False)
+
+
+def register_method(module=None) -> None:
+    """Register `model_swarms` with mergekit (idempotent)."""
+    from mergekit import merge_methods
+
+    if all(method.spec.name != METHOD_NAME for method in merge_methods.registered_methods()):
+        merge_methods.register(model_swarms_merge)
+
+
+def extend_mergekit_yaml(module) -> None:
+    """Give `mergekit-yaml` the swarm flags and route swarm recipes to the search."""
+    import click
+
+    from mergekit_swarm.cli import SWARM_FLAGS, run_recipe_file
+
+    command = module.main
+    if getattr(command, "_model_swarms", False):
+        return
+    mergekit_callback = command.callback
+    for flag in SWARM_FLAGS:
+        command.params.insert(2, flag)  # after CONFIG_FILE and OUT_PATH
+
+    def callback(**kwargs):
+        ours = {flag.name: kwargs.pop(flag.name) for flag in SWARM_FLAGS}
+        if is_swarm_recipe(kwargs["config_file"]):
+            from mergekit.options import MergeOptions
+
+            options = {k: v for k, v in kwargs.items() if k in MergeOptions.model_fields}
+            return run_recipe_file(kwargs["config_file"], kwargs["out_path"], MergeOptions(**options), **ours)
+        used = [f"--{name.replace('_', '-')}" for name, value in ours.items() if value]
+        if used:
+            raise click.UsageError(f"{', '.join(used)} only apply to model_swarms search recipes")
+        return mergekit_callback(**kwargs)
+
+    command.callback = callback
+    command._model_swarms = True
+
+
+# Importing this module may itself have been what imported mergekit: apply to whatever is loaded.
+PLUGIN_READY = True
+_hook.install()

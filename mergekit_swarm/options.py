@@ -1,0 +1,40 @@
+"""How to run (not what to search): devices, output format, resume behaviour."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Run options; the mergekit ones keep mergekit's meaning (`MergeOptions`)."""
+
+    device: str = "cpu"
+    resume: bool = False
+    overwrite: bool = False
+    fail_fast: bool = False
+    merge_lora: bool = False
+    quiet: bool = False
+    out_shard_size: int = 5_000_000_000
+    copy_tokenizer: bool = True
+    write_model_card: bool = True
+    trust_remote_code: bool = False
+    safe_serialization: bool = True
+    async_write: bool = False
+    write_threads: int = 1
+
+    @classmethod
+    def from_merge_options(cls, merge_options, **ours) -> RunOptions:
+        """mergekit's `MergeOptions` fields that act here, plus our own flags."""
+        return cls(
+            device=merge_options.device or "cpu",
+            quiet=merge_options.quiet,
+            out_shard_size=merge_options.out_shard_size,
+            copy_tokenizer=merge_options.copy_tokenizer,
+            write_model_card=merge_options.write_model_card,
+            trust_remote_code=merge_options.trust_remote_code,
+            safe_serialization=merge_options.safe_serialization,
+            async_write=merge_options.async_write,
+            write_threads=merge_options.write_threads,
+            **ours,
+        )
