@@ -11,13 +11,13 @@ Public API (imports are lazy so that `import mergekit_swarm` stays cheap):
     result = run_swarm(load_recipe("swarm.yml"), "out/", RunOptions(resume=True))
 """
 
-from mergekit_swarm import _hook  # no other import here: this runs at every interpreter start-up
+import _mergekit_swarm_hook
 
 __version__ = "0.1.0"
 
 # Registers `model_swarms` with mergekit as soon as mergekit's merge methods are imported
 # (right away if they already are), without importing mergekit (or torch) here.
-_hook.install()
+_mergekit_swarm_hook.install()
 
 _LAZY = {
     "load_recipe": "mergekit_swarm.config",

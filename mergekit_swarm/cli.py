@@ -97,12 +97,15 @@ def run_recipe_file(
     merge_lora: bool = False,
 ) -> None:
     """The whole command: shared by `mergekit-swarm run` and the extended `mergekit-yaml`."""
-    from mergekit_swarm.config import is_swarm_recipe
-    from mergekit_swarm.options import RunOptions
+    from mergekit_swarm.names import is_swarm_recipe
+    from mergekit_swarm.options import RunOptions, unused_options
 
     merge_options.apply_global_options()
     if merge_options.quiet:
         _silence_library_progress_bars()
+    else:
+        for note in unused_options(merge_options):
+            click.echo(f"note: {note}", err=True)
     options = RunOptions.from_merge_options(
         merge_options, resume=resume, overwrite=overwrite, fail_fast=fail_fast, merge_lora=merge_lora
     )

@@ -21,11 +21,10 @@ from pydantic import ValidationError
 
 from mergekit_swarm.config_base import format_validation_error, unknown_key_message
 from mergekit_swarm.errors import ConfigError
+from mergekit_swarm.names import METHOD_NAME, SWARM_KEYS
 from mergekit_swarm.pso.settings import SwarmSettings
 from mergekit_swarm.utilities import UTILITIES, UtilityConfig
 
-METHOD_NAME = "model_swarms"
-SWARM_KEYS = ("swarm", "utility")
 UNION = "union"
 _REFUSED = {
     "slices": "slices: recipes are not supported by model_swarms; list whole models under models:",
@@ -80,15 +79,6 @@ class SwarmRecipe(MergeRecipe):
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def is_swarm_recipe(path: str | Path) -> bool:
-    """Whether a recipe file asks for a swarm search (not a one-shot merge)."""
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return False  # let whoever loads it report the problem
-    return isinstance(data, dict) and data.get("merge_method") == METHOD_NAME and any(k in data for k in SWARM_KEYS)
-
-
 def load_recipe(path: str | Path) -> SwarmRecipe:
     """Read and validate a search recipe. Every problem raises `ConfigError` naming the file and key."""
     data, text, base_dir = _read(path)
@@ -113,6 +103,12 @@ def load_weights_recipe(path: str | Path) -> MergeRecipe:
     for i, model in enumerate(recipe.merge.models):
         if "weight" not in (model.parameters or {}) and "weight" not in (recipe.merge.parameters or {}):
             raise ConfigError(f"{source}: models[{i}] has no weight")
+    if recipe.base_model is not None and recipe.base_model not in recipe.experts and method == "linear":
+        raise ConfigError(f"{source}: base_model is not among the models; mergekit would add it as an extra input")
+    if recipe.merge.tokenizer_source is not None or recipe.merge.tokenizer is not None:
+        raise ConfigError(
+            f"{source}: tokenizer_source/tokenizer make mergekit rebuild the embeddings; apply keeps them as merged"
+        )
     return recipe
 
 
@@ -183,7 +179,20 @@ def _parse_merge(data: Any, base_dir: Path, source: str, text: str, *, extra_key
     if len(set(experts)) != len(experts):
         raise ConfigError(f"{source}: the same expert is listed twice under models:")
     tokenizer = _tokenizer_source(merge, base_dir, base or experts[0], source)
-    return MergeRecipe(merge, experts, base, tokenizer, source, text)
+    return MergeRecipe(_with_absolute_paths(merge, experts, base), experts, base, tokenizer, source, text)
+
+
+def _with_absolute_paths(merge, experts: tuple[Path, ...], base: Path | None):
+    """The mergekit configuration with its model paths resolved, so mergekit helpers given it
+    (e.g. `chat_template: auto`) find the models from any working directory."""
+
+    def at(reference, path: Path):
+        return reference.model_copy(update={"model": reference.model.model_copy(update={"path": str(path)})})
+
+    update: dict[str, Any] = {"models": [m.model_copy(update={"model": at(m.model, p)}) for m, p in zip(merge.models, experts)]}
+    if base is not None:
+        update["base_model"] = at(merge.base_model, base)
+    return merge.model_copy(update=update)
 
 
 def _tokenizer_source(merge, base_dir: Path, default: Path, source: str) -> Path | str:

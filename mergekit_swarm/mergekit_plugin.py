@@ -1,6 +1,6 @@
 """`model_swarms` inside mergekit: the registered merge method and the `mergekit-yaml` entry.
 
-Two things, both applied by the lazy import hook (`mergekit_swarm._hook`):
+Two things, both applied by the lazy import hook (`_mergekit_swarm_hook`):
 
 * `register_method`: registers `model_swarms` in mergekit's public registry. As a
   per-tensor method it is an affine combination with per-input `weight`s and no
@@ -21,12 +21,11 @@ from mergekit.merge_methods.base import BatchParameter, ParameterScope, TensorBa
 from mergekit.merge_methods.easy_define import merge_method
 from mergekit.merge_methods.linear import linear_merge
 
-from mergekit_swarm import _hook
-from mergekit_swarm.config import METHOD_NAME, is_swarm_recipe
-from mergekit_swarm.output.card import PAPER_URL
+import _mergekit_swarm_hook
+from mergekit_swarm.names import METHOD_NAME, PAPER_URL, PRETTY_NAME, is_swarm_recipe
 
 
-@merge_method(name=METHOD_NAME, pretty_name="Model Swarms", reference_url=PAPER_URL)
+@merge_method(name=METHOD_NAME, pretty_name=PRETTY_NAME, reference_url=PAPER_URL)
 def model_swarms_merge(
     batch: TensorBatch,
     weight: Annotated[torch.Tensor, BatchParameter(float, ParameterScope.INPUT)],
@@ -53,8 +52,7 @@ def extend_mergekit_yaml(module) -> None:
     if getattr(command, "_model_swarms", False):
         return
     mergekit_callback = command.callback
-    for flag in SWARM_FLAGS:
-        command.params.insert(2, flag)  # after CONFIG_FILE and OUT_PATH
+    command.params[2:2] = SWARM_FLAGS  # after CONFIG_FILE and OUT_PATH, in our order
 
     def callback(**kwargs):
         ours = {flag.name: kwargs.pop(flag.name) for flag in SWARM_FLAGS}
@@ -74,4 +72,4 @@ def extend_mergekit_yaml(module) -> None:
 
 # Importing this module may itself have been what imported mergekit: apply to whatever is loaded.
 PLUGIN_READY = True
-_hook.install()
+_mergekit_swarm_hook.install()

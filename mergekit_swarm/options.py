@@ -38,3 +38,28 @@ class RunOptions:
             write_threads=merge_options.write_threads,
             **ours,
         )
+
+
+# mergekit options that a swarm run accepts but cannot use, and why.
+NO_EFFECT = {
+    "allow_crimes": "experts must align tensor by tensor anyway",
+    "lazy_unpickle": "pickle checkpoints are refused",
+    "low_cpu_memory": "one resident model is used",
+    "read_to_gpu": "experts are read tensor by tensor and moved to --device",
+    "multi_gpu": "one resident model is used",
+    "clone_tensors": "tensors are written once each",
+    "transformers_cache": "experts are local folders",
+    "lora_merge_cache": "model+lora experts are not supported; list the adapter folder",
+    "lora_merge_dtype": "model+lora experts are not supported; list the adapter folder",
+    "unsafe_truncate_embeddings": "the experts' vocabulary is kept as it is",
+}
+
+
+def unused_options(merge_options) -> list[str]:
+    """Notes for the options the user set that have no effect here."""
+    defaults = type(merge_options).model_fields
+    return [
+        f"--{name.replace('_', '-')} has no effect here ({why})"
+        for name, why in NO_EFFECT.items()
+        if getattr(merge_options, name) != defaults[name].default
+    ]

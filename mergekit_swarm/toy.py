@@ -35,7 +35,7 @@ def build_char_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=core, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK)
 
 
-def build_tiny_llama(vocab_size: int, seed: int, hidden_size: int = 64, layers: int = 2):
+def build_tiny_llama(vocab_size: int, seed: int, hidden_size: int = 64, layers: int = 2, tie_embeddings: bool = False):
     """A random-init Llama small enough to train on two CPU cores in seconds."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -50,7 +50,7 @@ def build_tiny_llama(vocab_size: int, seed: int, hidden_size: int = 64, layers: 
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=0,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie_embeddings,
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)

@@ -51,6 +51,13 @@ def test_mergekit_options_are_accepted_with_their_meaning(runner, recipe_factory
     assert not (out / "tokenizer.json").exists() and not (out / "README.md").exists()
 
 
+def test_options_without_effect_are_named(runner, recipe_factory, tmp_path):
+    result = runner.invoke(main, [str(recipe_factory("lora")), str(tmp_path / "out"), "--allow-crimes", "--lazy-unpickle"])
+    assert result.exit_code == 0, result.output
+    assert "note: --allow-crimes has no effect here (experts must align tensor by tensor anyway)" in result.stderr
+    assert "note: --lazy-unpickle has no effect here (pickle checkpoints are refused)" in result.stderr
+
+
 def test_errors_are_one_line_with_a_non_zero_exit(runner, recipe_factory, tmp_path):
     recipe = recipe_factory("lora", swarm={"inertai": 0.1})
     result = runner.invoke(main, [str(recipe), str(tmp_path / "out")])

@@ -36,12 +36,13 @@ QUIET = RunOptions(quiet=True)
 @pytest.fixture(scope="module")
 def wide(tmp_path_factory, zoo):
     """Three full experts of a 12-layer model (tensor names with both `layers.1.` and
-    `layers.11.`), random perturbations of one random init; plus a dev set."""
+    `layers.11.`, tied embeddings: no lm_head in the files), random perturbations of one
+    random init."""
     root = tmp_path_factory.mktemp("wide")
     tokenizer = toy.build_char_tokenizer()
     experts = []
     for k in range(3):
-        model = toy.build_tiny_llama(len(tokenizer), seed=0, hidden_size=16, layers=12)
+        model = toy.build_tiny_llama(len(tokenizer), seed=0, hidden_size=16, layers=12, tie_embeddings=True)
         generator = torch.Generator().manual_seed(k + 1)
         with torch.no_grad():
             for param in model.parameters():
@@ -49,11 +50,17 @@ def wide(tmp_path_factory, zoo):
         model.save_pretrained(root / f"expert{k}")
         tokenizer.save_pretrained(root / f"expert{k}")
         experts.append(root / f"expert{k}")
+    assert "lm_head.weight" not in load_file(str(root / "expert0" / "model.safetensors"))
+    # Smallest weight norm wins: averaging the experts' random perturbations lowers it, so the
+    # winner is a real per-tensor mixture, not one of the experts.
+    (root / "norm.py").write_text(
+        "def score(model, tokenizer):\n    return -sum(float(p.double().pow(2).sum()) for p in model.parameters())\n"
+    )
     recipe = {
         "merge_method": "model_swarms",
         "models": [{"model": f"expert{k}"} for k in range(3)],
         "swarm": {"particles": 4, "max_iterations": 2, "patience": 5, "granularity": "tensor", "seed": 3},
-        "utility": {"type": "nll", "dev": str(zoo.dev), "batch_size": 16},
+        "utility": {"type": "python", "function": "norm.py:score"},
     }
     (root / "swarm.yml").write_text(yaml.safe_dump(recipe, sort_keys=False))
     return root
@@ -100,6 +107,8 @@ def run_in(venv: Path, *args: str, hook: bool = True, cwd: Path | None = None) -
     env["HF_HUB_OFFLINE"] = "1"
     if not hook:
         env["MERGEKIT_SWARM_DISABLE_HOOK"] = "1"
+    # never the repository as working directory: `python -c` would import the checkout, not the venv's copy
+    cwd = cwd or venv
     return subprocess.run([str(a) for a in args], env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
@@ -164,6 +173,7 @@ def test_mergekit_yaml_runs_the_same_search_as_mergekit_swarm(venv, wide, yaml_r
     assert_same_tensors(yaml_run, out)
     ours, theirs = (json.loads((d / "swarm_result.json").read_text()) for d in (out, yaml_run))
     assert ours["coefficients"] == theirs["coefficients"] and len(ours["groups"]) == len(tensors(out))
+    assert ours["winner_dev"] > max(ours["expert_dev"])  # a real mixture won
 
 
 def test_stock_mergekit_reproduces_the_vanilla_recipe_bit_for_bit(venv, wide, yaml_run):
@@ -222,6 +232,46 @@ def test_one_shot_model_swarms_recipe_in_mergekit_yaml(venv, wide):
         assert torch.equal(merged[name], tensor), name
 
 
+def test_hooked_mergekit_yaml_leaves_other_recipes_alone(venv, wide):
+    recipe = {
+        "merge_method": "linear",
+        "models": [{"model": str(wide / f"expert{k}"), "parameters": {"weight": w}} for k, w in enumerate([0.2, 0.3, 0.5])],
+    }
+    text = yaml.safe_dump(recipe)
+    (wide / "plain.yml").write_text(text)
+    hooked = run_in(venv, venv / "bin/mergekit-yaml", wide / "plain.yml", wide / "plain_hooked", "--quiet")
+    stock = run_in(venv, venv / "bin/mergekit-yaml", wide / "plain.yml", wide / "plain_stock", "--quiet", hook=False)
+    assert hooked.returncode == stock.returncode == 0, hooked.stderr + stock.stderr
+    assert_same_tensors(wide / "plain_hooked", wide / "plain_stock")
+    piped = subprocess.run(  # a recipe on stdin is read once, by mergekit
+        [str(venv / "bin/mergekit-yaml"), "/dev/stdin", str(wide / "plain_piped"), "--quiet"],
+        input=text,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        cwd=venv,
+        timeout=600,
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert_same_tensors(wide / "plain_piped", wide / "plain_stock")
+    misuse = run_in(venv, venv / "bin/mergekit-yaml", wide / "plain.yml", wide / "plain_resume", "--resume")
+    assert misuse.returncode == 2 and "--resume only apply to model_swarms search recipes" in misuse.stderr
+
+
+def test_a_broken_plugin_is_a_warning_not_a_broken_mergekit(venv, tmp_path):
+    fake = tmp_path / "fake"  # a mergekit_swarm whose plugin fails to import
+    (fake / "mergekit_swarm").mkdir(parents=True)
+    (fake / "mergekit_swarm" / "__init__.py").write_text("")
+    (fake / "mergekit_swarm" / "mergekit_plugin.py").write_text("raise ImportError('simulated breakage')\n")
+    env = {**os.environ, "PYTHONPATH": str(fake), "HF_HUB_OFFLINE": "1"}
+    probe = "import mergekit.merge_methods as m; print('linear' in [x.spec.name for x in m.registered_methods()])"
+    result = subprocess.run(
+        [str(venv / "bin/python"), "-c", probe], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "True", result.stderr
+    assert "mergekit-swarm could not extend mergekit.merge_methods (ImportError: simulated breakage)" in result.stderr
+
+
 # ------------------------------------------------------------------ apply, recipes, tokenizers (in process)
 @pytest.mark.parametrize("kind", ["lora", "full"])
 def test_apply_rebuilds_the_winner_bit_for_bit(recipe_factory, tmp_path, kind):
@@ -251,23 +301,40 @@ def test_experts_may_be_outputs_of_earlier_mergekit_merges(venv, wide, zoo, tmp_
     recipe = yaml.safe_load((wide / "swarm.yml").read_text())
     recipe["models"] = [{"model": str(tmp_path / "merged")}, {"model": str(wide / "expert2")}]
     recipe["swarm"]["max_iterations"] = 1
+    recipe["utility"] = {"type": "nll", "dev": str(zoo.dev), "batch_size": 16}
     (tmp_path / "swarm.yml").write_text(yaml.safe_dump(recipe))
     summary = run_swarm(load_recipe(tmp_path / "swarm.yml"), tmp_path / "out", QUIET)
-    assert summary.experts == ["merged", "expert2"] and len(summary.expert_dev) == 2
+    assert summary.experts == ["merged", "expert2"]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mergekit_swarm.utilities.data import load_examples
+    from mergekit_swarm.utilities.nll import NegativeLoss
+
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    direct = NegativeLoss(load_examples(zoo.dev), batch_size=16)(merged, AutoTokenizer.from_pretrained(tmp_path / "merged"))
+    assert summary.expert_dev[0] == pytest.approx(direct, rel=1e-6)  # the swarm saw the merge as mergekit wrote it
 
 
-def test_card_follows_mergekit_and_never_asks_the_hub(recipe_factory, tmp_path, monkeypatch):
+def test_card_follows_mergekit_and_never_asks_the_hub(zoo, tmp_path, monkeypatch):
     import huggingface_hub
 
     def no_network(*args, **kwargs):
         raise AssertionError("the card must not call the Hub")
 
     monkeypatch.setattr(huggingface_hub, "repo_exists", no_network)
+    from tests.conftest import write_recipe
+
+    folder = tmp_path / "project"  # relative model paths (what makes mergekit's card ask the Hub) ...
+    folder.mkdir()
+    for name, path in [("base", zoo.base), *((f"e{k}", p) for k, p in enumerate(zoo.lora))]:
+        (folder / name).symlink_to(path)
+    recipe = write_recipe(folder, ["e0", "e1", "e2"], base="base", utility={"type": "nll", "dev": str(zoo.dev)})
+    monkeypatch.chdir(tmp_path)  # ... and a working directory where they do not exist
     out = tmp_path / "out"
-    run_swarm(load_recipe(recipe_factory("lora")), out, QUIET)
+    run_swarm(load_recipe(recipe), out, QUIET)
     card = (out / "README.md").read_text()
     front = yaml.safe_load(card.split("---")[1])
-    assert front == {"library_name": "peft", "tags": ["merge", "mergekit", "model-swarms"]}
+    assert front == {"base_model": [], "library_name": "peft", "tags": ["merge", "mergekit", "model-swarms"]}
     sections = [
         "## Merge Details",
         "### Merge Method",
@@ -317,3 +384,33 @@ def test_chat_template_and_tokenizer_source_keep_mergekit_meaning(zoo, recipe_fa
     )
     with pytest.raises(ExpertError, match="union of different vocabularies"):
         run_swarm(load_recipe(recipe), tmp_path / "out2", QUIET)
+
+
+def test_weights_resolve_as_mergekit_resolves_them(zoo, tmp_path):
+    from mergekit.config import MergeConfiguration
+
+    from mergekit_swarm.errors import ConfigError
+    from mergekit_swarm.experts import open_pool
+    from mergekit_swarm.output.recipe import recipe_coefficients
+
+    pool = open_pool(list(zoo.full))
+    head = "lm_head.weight"
+    config = MergeConfiguration.model_validate(
+        {
+            "merge_method": "model_swarms",
+            "parameters": {"weight": 0.25},  # top level: used where a model's own filters match nothing
+            "models": [
+                {"model": str(zoo.full[0]), "parameters": {"weight": [{"filter": "lm_head", "value": 2.0}]}},
+                {"model": str(zoo.full[1]), "parameters": {"weight": [{"filter": "mlp", "value": -1.0}, {"value": 0.5}]}},
+                {"model": str(zoo.full[2])},
+            ],
+        }
+    )
+    layout, coefficients = recipe_coefficients(config, pool, "r")
+    row = pool.tensor_names.index(head)
+    mlp = pool.tensor_names.index("model.layers.0.mlp.up_proj.weight")
+    assert list(coefficients[row]) == [2.0, 0.5, 0.25]
+    assert list(coefficients[mlp]) == [0.25, -1.0, 0.25]
+    gradient = config.model_copy(update={"parameters": {"weight": ["0.1", "0.9"]}})
+    with pytest.raises(ConfigError, match="gradient weights"):
+        recipe_coefficients(gradient, pool, "r")

@@ -106,7 +106,7 @@ def test_reports_card_plot_and_recipe_copy(zoo, recipe_factory, tmp_path):
     out = tmp_path / "out"
     result = run_swarm(load_recipe(recipe_path), out, QUIET)
     card = (out / "README.md").read_text()
-    assert card.startswith("---\nlibrary_name: peft\ntags:\n- merge\n- mergekit\n- model-swarms\n---")
+    assert card.startswith("---\nbase_model: []\nlibrary_name: peft\ntags:\n- merge\n- mergekit\n- model-swarms\n---")
     for name, dev, test in zip(result.experts, result.expert_dev, result.expert_test):
         assert f"| {name} | {dev:.4f} | {test:.4f} |" in card
     assert f"| **swarm winner** | **{result.winner_dev:.4f}** | **{result.winner_test:.4f}** |" in card

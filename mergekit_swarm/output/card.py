@@ -9,10 +9,10 @@ from __future__ import annotations
 import yaml
 
 from mergekit_swarm.config import MergeRecipe
+from mergekit_swarm.names import PAPER_URL
 from mergekit_swarm.output.result import SwarmResult, format_utility
 from mergekit_swarm.pso import SwarmSettings
 
-PAPER_URL = "https://arxiv.org/abs/2410.11163"
 MERGEKIT_URL = "https://github.com/arcee-ai/mergekit"
 CITATION = """@inproceedings{feng2025model,
   title     = {Model Swarms: Collaborative Search to Adapt LLM Experts via Swarm Intelligence},
@@ -40,7 +40,11 @@ def render_card(
     utility_type: str | None = None,
 ) -> str:
     """The card of a search (`result` given) or of a one-shot merge of given weights."""
-    front = {"library_name": "peft" if output_kind == "lora" else "transformers", "tags": ["merge", "mergekit", "model-swarms"]}
+    front = {
+        "base_model": [],  # Hub ids among the models, as mergekit writes it; local folders are not listed
+        "library_name": "peft" if output_kind == "lora" else "transformers",
+        "tags": ["merge", "mergekit", "model-swarms"],
+    }
     what = "LoRA adapter" if output_kind == "lora" else "model"
     base = f" using {recipe.base_model} as a base" if recipe.base_model else ""
     how = (

@@ -68,8 +68,8 @@ def write_model_folder(
             torch.save(adapter, folder / "adapter_model.bin")
         config = pool.output_config(str(recipe.base_model))
         (folder / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    if options.copy_tokenizer:
-        tokenizer.save_pretrained(folder)
+    if options.copy_tokenizer or recipe.merge.tokenizer_source is not None or recipe.merge.tokenizer is not None:
+        tokenizer.save_pretrained(folder)  # an explicit tokenizer is written even with --no-copy-tokenizer, as in mergekit
         if (donor / "generation_config.json").exists() and not (folder / "generation_config.json").exists():
             shutil.copyfile(donor / "generation_config.json", folder / "generation_config.json")
     text = winner_recipe(

@@ -22,16 +22,17 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from mergekit_swarm.config import METHOD_NAME
 from mergekit_swarm.errors import ConfigError
 from mergekit_swarm.experts import ExpertPool, LoraPool
 from mergekit_swarm.groups import GroupLayout
+from mergekit_swarm.names import METHOD_NAME
 
 RECIPE_FILE = "mergekit_config.yml"
 
 _HEADER = {
-    "full": "# The swarm's winner as a vanilla mergekit recipe: `mergekit-yaml {file} out/` reproduces it\n"
-    "# bit for bit (no plugin needed). Coefficients are per tensor when the search was per layer/tensor.\n",
+    "full": "# The swarm's winner as a vanilla mergekit recipe: `mergekit-yaml {file} out/` reproduces its\n"
+    "# weights bit for bit (no plugin needed). Coefficients are per tensor when the search was per\n"
+    "# layer/tensor. `base_model` is the first expert only to make it mergekit's config/tokenizer donor.\n",
     "lora": "# The swarm's winner (LoRA adapters combined as adapters): `mergekit-swarm apply {file} out/`\n"
     "# re-materialises it bit for bit. Stock mergekit can only bake an adapter into its base model.\n",
 }
@@ -53,6 +54,8 @@ def winner_recipe(
     if is_lora:
         recipe["base_model"] = str(base_model)
     else:
+        # A base_model that is not among the models would become an extra input of `linear`.
+        recipe["base_model"] = str(pool.paths[0])
         recipe["parameters"] = {"normalize": False}
     for key, value in (("dtype", dtype), ("out_dtype", out_dtype), ("chat_template", chat_template)):
         if value is not None:
@@ -63,7 +66,39 @@ def winner_recipe(
         for k, path in enumerate(pool.paths)
     ]
     header = _HEADER["lora" if is_lora else "full"].format(file=RECIPE_FILE)
+    problem = None if is_lora else stock_plan_problem(pool)
+    if problem:
+        header += f"# Warning: stock mergekit may not reproduce it exactly ({problem}); `mergekit-swarm apply` does.\n"
     return header + yaml.safe_dump(recipe, sort_keys=False, width=1000)
+
+
+def stock_plan_problem(pool: ExpertPool) -> str | None:
+    """Why stock mergekit would not plan exactly the pool's tensors, or None if it would.
+
+    mergekit merges the weights its architecture definition lists (with aliases and tied
+    names) and ignores any other tensor; unknown architectures are inferred from the
+    checkpoint itself, which lists exactly its own tensors.
+    """
+    from mergekit.architecture import arch_info_for_config
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(pool.paths[0])
+        arch = arch_info_for_config(config)
+    except Exception as exc:  # an architecture mergekit cannot read at all
+        return f"mergekit cannot read this architecture: {type(exc).__name__}"
+    if arch is None:
+        return None
+    weights = arch.all_weights(config)
+    names = set(pool.tensor_names)
+    known = {n for w in weights for n in (w.name, *(w.aliases or ()), *(w.tied_names or ()))}
+    unplanned = sorted(names - known)
+    if unplanned:
+        return f"it would drop {unplanned[0]!r}"
+    for w in weights:
+        if not w.optional and not names & {w.name, *(w.aliases or ()), *(w.tied_names or ())}:
+            return f"it expects {w.name!r}, which the experts lack"
+    return None
 
 
 def _weight(specs: Sequence, layout: GroupLayout, column: np.ndarray, order: list[int]):
@@ -74,30 +109,43 @@ def _weight(specs: Sequence, layout: GroupLayout, column: np.ndarray, order: lis
 
 def recipe_coefficients(merge_config, pool: ExpertPool, source: str) -> tuple[GroupLayout, np.ndarray]:
     """Per-tensor coefficients (one group per tensor) of a recipe's `weight` parameters,
-    resolved exactly as mergekit resolves them (filters, first match)."""
+    resolved as mergekit resolves them: the model's own setting first, then the recipe's
+    top-level one, each with filters matched in order (first match wins)."""
     from mergekit.config import evaluate_setting
 
     names = pool.tensor_names
     layout = GroupLayout("tensor", tuple(names), tuple(range(len(names))))
     coefficients = np.zeros((len(names), len(pool)))
     for k, model in enumerate(merge_config.models):
-        setting = (model.parameters or {}).get("weight", (merge_config.parameters or {}).get("weight"))
-        if setting is None:
+        scopes = [scope["weight"] for scope in (model.parameters, merge_config.parameters) if scope and "weight" in scope]
+        if not scopes:
             raise ConfigError(f"{source}: models[{k}] has no weight")
-        if _is_gradient(setting):
+        if any(_is_gradient(setting) for setting in scopes):
             raise ConfigError(f"{source}: models[{k}]: gradient weights (lists of numbers) are not supported here")
         for t, name in enumerate(names):
-            value = evaluate_setting(name, setting, 0.0, validate=float)
+            values = (evaluate_setting(name, setting, 0.0, validate=float) for setting in scopes)
+            value = next((v for v in values if v is not None), None)
             if value is None:
                 raise ConfigError(f"{source}: models[{k}]: no weight matches tensor {name!r}")
             coefficients[t, k] = value
     return layout, coefficients
 
 
+def _is_number(value) -> bool:
+    """A number as mergekit reads one (numeric strings such as "5e-1" included)."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return False
+        return True
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _is_gradient(setting) -> bool:
     """A list of numbers (interpolated over layers by mergekit), directly or under a filter."""
     if isinstance(setting, list):
-        numbers = bool(setting) and all(isinstance(v, (int, float)) for v in setting)
+        numbers = bool(setting) and all(_is_number(v) for v in setting)
         return numbers or any(_is_gradient(item) for item in setting)
     value = getattr(setting, "value", None)
     return value is not None and _is_gradient(value)
