@@ -9,7 +9,6 @@ folder, so a recipe runs the same from any working directory.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from mergekit_swarm.config_base import format_validation_error, unknown_key_mess
 from mergekit_swarm.errors import ConfigError
 from mergekit_swarm.names import METHOD_NAME, SWARM_KEYS
 from mergekit_swarm.pso.settings import SwarmSettings
-from mergekit_swarm.utilities import UTILITIES, UtilityConfig
+from mergekit_swarm.utilities import UtilityConfig, validate_utility
 
 UNION = "union"
 _REFUSED = {
@@ -227,14 +226,12 @@ def _validate_section(cls, data: Any, name: str, source: str, context: dict):
 
 
 def _validate_utility(data: Any, source: str, context: dict) -> UtilityConfig:
-    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
-        raise ConfigError(f"{source}: utility: needs a type ({', '.join(sorted(UTILITIES))})")
-    kind = data["type"]
-    if kind not in UTILITIES:
-        close = difflib.get_close_matches(str(kind), UTILITIES, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(sorted(UTILITIES))
-        raise ConfigError(f"{source}: utility: unknown type {kind!r} ({hint})")
-    return _validate_section(UTILITIES[kind], data, "utility", source, context)
+    try:
+        return validate_utility(data, context)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, f"{source}: utility")) from None
+    except ValueError as exc:
+        raise ConfigError(f"{source}: utility: {exc}") from None
 
 
 def _check_dtypes(merge, source: str) -> None:

@@ -69,7 +69,7 @@ def test_bad_values_and_types_name_the_key(tmp_path, valid):
     assert "swarm: step_decay: Input should be less than or equal to 1" in error_of(tmp_path, valid)
     del valid["swarm"]["step_decay"]
     valid["utility"]["type"] = "exact_mach"
-    assert "unknown type 'exact_mach' (did you mean 'exact_match'?)" in error_of(tmp_path, valid)
+    assert "utility: unknown utility type 'exact_mach' (did you mean 'exact_match'?)" in error_of(tmp_path, valid)
 
 
 @pytest.mark.parametrize(

@@ -223,3 +223,44 @@ def test_all_zero_terms_are_rejected():
 def test_min_step_length_cannot_exceed_step_length():
     with pytest.raises(ValueError, match="min_step_length"):
         SwarmSettings(step_length=0.1, min_step_length=0.5)
+
+
+def test_evaluation_dropout_skips_a_fixed_share_with_documented_draws():
+    s = settings(particles=6, drop_k=1, drop_n=3, patience=100, seed=9)
+    assert s.skipped_per_iteration(6) == 2
+    state = pso.initialize(s, 3, 1)
+    mirror = np.random.default_rng(9)  # replay initialize's draws: crossover (3 children), random starting velocities
+    for i in range(3, 6):
+        mirror.choice(i, size=2, replace=False), mirror.uniform(0, 2)
+    for _ in range(6):
+        mirror.integers(5)
+    assert not state.skip.any()  # the initial evaluation is never skipped
+    utility = noisy(3)
+    for _ in range(5):
+        pso.observe(state, [utility(state, i) for i in range(6)], s)
+        pso.step(state, s)
+        mirror.random((6, 1, 4))
+        expected = np.zeros(6, dtype=bool)
+        expected[mirror.choice(6, size=2, replace=False)] = True
+        np.testing.assert_array_equal(state.skip, expected)
+    restored = SwarmState.from_dict(json.loads(json.dumps(state.to_dict())))
+    np.testing.assert_array_equal(restored.skip, state.skip)
+
+
+def test_a_reused_utility_never_improves_a_best():
+    s = settings(particles=4, drop_k=1, drop_n=2, patience=100)
+    state = pso.initialize(s, 2, 1)
+    pso.observe(state, [0.1, 0.9, 0.5, 0.3], s)
+    best, best_utilities, worst = state.global_best.copy(), state.best_utilities.copy(), state.global_worst_utility
+    pso.step(state, s)
+    reused = [state.utilities[i] if state.skip[i] else 0.0 for i in range(4)]  # what the loop passes for skipped ones
+    pso.observe(state, reused, s)
+    np.testing.assert_array_equal(state.global_best, best)
+    np.testing.assert_array_equal(state.best_utilities, best_utilities)
+    assert state.global_worst_utility == min(worst, 0.0)
+    assert list(state.stale) == [1, 1, 1, 1]
+
+
+def test_drop_k_must_leave_some_evaluations():
+    with pytest.raises(ValueError, match="drop_k .* must be smaller than drop_n"):
+        SwarmSettings(drop_k=2, drop_n=2)

@@ -254,3 +254,19 @@ def test_a_utility_failing_on_every_expert_stops_with_its_error(recipe_factory, 
     ):
         run_swarm(load_recipe(recipe_factory("lora", utility=utility)), tmp_path / "out", QUIET)
     assert not (tmp_path / ".out.partial" / "swarm_state.json").exists()
+
+
+def test_evaluation_dropout_reuses_last_utilities_and_saves_evaluations(recipe_factory, tmp_path):
+    recipe = load_recipe(recipe_factory("lora", swarm={"max_iterations": 3, "drop_k": 1, "drop_n": 2}))
+    result = run_swarm(recipe, tmp_path / "out", QUIET)
+    rows = history(tmp_path / "out")
+    skipped = [r for r in rows if r.get("skipped")]
+    assert len(skipped) == 3 * 2 and all(r["iteration"] > 0 for r in skipped)  # 2 of 4 particles, iterations 1-3
+    last = {}
+    for row in rows:
+        if row.get("skipped"):
+            assert row["utility"] == last[row["particle"]]  # the particle's last utility, reused
+        last[row["particle"]] = row["utility"]
+    assert result.evaluations == 4 * 4 - 6
+    again = run_swarm(recipe, tmp_path / "again", QUIET)
+    assert again.coefficients == result.coefficients and evaluations(tmp_path / "again") == evaluations(tmp_path / "out")

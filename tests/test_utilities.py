@@ -15,6 +15,7 @@ from mergekit_swarm.utilities.exact_match import ExactMatch, contains_answer
 from mergekit_swarm.utilities.multiple_choice import MultipleChoice, parse_letter
 from mergekit_swarm.utilities.nll import NegativeLoss
 from mergekit_swarm.utilities.python import PythonUtility, load_function
+from mergekit_swarm.utilities.text import GenerationSettings
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def test_exact_match_scores_the_share_of_generations_containing_the_gold(lm, zoo
     ]
     expected = sum(contains_answer(g, e.answer) for g, e in zip(generations, examples)) / len(examples)
     assert expected == pytest.approx(0.5, abs=1 / len(examples))
-    assert ExactMatch(examples, max_new_tokens=6, batch_size=5)(model, tokenizer) == expected
+    assert ExactMatch(examples, GenerationSettings(max_new_tokens=6, batch_size=5))(model, tokenizer) == expected
 
 
 def test_exact_match_normalises_case_and_whitespace():
@@ -65,7 +66,7 @@ def test_multiple_choice_by_loglikelihood_matches_a_hand_computation(lm, zoo):
     assert [e.answer_index for e in examples] == [i % 2 for i in range(len(examples))]
     picks = [int(np.argmax([_choice_logprob(model, tokenizer, e.prompt, c) for c in e.choices])) for e in examples]
     expected = sum(p == e.answer_index for p, e in zip(picks, examples)) / len(examples)
-    utility = MultipleChoice(examples, parse="loglikelihood", max_new_tokens=4, batch_size=3)
+    utility = MultipleChoice(examples, "loglikelihood", GenerationSettings(4, 3))
     assert utility.predictions(model, tokenizer) == picks
     assert utility(model, tokenizer) == expected
 
@@ -80,7 +81,7 @@ def test_multiple_choice_by_generated_letter(monkeypatch):
     examples = [Example(f"q{i}", "x", ("x", "y", "z"), i % 3) for i in range(4)]
     monkeypatch.setattr(mc_module, "greedy_generate", lambda *a, **k: ["A", "Answer: B", "C", "nothing"])
     # predictions 0, 1, 2, None against gold 0, 1, 2, 0
-    assert MultipleChoice(examples, parse="generate", max_new_tokens=4, batch_size=2)(None, None) == 0.75
+    assert MultipleChoice(examples, "generate", GenerationSettings(4, 2))(None, None) == 0.75
 
 
 def test_multiple_choice_target_delimiter_goes_between_prompt_and_choice(monkeypatch):
@@ -92,7 +93,7 @@ def test_multiple_choice_target_delimiter_goes_between_prompt_and_choice(monkeyp
 
     monkeypatch.setattr(mc_module, "continuation_logprobs", fake_logprobs)
     example = Example("Q: 2+2=?\nA:", "4", ("3", "4"), 1)
-    utility = MultipleChoice([example], parse="loglikelihood", max_new_tokens=4, batch_size=2, target_delimiter=" ")
+    utility = MultipleChoice([example], "loglikelihood", GenerationSettings(4, 2), target_delimiter=" ")
     assert utility(None, None) == 1.0
     assert seen == [("Q: 2+2=?\nA:", " 3"), ("Q: 2+2=?\nA:", " 4")]
 

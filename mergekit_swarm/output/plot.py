@@ -18,7 +18,7 @@ def plot_history(history: list[dict], best_expert: float | None, path: Path) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [h for h in history if h["utility"] is not None]
+    ok = [h for h in history if h["utility"] is not None and not h.get("skipped")]
     iterations = sorted({h["iteration"] for h in history})
     best, running = [], float("-inf")
     for it in iterations:
@@ -30,7 +30,7 @@ def plot_history(history: list[dict], best_expert: float | None, path: Path) -> 
     ax.plot(iterations, best, color="tab:red", linewidth=2, label="global best")
     if best_expert is not None:
         ax.axhline(best_expert, color="gray", linestyle="--", linewidth=1, label="best expert")
-    failed = sum(h["utility"] is None for h in history)
+    failed = sum("error" in h for h in history)
     ax.set_xlabel("iteration")
     ax.set_ylabel("dev utility")
     ax.set_title("Model Swarms search" + (f" ({failed} failed evaluations)" if failed else ""))

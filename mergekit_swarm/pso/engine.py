@@ -10,7 +10,10 @@ fixed order, so a state restored from disk continues bit for bit:
    `j = rng.integers(particles - 1)` (skipping i itself).
 2. `step`: one `rng.random((particles, groups, 4))` draw (r_v, r_p, r_g, r_w per
    particle and group), even when `random_factors` is off, so that switching it
-   does not change later draws.
+   does not change later draws; then, only with evaluation dropout on,
+   `rng.choice(particles, k, replace=False)`: the k particles whose next evaluation is
+   skipped (k = particles * drop_k // drop_n). A skipped particle keeps its last
+   utility; as that is never a strict improvement, it only counts as a stale step.
 
 Stray-particle restart uses a cool-down: a restarted particle's stale counter is reset,
 so it gets another `restart_patience * patience` iterations before the next restart.
@@ -63,6 +66,7 @@ def initialize(settings: SwarmSettings, experts: int, groups: int) -> SwarmState
         global_best=np.zeros((groups, experts)),
         global_worst=np.zeros((groups, experts)),
         stale=np.zeros(count, dtype=np.int64),
+        skip=np.zeros(count, dtype=bool),
         rng=rng,
         step_length=settings.step_length,
     )
@@ -134,7 +138,10 @@ def step(state: SwarmState, settings: SwarmSettings) -> None:
     state.velocities = new_v
     state.positions = x + state.step_length * new_v
     state.step_length = max(state.step_length * settings.step_decay, settings.min_step_length)
-    state.utilities = np.full_like(state.utilities, np.nan)
+    state.skip = np.zeros_like(state.skip)
+    skipped = settings.skipped_per_iteration(state.shape[0])
+    if skipped:
+        state.skip[state.rng.choice(state.shape[0], size=skipped, replace=False)] = True
     state.iteration += 1
     state.evaluated = False
 

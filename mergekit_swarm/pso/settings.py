@@ -45,6 +45,8 @@ class SwarmSettings(StrictSection):
         "model", description="One coefficient vector per model (the paper), per layer, or per tensor."
     )
     seed: int = Field(42, description="Seed of every random draw of the search.")
+    drop_k: int = Field(0, ge=0, description="Evaluation dropout: skip drop_k of every drop_n particle evaluations.")
+    drop_n: int = Field(1, ge=1, description="Evaluation dropout: see drop_k.")
 
     @model_validator(mode="after")
     def _consistent(self) -> SwarmSettings:
@@ -52,7 +54,13 @@ class SwarmSettings(StrictSection):
             raise ValueError("inertia, cognitive, social and repel are all 0: particles could never move")
         if self.min_step_length > self.step_length:
             raise ValueError(f"min_step_length ({self.min_step_length}) is larger than step_length ({self.step_length})")
+        if self.drop_k >= self.drop_n:
+            raise ValueError(f"drop_k ({self.drop_k}) must be smaller than drop_n ({self.drop_n}); some evaluations must run")
         return self
+
+    def skipped_per_iteration(self, particles: int) -> int:
+        """How many particle evaluations evaluation dropout skips in each iteration after the first."""
+        return particles * self.drop_k // self.drop_n
 
     def particle_count(self, experts: int) -> int:
         """The swarm size for `experts` experts (validated: never fewer particles than experts)."""

@@ -12,7 +12,17 @@ from typing import Any
 
 import numpy as np
 
-_ARRAYS = ("positions", "velocities", "utilities", "best_positions", "best_utilities", "global_best", "global_worst", "stale")
+_ARRAYS = (
+    "positions",
+    "velocities",
+    "utilities",
+    "best_positions",
+    "best_utilities",
+    "global_best",
+    "global_worst",
+    "stale",
+    "skip",
+)
 
 
 @dataclass
@@ -21,12 +31,13 @@ class SwarmState:
 
     positions: np.ndarray  # (particles, groups, experts), rows sum to 1
     velocities: np.ndarray  # (particles, groups, experts), rows sum to 0
-    utilities: np.ndarray  # (particles,) utility of the current positions (nan: not evaluated)
+    utilities: np.ndarray  # (particles,) each particle's last utility (nan: never evaluated)
     best_positions: np.ndarray  # (particles, groups, experts) personal bests
     best_utilities: np.ndarray  # (particles,)
     global_best: np.ndarray  # (groups, experts)
     global_worst: np.ndarray  # (groups, experts) worst position ever evaluated
     stale: np.ndarray  # (particles,) iterations since the personal best improved
+    skip: np.ndarray  # (particles,) bool: evaluation dropout skips these evaluations; they reuse `utilities`
     rng: np.random.Generator
     global_best_utility: float = -np.inf
     global_best_particle: int = -1
@@ -34,7 +45,7 @@ class SwarmState:
     global_stale: int = 0  # iterations since the global best improved
     step_length: float = 1.0
     iteration: int = 0  # number of moves made; 0 is the initial evaluation
-    evaluated: bool = False  # whether `utilities` belong to the current positions
+    evaluated: bool = False  # whether the current positions have been evaluated (or skipped)
     restarts: int = 0
     done: bool = False
     stop_reason: str | None = None

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from mergekit_swarm.resident import ResidentModel
-from mergekit_swarm.utilities import Utility
+from mergekit_swarm.utilities import Score, Utility
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,7 @@ class Evaluation:
     utility: float  # -inf when failed
     seconds: float
     error: str | None = None
+    details: dict[str, float] = field(default_factory=dict)  # a Score's details (components, counts)
 
     @property
     def failed(self) -> bool:
@@ -40,10 +41,12 @@ class Evaluator:
         self.resident.load(coefficients)
         try:
             with torch.no_grad():
-                value = float(self.utility(self.resident.model, self.resident.tokenizer))
+                result = self.utility(self.resident.model, self.resident.tokenizer)
+            score = result if isinstance(result, Score) else Score(float(result))
+            value = float(score.value)
             if not math.isfinite(value):
                 raise ValueError(f"utility returned {value}")
         except Exception as exc:  # any failure of the user's objective is recorded, not fatal
             message = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500]
             return Evaluation(-math.inf, time.perf_counter() - start, message)
-        return Evaluation(value, time.perf_counter() - start)
+        return Evaluation(value, time.perf_counter() - start, details=dict(score.details))

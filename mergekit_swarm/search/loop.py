@@ -58,6 +58,11 @@ def run_search(
                 utilities, errors = [], []
                 for i in range(particles):
                     show(i + 1)
+                    if state.skip[i]:  # evaluation dropout: keep the particle's last utility
+                        checkpoint.skipped += 1
+                        utilities.append(float(state.utilities[i]))
+                        history.write(json.dumps(_skipped_record(state.iteration, i, utilities[-1])) + "\n")
+                        continue
                     result = evaluator(state.positions[i])
                     if result.failed:
                         checkpoint.failed += 1
@@ -67,7 +72,7 @@ def run_search(
                     history.write(json.dumps(_record(state.iteration, i, result)) + "\n")
                     history.flush()
                     utilities.append(result.utility)
-                if len(errors) == particles:  # systemic (bad utility, out of memory, ...): stop, resumable
+                if errors and len(errors) == particles - int(state.skip.sum()):  # systemic: stop, resumable
                     raise UtilityError(
                         f"the utility failed on all {particles} particles of iteration {state.iteration}; "
                         f"first error: {errors[0]}"
@@ -98,4 +103,17 @@ def _record(iteration: int, particle: int, result: Evaluation) -> dict:
     }
     if result.failed:
         record["error"] = result.error
+    if result.details:
+        record["details"] = result.details
     return record
+
+
+def _skipped_record(iteration: int, particle: int, reused: float) -> dict:
+    """A history line for an evaluation that dropout skipped (its last utility is reused)."""
+    return {
+        "iteration": iteration,
+        "particle": particle,
+        "utility": reused if math.isfinite(reused) else None,
+        "wall_time": 0.0,
+        "skipped": True,
+    }

@@ -22,7 +22,7 @@ from mergekit_swarm.pso import SwarmState
 
 STATE_FILE = "swarm_state.json"
 HISTORY_FILE = "swarm_history.jsonl"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass
@@ -33,6 +33,7 @@ class Checkpoint:
     state: SwarmState
     history_bytes: int = 0  # size of the history file when the state was saved
     failed: int = 0  # failed evaluations so far
+    skipped: int = 0  # evaluations skipped by evaluation dropout
     expert_dev: list[float] | None = None  # the experts' dev utilities (iteration 0)
 
     def to_dict(self) -> dict[str, Any]:
@@ -41,6 +42,7 @@ class Checkpoint:
             "fingerprint": self.fingerprint,
             "history_bytes": self.history_bytes,
             "failed": self.failed,
+            "skipped": self.skipped,
             "expert_dev": self.expert_dev,
             "state": self.state.to_dict(),
         }
@@ -57,6 +59,7 @@ class Checkpoint:
                 state=SwarmState.from_dict(data["state"]),
                 history_bytes=data["history_bytes"],
                 failed=data["failed"],
+                skipped=data["skipped"],
                 expert_dev=data["expert_dev"],
             )
         except (OSError, ValueError, KeyError, TypeError):

@@ -1,6 +1,15 @@
 """Utilities: what the swarm maximises. One module per kind, behind a registry."""
 
-from mergekit_swarm.utilities import exact_match, multiple_choice, nll, python  # noqa: F401  (registration)
-from mergekit_swarm.utilities.base import UTILITIES, Split, Utility, UtilityConfig, register_utility
+from mergekit_swarm.utilities import (  # noqa: F401  (registration)
+    exact_match,
+    harness,
+    judge,
+    multiple_choice,
+    multitask,
+    nll,
+    python,
+    reward_model,
+)
+from mergekit_swarm.utilities.base import UTILITIES, Score, Split, Utility, UtilityConfig, register_utility, validate_utility
 
-__all__ = ["UTILITIES", "Split", "Utility", "UtilityConfig", "register_utility"]
+__all__ = ["UTILITIES", "Score", "Split", "Utility", "UtilityConfig", "register_utility", "validate_utility"]

@@ -1,28 +1,41 @@
 """What a utility is, how it is configured, and the registry that maps `type:` to it.
 
-A utility scores a model: f(model, tokenizer) -> float, higher is better. Each kind is
-one small module holding a config class (the `utility:` section, unknown keys refused)
-and the utility itself; `@register_utility` makes it available by its `type`.
+A utility scores a model: f(model, tokenizer) -> float (or a `Score` with details),
+higher is better. Each kind is one small module holding a config class (the `utility:`
+section, unknown keys refused) and the utility itself; `@register_utility` makes it
+available by its `type`.
 """
 
 from __future__ import annotations
 
+import difflib
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
 from mergekit_swarm.config_base import RecipePath, StrictSection
+from mergekit_swarm.utilities.text import GenerationSettings
 
 Split = Literal["dev", "test"]
+
+
+@dataclass(frozen=True)
+class Score:
+    """A utility value with details worth keeping (per-component scores, parse failures),
+    which the search records in its history beside the value."""
+
+    value: float
+    details: dict[str, float] = field(default_factory=dict)
 
 
 class Utility(ABC):
     """Scores the resident model; called once per particle evaluation."""
 
     @abstractmethod
-    def __call__(self, model, tokenizer) -> float:
+    def __call__(self, model, tokenizer) -> float | Score:
         """Return the utility (higher is better). Raising marks the evaluation as failed."""
 
 
@@ -52,6 +65,16 @@ class DatasetUtilityConfig(UtilityConfig):
         return self.dev if split == "dev" else self.test
 
 
+class GenerativeUtilityConfig(DatasetUtilityConfig):
+    """Utilities that read the model's greedy generations for the prompts."""
+
+    max_new_tokens: int = Field(16, ge=1, description="Tokens generated per prompt (greedy).")
+    chat_template: bool = Field(False, description="Wrap each prompt in the tokenizer's chat template (as a user turn).")
+
+    def generation(self) -> GenerationSettings:
+        return GenerationSettings(self.max_new_tokens, self.batch_size, self.chat_template)
+
+
 UTILITIES: dict[str, type[UtilityConfig]] = {}
 
 
@@ -62,3 +85,15 @@ def register_utility(cls: type[UtilityConfig]) -> type[UtilityConfig]:
         raise ValueError(f"utility type {name!r} is missing or already registered")
     UTILITIES[name] = cls
     return cls
+
+
+def validate_utility(data: Any, context: dict | None = None) -> UtilityConfig:
+    """The config object of a `utility:` mapping, dispatched on its `type` (ValueError if invalid)."""
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        raise ValueError(f"a utility needs a type ({', '.join(sorted(UTILITIES))})")
+    kind = data["type"]
+    if kind not in UTILITIES:
+        close = difflib.get_close_matches(kind, UTILITIES, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(sorted(UTILITIES))
+        raise ValueError(f"unknown utility type {kind!r} ({hint})")
+    return UTILITIES[kind].model_validate(data, context=context)

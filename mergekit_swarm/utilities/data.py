@@ -20,8 +20,9 @@ class Example:
     answer_index: int = -1  # index into `choices` for multiple-choice examples
 
 
-def load_examples(path: Path, *, multiple_choice: bool = False) -> list[Example]:
-    """Read and check every line; errors name the file and line."""
+def load_examples(path: Path, *, multiple_choice: bool = False, answers: bool = True) -> list[Example]:
+    """Read and check every line; errors name the file and line. With `answers=False`
+    (reward model, judge) only `prompt` is required."""
     if not path.is_file():
         raise UtilityError(f"data file {path} does not exist")
     examples = []
@@ -34,21 +35,24 @@ def load_examples(path: Path, *, multiple_choice: bool = False) -> list[Example]
                 row = json.loads(line)
             except ValueError as exc:
                 raise UtilityError(f"{where}: invalid JSON ({exc})") from None
-            examples.append(_example(row, where, multiple_choice))
+            examples.append(_example(row, where, multiple_choice, answers))
     if not examples:
         raise UtilityError(f"data file {path} has no examples")
     return examples
 
 
-def _example(row: object, where: str, multiple_choice: bool) -> Example:
+def _example(row: object, where: str, multiple_choice: bool, answers: bool) -> Example:
     if not isinstance(row, dict):
         raise UtilityError(f"{where}: expected a JSON object")
-    for key in ("prompt", "answer", *(("choices",) if multiple_choice else ())):
+    required = ("prompt", *(("answer",) if answers or multiple_choice else ()), *(("choices",) if multiple_choice else ()))
+    for key in required:
         if key not in row:
             raise UtilityError(f"{where}: missing key {key!r}")
-    prompt, answer = row["prompt"], row["answer"]
+    prompt, answer = row["prompt"], row.get("answer", "")
     if not isinstance(prompt, str):
         raise UtilityError(f"{where}: 'prompt' must be a string")
+    if not answers:
+        return Example(prompt, str(answer))
     if not multiple_choice:
         if isinstance(answer, bool) or not isinstance(answer, (str, int, float)) or str(answer).strip() == "":
             raise UtilityError(f"{where}: 'answer' must be a non-empty string or number")

@@ -9,11 +9,9 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import Field
-
-from mergekit_swarm.utilities.base import DatasetUtilityConfig, Split, Utility, register_utility
+from mergekit_swarm.utilities.base import GenerativeUtilityConfig, Split, Utility, register_utility
 from mergekit_swarm.utilities.data import Example, load_examples
-from mergekit_swarm.utilities.text import greedy_generate
+from mergekit_swarm.utilities.text import GenerationSettings, greedy_generate
 
 
 def normalize(text: str) -> str:
@@ -25,21 +23,18 @@ def contains_answer(generation: str, answer: str) -> bool:
 
 
 class ExactMatch(Utility):
-    def __init__(self, examples: list[Example], max_new_tokens: int, batch_size: int):
-        self.examples, self.max_new_tokens, self.batch_size = examples, max_new_tokens, batch_size
+    def __init__(self, examples: list[Example], generation: GenerationSettings):
+        self.examples, self.generation = examples, generation
 
     def __call__(self, model, tokenizer) -> float:
-        generations = greedy_generate(
-            model, tokenizer, [e.prompt for e in self.examples], max_new_tokens=self.max_new_tokens, batch_size=self.batch_size
-        )
+        generations = greedy_generate(model, tokenizer, [e.prompt for e in self.examples], self.generation)
         return sum(contains_answer(g, e.answer) for g, e in zip(generations, self.examples)) / len(self.examples)
 
 
 @register_utility
-class ExactMatchConfig(DatasetUtilityConfig):
+class ExactMatchConfig(GenerativeUtilityConfig):
     type: Literal["exact_match"] = "exact_match"
-    max_new_tokens: int = Field(16, ge=1, description="Tokens generated per prompt (greedy).")
 
     def build(self, split: Split) -> Utility | None:
         path = self.path(split)
-        return None if path is None else ExactMatch(load_examples(path), self.max_new_tokens, self.batch_size)
+        return None if path is None else ExactMatch(load_examples(path), self.generation())

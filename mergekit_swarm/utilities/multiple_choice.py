@@ -15,9 +15,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from mergekit_swarm.utilities.base import DatasetUtilityConfig, Split, Utility, register_utility
+from mergekit_swarm.utilities.base import GenerativeUtilityConfig, Split, Utility, register_utility
 from mergekit_swarm.utilities.data import LETTERS, Example, load_examples
-from mergekit_swarm.utilities.text import continuation_logprobs, greedy_generate
+from mergekit_swarm.utilities.text import GenerationSettings, continuation_logprobs, greedy_generate
 
 # Most explicit first: "answer is (B)" / "Answer: B", then a leading "B." / "(B)", then "(B)"
 # anywhere, then any standalone capital letter (which an article "A" can fool).
@@ -40,22 +40,15 @@ def parse_letter(generation: str, choices: int) -> int | None:
 
 
 class MultipleChoice(Utility):
-    def __init__(self, examples: list[Example], parse: str, max_new_tokens: int, batch_size: int, target_delimiter: str = ""):
-        self.examples, self.parse, self.delimiter = examples, parse, target_delimiter
-        self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
+    def __init__(self, examples: list[Example], parse: str, generation: GenerationSettings, target_delimiter: str = ""):
+        self.examples, self.parse, self.generation, self.delimiter = examples, parse, generation, target_delimiter
 
     def predictions(self, model, tokenizer) -> list[int | None]:
         if self.parse == "generate":
-            texts = greedy_generate(
-                model,
-                tokenizer,
-                [e.prompt for e in self.examples],
-                max_new_tokens=self.max_new_tokens,
-                batch_size=self.batch_size,
-            )
+            texts = greedy_generate(model, tokenizer, [e.prompt for e in self.examples], self.generation)
             return [parse_letter(t, len(e.choices)) for t, e in zip(texts, self.examples)]
         pairs = [(e.prompt, self.delimiter + choice) for e in self.examples for choice in e.choices]
-        scores = iter(continuation_logprobs(model, tokenizer, pairs, batch_size=self.batch_size))
+        scores = iter(continuation_logprobs(model, tokenizer, pairs, batch_size=self.generation.batch_size))
         predictions = []
         for e in self.examples:
             totals = [next(scores)[0] for _ in e.choices]
@@ -68,7 +61,7 @@ class MultipleChoice(Utility):
 
 
 @register_utility
-class MultipleChoiceConfig(DatasetUtilityConfig):
+class MultipleChoiceConfig(GenerativeUtilityConfig):
     type: Literal["multiple_choice"] = "multiple_choice"
     parse: Literal["loglikelihood", "generate"] = Field("loglikelihood", description="How the chosen answer is read.")
     max_new_tokens: int = Field(8, ge=1, description="Tokens generated per prompt with parse: generate.")
@@ -79,4 +72,4 @@ class MultipleChoiceConfig(DatasetUtilityConfig):
         if path is None:
             return None
         examples = load_examples(path, multiple_choice=True)
-        return MultipleChoice(examples, self.parse, self.max_new_tokens, self.batch_size, self.target_delimiter)
+        return MultipleChoice(examples, self.parse, self.generation(), self.target_delimiter)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
@@ -19,23 +20,42 @@ def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int
+    batch_size: int
+    chat_template: bool = False  # wrap each prompt as a user turn of the tokenizer's chat template
+
+
+def as_chat(tokenizer, prompt: str) -> str:
+    """`prompt` as the user turn of the tokenizer's chat template, ready for the reply."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("chat_template: true, but the tokenizer has no chat template (set one with the recipe's chat_template:)")
+    messages = [{"role": "user", "content": prompt}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
 @torch.inference_mode()
-def greedy_generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int) -> list[str]:
+def greedy_generate(model, tokenizer, prompts: Sequence[str], settings: GenerationSettings) -> list[str]:
     """Greedy continuations of `prompts` (left-padded batches), special tokens removed."""
     from transformers import GenerationConfig
 
     config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
+        max_new_tokens=settings.max_new_tokens,
         do_sample=False,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
+    if settings.chat_template:  # the template already holds the special tokens it wants
+        prompts = [as_chat(tokenizer, p) for p in prompts]
     device = model_device(model)
     previous_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     texts: list[str] = []
     try:
-        for chunk in batches(prompts, batch_size):
-            encoded = tokenizer(list(chunk), return_tensors="pt", padding=True).to(device)
+        for chunk in batches(prompts, settings.batch_size):
+            encoded = tokenizer(list(chunk), return_tensors="pt", padding=True, add_special_tokens=not settings.chat_template).to(
+                device
+            )
             output = model.generate(**encoded, generation_config=config)
             texts += tokenizer.batch_decode(output[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
     finally:

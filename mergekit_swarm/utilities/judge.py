@@ -1,0 +1,100 @@
+"""`judge`: an LLM rates each of the particle's greedy responses from 1 to 10.
+
+The judge sees `template` filled with the prompt and the response (default modelled on
+the paper's: it asks for "Rating: x/10") and its first `Rating: x` (x/10, [[x]] and
+**x** forms included) is read and clamped to [1, 10]. An answer without a rating scores 1
+(the lowest) and is counted (`unparseable` in the history). Utility = mean rating / 10.
+Backends: a local causal LM, or an OpenAI-compatible chat-completions endpoint.
+
+    utility:
+      type: judge
+      dev: data/prompts_dev.jsonl       # {"prompt": ...}
+      backend:
+        type: openai
+        base_url: http://127.0.0.1:8000/v1
+        model: judge
+        api_key_env: JUDGE_API_KEY      # the variable's name, never the key
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+
+from mergekit_swarm.utilities.base import GenerativeUtilityConfig, Score, Split, Utility, register_utility
+from mergekit_swarm.utilities.data import Example, load_examples
+from mergekit_swarm.utilities.judge_backends import LocalJudgeConfig, OpenAIJudgeConfig
+from mergekit_swarm.utilities.text import GenerationSettings, greedy_generate
+
+DEFAULT_TEMPLATE = (
+    "Please act as an impartial judge and evaluate the quality of the response provided by an AI assistant "
+    "to the user question below. Consider its helpfulness, relevance, accuracy, depth and level of detail. "
+    "Begin with a short explanation, then rate the response on a scale of 1 to 10 in exactly this format: "
+    '"Rating: x/10".\n\n[Question]\n{prompt}\n\n[The Start of Assistant\'s Answer]\n{response}\n'
+    "[The End of Assistant's Answer]"
+)
+_RATING = re.compile(r"rating\s*[:=]?\s*[\[\*\(]*\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
+
+
+def parse_rating(answer: str) -> float | None:
+    """The first `Rating: x` in the judge's answer, clamped to [1, 10]; None if there is none."""
+    match = _RATING.search(answer)
+    if match is None:
+        return None
+    return min(10.0, max(1.0, float(match.group(1))))
+
+
+class JudgeUtility(Utility):
+    def __init__(self, examples: list[Example], generation: GenerationSettings, template: str, judge):
+        self.prompts, self.generation, self.template, self.judge = [e.prompt for e in examples], generation, template, judge
+
+    def __call__(self, model, tokenizer) -> Score:
+        responses = greedy_generate(model, tokenizer, self.prompts, self.generation)
+        answers = self.judge([self.template.format(prompt=p, response=r) for p, r in zip(self.prompts, responses)])
+        ratings = [parse_rating(a) for a in answers]
+        unparseable = sum(r is None for r in ratings)
+        values = [1.0 if r is None else r for r in ratings]
+        mean = sum(values) / len(values)
+        return Score(mean / 10, {"mean_rating": mean, "unparseable": float(unparseable)})
+
+
+@register_utility
+class JudgeConfig(GenerativeUtilityConfig):
+    type: Literal["judge"] = "judge"
+    max_new_tokens: int = Field(64, ge=1, description="Tokens the particle generates per prompt (greedy).")
+    template: str = Field(DEFAULT_TEMPLATE, description="The judge's prompt, with {prompt} and {response}.")
+    backend: Annotated[LocalJudgeConfig | OpenAIJudgeConfig, Field(discriminator="type")] = Field(
+        description="type: local (a causal LM folder) or openai (a chat-completions endpoint)."
+    )
+
+    @field_validator("template")
+    @classmethod
+    def _placeholders(cls, value: str) -> str:
+        for name in ("{prompt}", "{response}"):
+            if name not in value:
+                raise ValueError(f"the judge template needs a {name} placeholder")
+        try:
+            value.format(prompt="", response="")
+        except (KeyError, IndexError, ValueError) as exc:
+            message = f"the judge template has a stray brace or placeholder ({exc}); write literal braces as {{{{ }}}}"
+            raise ValueError(message) from None
+        return value
+
+    def build(self, split: Split) -> Utility | None:
+        path = self.path(split)
+        if path is None:
+            return None
+        return JudgeUtility(load_examples(path, answers=False), self.generation(), self.template, _connect(self.backend))
+
+
+_BACKENDS: dict = {}
+
+
+def _connect(config: LocalJudgeConfig | OpenAIJudgeConfig):
+    """One backend per configuration and run (a local judge model is loaded once for dev and test)."""
+    key = config.model_dump_json()
+    if key not in _BACKENDS:
+        _BACKENDS[key] = config.connect()
+    return _BACKENDS[key]

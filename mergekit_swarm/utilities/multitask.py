@@ -1,0 +1,99 @@
+"""`multitask`: several utilities, weighted, aggregated into one objective.
+
+`aggregate: harmonic` is the paper's multi-task objective (a weighted harmonic mean, so a
+particle must be good at every task); `mean` and `min` are the usual alternatives. Each
+component's score is kept in the history (`details`), under the component's name.
+
+    utility:
+      type: multitask
+      aggregate: harmonic
+      components:
+        - name: reverse
+          weight: 1.0
+          utility: {type: exact_match, dev: data/reverse_dev.jsonl, test: data/reverse_test.jsonl}
+        - name: sort
+          utility: {type: exact_match, dev: data/sort_dev.jsonl, test: data/sort_test.jsonl}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from mergekit_swarm.config_base import StrictSection
+from mergekit_swarm.utilities.base import Score, Split, Utility, UtilityConfig, register_utility, validate_utility
+
+
+def aggregate(values: list[float], weights: list[float], how: str) -> float:
+    """Weighted mean, weighted harmonic mean (0 if any value is 0) or minimum."""
+    if how == "min":
+        return min(values)
+    if how == "mean":
+        return sum(w * v for w, v in zip(weights, values)) / sum(weights)
+    if any(v < 0 for v in values):
+        raise ValueError(f"the harmonic mean needs scores >= 0, got {min(values)}; use aggregate: mean or min")
+    if any(v == 0 for v in values):
+        return 0.0
+    return sum(weights) / sum(w / v for w, v in zip(weights, values))
+
+
+class Component(StrictSection):
+    """One utility of a multi-task objective."""
+
+    section_name: ClassVar[str] = "multitask component"
+    name: str | None = Field(None, description="Name in the history and card (default: its position and type).")
+    weight: float = Field(1.0, gt=0, description="Relative weight in the mean / harmonic mean.")
+    utility: Any = Field(description="A utility section, e.g. {type: exact_match, dev: ...}.")
+
+    @field_validator("utility", mode="before")
+    @classmethod
+    def _validate_utility(cls, value: Any, info: ValidationInfo) -> UtilityConfig:
+        if isinstance(value, UtilityConfig):
+            return value
+        if isinstance(value, dict) and value.get("type") == "multitask":
+            raise ValueError("multitask components cannot themselves be multitask")
+        return validate_utility(value, info.context)
+
+
+class MultiTask(Utility):
+    def __init__(self, names: list[str], weights: list[float], utilities: list[Utility], how: str):
+        self.names, self.weights, self.utilities, self.how = names, weights, utilities, how
+
+    def __call__(self, model, tokenizer) -> Score:
+        details: dict[str, float] = {}
+        values = []
+        for name, utility in zip(self.names, self.utilities):
+            result = utility(model, tokenizer)
+            score = result if isinstance(result, Score) else Score(float(result))
+            values.append(float(score.value))
+            details[name] = values[-1]
+            details.update({f"{name}/{key}": value for key, value in score.details.items()})
+        return Score(aggregate(values, self.weights, self.how), details)
+
+
+@register_utility
+class MultitaskConfig(UtilityConfig):
+    type: Literal["multitask"] = "multitask"
+    aggregate: Literal["mean", "harmonic", "min"] = Field("harmonic", description="How the component scores combine.")
+    components: list[Component] = Field(min_length=2, description="The utilities combined.")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> MultitaskConfig:
+        names = self.names()
+        if len(set(names)) != len(names):
+            raise ValueError(f"component names must be unique, got {names}")
+        return self
+
+    def names(self) -> list[str]:
+        return [c.name or f"{i}:{c.utility.type}" for i, c in enumerate(self.components)]
+
+    def build(self, split: Split) -> Utility | None:
+        utilities = [c.utility.build(split) for c in self.components]
+        if any(u is None for u in utilities):  # a test score needs every component's test data
+            return None
+        return MultiTask(self.names(), [c.weight for c in self.components], utilities, self.aggregate)
+
+    def input_files(self) -> list[Path]:
+        return [path for c in self.components for path in c.utility.input_files()]

@@ -1,0 +1,122 @@
+"""`reward_model`: a local reward model scores the particle's greedy responses.
+
+The reward model is an `AutoModelForSequenceClassification` with one label (the TRL
+convention); its score for a response is `logits[:, 0]` of `prompt + response` (or of the
+user/assistant chat, with `chat_template: true`). A tokenizer without a pad token gets
+its EOS as pad, and the model's `pad_token_id` is set, so the last real token is read.
+
+As in the paper, rewards can be normalised to [0, 1] (`normalize: {low, high}`, then
+clipped). The `concise` / `verbose` variants (the paper's rm_concise / rm_verbose)
+subtract / add `length_weight` x (response tokens / max_new_tokens) per response.
+Utility = mean score; the mean raw reward and response length go to the history.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from mergekit_swarm.config_base import RecipePath, StrictSection
+from mergekit_swarm.errors import UtilityError
+from mergekit_swarm.utilities.base import GenerativeUtilityConfig, Score, Split, Utility, register_utility
+from mergekit_swarm.utilities.data import Example, load_examples
+from mergekit_swarm.utilities.text import GenerationSettings, batches, greedy_generate, model_device
+
+
+class RewardModel:
+    """A sequence-classification reward model, loaded once and moved to the policy's device."""
+
+    def __init__(self, path: Path, chat_template: bool = False, batch_size: int = 16):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1).eval()
+        except (OSError, ValueError) as exc:
+            raise UtilityError(f"cannot load a reward model from {path}: {exc}") from None
+        if self.tokenizer.pad_token is None:  # TRL convention
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        if chat_template and not getattr(self.tokenizer, "chat_template", None):
+            raise UtilityError(f"chat_template: true, but the reward model's tokenizer ({path}) has no chat template")
+        self.chat_template, self.batch_size = chat_template, batch_size
+
+    def text(self, prompt: str, response: str) -> str:
+        if not self.chat_template:
+            return prompt + response
+        chat = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+        return self.tokenizer.apply_chat_template(chat, tokenize=False)
+
+    @torch.inference_mode()
+    def __call__(self, prompts: list[str], responses: list[str], device: torch.device) -> list[float]:
+        if model_device(self.model) != device:
+            self.model.to(device)
+        texts = [self.text(p, r) for p, r in zip(prompts, responses)]
+        rewards: list[float] = []
+        self.tokenizer.padding_side = "right"
+        for chunk in batches(texts, self.batch_size):
+            encoded = self.tokenizer(list(chunk), return_tensors="pt", padding=True, add_special_tokens=not self.chat_template)
+            rewards += self.model(**encoded.to(device)).logits[:, 0].float().tolist()
+        return rewards
+
+
+@functools.lru_cache(maxsize=4)
+def load_reward_model(path: Path, chat_template: bool, batch_size: int) -> RewardModel:
+    """One reward model per run, shared by the dev and test utilities."""
+    return RewardModel(path, chat_template, batch_size)
+
+
+class RewardUtility(Utility):
+    def __init__(
+        self, examples: list[Example], generation: GenerationSettings, reward_model: RewardModel, config: RewardModelConfig
+    ):
+        self.prompts = [e.prompt for e in examples]
+        self.generation, self.reward_model, self.config = generation, reward_model, config
+
+    def __call__(self, model, tokenizer) -> Score:
+        responses = greedy_generate(model, tokenizer, self.prompts, self.generation)
+        rewards = self.reward_model(self.prompts, responses, model_device(model))
+        lengths = [len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses]
+        scores = [self.config.score(reward, length) for reward, length in zip(rewards, lengths)]
+        details = {"reward": sum(rewards) / len(rewards), "response_tokens": sum(lengths) / len(lengths)}
+        return Score(sum(scores) / len(scores), details)
+
+
+class RewardRange(StrictSection):
+    section_name: ClassVar[str] = "normalize"
+    low: float = Field(description="Reward mapped to 0.")
+    high: float = Field(description="Reward mapped to 1.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RewardRange:
+        if self.high <= self.low:
+            raise ValueError(f"normalize: high ({self.high}) must be larger than low ({self.low})")
+        return self
+
+
+@register_utility
+class RewardModelConfig(GenerativeUtilityConfig):
+    type: Literal["reward_model"] = "reward_model"
+    model: RecipePath = Field(description="Folder of the reward model (sequence classification, 1 label).")
+    max_new_tokens: int = Field(64, ge=1, description="Tokens generated per prompt (greedy).")
+    normalize: RewardRange | None = Field(None, description="Map rewards [low, high] to [0, 1], clipped (as the paper).")
+    length_penalty: Literal["none", "concise", "verbose"] = Field("none", description="The paper's rm_concise / rm_verbose.")
+    length_weight: float = Field(0.5, ge=0, description="Weight of the length term for concise / verbose.")
+
+    def score(self, reward: float, length: int) -> float:
+        """One response's score: normalised reward, with the length term if any."""
+        if self.normalize is not None:
+            reward = min(1.0, max(0.0, (reward - self.normalize.low) / (self.normalize.high - self.normalize.low)))
+        sign = {"none": 0.0, "concise": -1.0, "verbose": 1.0}[self.length_penalty]
+        return reward + sign * self.length_weight * min(1.0, length / self.max_new_tokens)
+
+    def build(self, split: Split) -> Utility | None:
+        path = self.path(split)
+        if path is None:
+            return None
+        reward_model = load_reward_model(self.model, self.chat_template, self.batch_size)
+        return RewardUtility(load_examples(path, answers=False), self.generation(), reward_model, self)

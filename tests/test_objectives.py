@@ -1,0 +1,363 @@
+"""Objectives beyond single tasks: reward model, LLM judge (local and HTTP), lm-eval tasks,
+multi-task aggregation; all on tiny local models, with values checked by hand."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+
+from mergekit_swarm import toy
+from mergekit_swarm.config import load_recipe
+from mergekit_swarm.errors import UtilityError
+from mergekit_swarm.options import RunOptions
+from mergekit_swarm.run import run_swarm
+from mergekit_swarm.utilities import validate_utility
+from mergekit_swarm.utilities.data import load_examples
+from mergekit_swarm.utilities.exact_match import ExactMatch
+from mergekit_swarm.utilities.judge import parse_rating
+from mergekit_swarm.utilities.judge_backends import JudgeError, OpenAIJudge, OpenAIJudgeConfig
+from mergekit_swarm.utilities.multitask import aggregate
+from mergekit_swarm.utilities.text import GenerationSettings, greedy_generate
+
+API_KEY = "sk-test-5ecret-k3y"
+
+
+@pytest.fixture(scope="module")
+def lm(zoo):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(zoo.full[2]).eval(), AutoTokenizer.from_pretrained(zoo.full[2])
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
+    toy.write_jsonl(path, [{"prompt": row["prompt"]} for row in toy.make_examples(["reverse", "copy"], 8, seed=400)])
+    return path
+
+
+# ------------------------------------------------------------------ reward model
+@pytest.fixture(scope="module")
+def reward_model_dir(tmp_path_factory):
+    """A random-init 1-label classifier whose tokenizer has no pad token (TRL convention)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForSequenceClassification, PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(["<s>", "</s>", "<unk>", *toy.ALPHABET])}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    assert tokenizer.pad_token is None
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        num_labels=1,
+        pad_token_id=None,
+    )
+    path = tmp_path_factory.mktemp("rm") / "rm"
+    LlamaForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def rm_rewards_one_by_one(path, texts: list[str]) -> list[float]:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1).eval()
+    with torch.no_grad():
+        return [float(model(**tokenizer(t, return_tensors="pt")).logits[0, 0]) for t in texts]
+
+
+def test_reward_model_scores_match_unbatched_rewards_and_normalise_to_unit_range(lm, prompts, reward_model_dir):
+    model, tokenizer = lm
+    texts_prompts = [e.prompt for e in load_examples(prompts, answers=False)]
+    responses = greedy_generate(model, tokenizer, texts_prompts, GenerationSettings(6, 8))
+    raw = rm_rewards_one_by_one(reward_model_dir, [p + r for p, r in zip(texts_prompts, responses)])
+    lengths = [len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses]
+    assert max(raw) - min(raw) > 1e-4  # responses really differ
+
+    base = {"type": "reward_model", "model": str(reward_model_dir), "dev": str(prompts), "max_new_tokens": 6, "batch_size": 3}
+    plain = validate_utility(base).build("dev")(model, tokenizer)
+    assert plain.value == pytest.approx(sum(raw) / len(raw), abs=1e-5)  # padded batches read the last real token
+    assert plain.details["response_tokens"] == pytest.approx(sum(lengths) / len(lengths))
+
+    low, high = sorted(raw)[1], sorted(raw)[-2]  # some rewards fall outside: clipped
+    normalized = validate_utility({**base, "normalize": {"low": low, "high": high}}).build("dev")(model, tokenizer)
+    expected = [min(1.0, max(0.0, (r - low) / (high - low))) for r in raw]
+    assert normalized.value == pytest.approx(sum(expected) / len(expected), abs=1e-5)
+    assert 0.0 < normalized.value < 1.0
+
+    concise = validate_utility(
+        {**base, "normalize": {"low": low, "high": high}, "length_penalty": "concise", "length_weight": 0.5}
+    ).build("dev")(model, tokenizer)
+    penalty = sum(0.5 * min(1.0, n / 6) for n in lengths) / len(lengths)
+    assert concise.value == pytest.approx(normalized.value - penalty, abs=1e-5)
+    verbose = validate_utility(
+        {**base, "normalize": {"low": low, "high": high}, "length_penalty": "verbose", "length_weight": 0.5}
+    ).build("dev")(model, tokenizer)
+    assert verbose.value == pytest.approx(normalized.value + penalty, abs=1e-5)
+
+
+def test_reward_model_config_errors(reward_model_dir, prompts):
+    with pytest.raises(ValueError, match="high .* must be larger than low"):
+        validate_utility(
+            {"type": "reward_model", "model": str(reward_model_dir), "dev": str(prompts), "normalize": {"low": 1.0, "high": 0.0}}
+        )
+    with pytest.raises(UtilityError, match="has no chat template"):
+        validate_utility(
+            {"type": "reward_model", "model": str(reward_model_dir), "dev": str(prompts), "chat_template": True}
+        ).build("dev")
+
+
+# ------------------------------------------------------------------ judge
+def test_rating_parser():
+    assert parse_rating("The answer is fine. Rating: 7/10") == 7.0
+    assert parse_rating("rating: [[9]]") == 9.0
+    assert parse_rating("**Rating:** 8") == 8.0
+    assert parse_rating("Rating: 12/10") == 10.0 and parse_rating("Rating: 0") == 1.0
+    assert parse_rating("I would give it a seven") is None
+
+
+class FakeChatCompletions:
+    """A real HTTP server on 127.0.0.1 answering like a chat-completions API. The rating is
+    derived from the judged response (1 + its length, at most 10), so tests can predict it."""
+
+    def __init__(self, fail_first: int = 0, delay: float = 0.05):
+        self.requests, self.fail_first, self.delay = [], fail_first, delay
+        self.in_flight = self.max_in_flight = 0
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with outer.lock:
+                    outer.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+                    outer.in_flight += 1
+                    outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
+                    failing = len(outer.requests) <= outer.fail_first
+                try:
+                    threading.Event().wait(outer.delay)
+                    if self.headers.get("Authorization") != f"Bearer {API_KEY}":
+                        return self._send(401, {"error": {"message": "invalid api key"}})
+                    if failing:
+                        return self._send(503, {"error": {"message": "overloaded"}})
+                    response = body["messages"][0]["content"].split("A: ", 1)[1]
+                    content = f"Looks fine. Rating: {min(10, 1 + len(response))}/10"
+                    self._send(200, {"choices": [{"message": {"role": "assistant", "content": content}}]})
+                finally:
+                    with outer.lock:
+                        outer.in_flight -= 1
+
+            def _send(self, status, payload):
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def judge_utility(prompts, base_url: str, **backend):
+    config = {
+        "type": "judge",
+        "dev": str(prompts),
+        "max_new_tokens": 6,
+        "template": "Q: {prompt}\nA: {response}",
+        "backend": {"type": "openai", "base_url": base_url, "model": "judge-1", "api_key_env": "JUDGE_KEY", **backend},
+    }
+    return validate_utility(config).build("dev")
+
+
+def test_http_judge_scores_with_bounded_concurrency(lm, prompts, monkeypatch):
+    monkeypatch.setenv("JUDGE_KEY", API_KEY)
+    model, tokenizer = lm
+    texts = [e.prompt for e in load_examples(prompts, answers=False)]
+    responses = greedy_generate(model, tokenizer, texts, GenerationSettings(6, 32))
+    ratings = [min(10, 1 + len(r)) for r in responses]
+    with FakeChatCompletions() as server:
+        score = judge_utility(prompts, server.base_url, concurrency=2)(model, tokenizer)
+    assert score.value == pytest.approx(sum(ratings) / len(ratings) / 10)
+    assert score.details == {"mean_rating": pytest.approx(sum(ratings) / len(ratings)), "unparseable": 0.0}
+    assert len(server.requests) == len(texts) and 1 < server.max_in_flight <= 2
+    first = server.requests[0]
+    assert first["path"] == "/v1/chat/completions" and first["auth"] == f"Bearer {API_KEY}"
+    assert first["body"]["model"] == "judge-1" and first["body"]["temperature"] == 0
+
+
+def test_http_judge_retries_with_backoff_then_gives_up(lm, prompts, monkeypatch):
+    monkeypatch.setenv("JUDGE_KEY", API_KEY)
+    model, tokenizer = lm
+    with FakeChatCompletions(fail_first=2) as server:
+        score = judge_utility(prompts, server.base_url, concurrency=1, retries=2, backoff=0.01)(model, tokenizer)
+    assert score.details["unparseable"] == 0 and len(server.requests) == 8 + 2  # two 503s, retried
+    with FakeChatCompletions(fail_first=100) as server:
+        with pytest.raises(JudgeError, match=r"no answer after 3 attempts \(HTTP 503\)"):
+            OpenAIJudge(OpenAIJudgeConfig(base_url=server.base_url, model="m", api_key_env="JUDGE_KEY", retries=2, backoff=0.01))(
+                ["Q: x\nA: y"]
+            )
+        assert len(server.requests) == 3
+
+
+def test_http_judge_auth_failure_names_the_variable_not_the_key(prompts, monkeypatch):
+    monkeypatch.setenv("JUDGE_KEY", "wrong-key-value")
+    with FakeChatCompletions() as server:
+        judge = OpenAIJudge(OpenAIJudgeConfig(base_url=server.base_url, model="m", api_key_env="JUDGE_KEY"))
+        with pytest.raises(JudgeError) as err:
+            judge(["Q: x\nA: y"])
+    assert "HTTP 401, not authorised with the key in $JUDGE_KEY" in str(err.value)
+    assert "wrong-key-value" not in str(err.value)
+    monkeypatch.delenv("JUDGE_KEY")
+    with pytest.raises(UtilityError, match="environment variable JUDGE_KEY .* is not set"):
+        OpenAIJudge(OpenAIJudgeConfig(base_url="http://127.0.0.1:9", model="m", api_key_env="JUDGE_KEY"))
+
+
+def test_local_judge_counts_unparseable_answers_as_the_lowest_rating(lm, prompts, zoo):
+    model, tokenizer = lm
+    config = {
+        "type": "judge",
+        "dev": str(prompts),
+        "max_new_tokens": 4,
+        "backend": {"type": "local", "model": str(zoo.full[0]), "max_new_tokens": 4},
+    }
+    score = validate_utility(config).build("dev")(model, tokenizer)  # a tiny string model never writes "Rating:"
+    assert score.value == pytest.approx(0.1) and score.details == {"mean_rating": 1.0, "unparseable": 8.0}
+
+
+def test_swarm_with_the_http_judge_never_shows_the_key(zoo, prompts, recipe_factory, tmp_path, monkeypatch, caplog, capsys):
+    monkeypatch.setenv("JUDGE_KEY", API_KEY)
+    caplog.set_level(logging.DEBUG)
+    with FakeChatCompletions() as server:
+        utility = {
+            "type": "judge",
+            "dev": str(prompts),
+            "test": str(prompts),
+            "max_new_tokens": 4,
+            "template": "Q: {prompt}\nA: {response}",
+            "backend": {"type": "openai", "base_url": server.base_url, "model": "j", "api_key_env": "JUDGE_KEY"},
+        }
+        out = tmp_path / "out"
+        result = run_swarm(load_recipe(recipe_factory("lora", utility=utility)), out, RunOptions(quiet=False))
+    assert 0.1 <= result.winner_dev <= 1.0 and result.failed == 0
+    history = (out / "swarm_history.jsonl").read_text()
+    assert '"mean_rating"' in history and '"unparseable": 0.0' in history
+    captured = capsys.readouterr()
+    everything = captured.out + captured.err + caplog.text + history
+    everything += "".join(p.read_text(errors="ignore") for p in out.iterdir() if p.suffix in (".md", ".yml", ".json", ".jsonl"))
+    assert API_KEY not in everything and "JUDGE_KEY" in (out / "swarm.yml").read_text()
+
+
+# ------------------------------------------------------------------ lm-eval
+@pytest.fixture(scope="module")
+def harness_task(tmp_path_factory):
+    root = tmp_path_factory.mktemp("harness")
+    rows = toy.make_examples(["copy", "reverse"], 10, seed=5)
+    # gold is the right answer on even items and a wrong one on odd items, so accuracy lands strictly inside (0, 1)
+    items = [
+        {"prompt": r["prompt"], "choices": [r["answer"], r["answer"][::-1] + "x"], "answer": i % 2} for i, r in enumerate(rows)
+    ]
+    toy.write_jsonl(root / "items.jsonl", items)
+    (root / "tasks").mkdir()
+    (root / "tasks" / "toy.yaml").write_text(
+        "task: toy_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {root / 'items.jsonl'}\n"
+        "test_split: test\noutput_type: multiple_choice\n"
+        'doc_to_text: "{{prompt}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: "{{answer}}"\n'
+        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
+    )
+    return root, items
+
+
+def test_lm_eval_accuracy_equals_a_hand_computation(lm, harness_task, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    model, tokenizer = lm
+    root, items = harness_task
+
+    def logprob(context: str, continuation: str) -> float:  # lm-eval's scheme: encode whole, split off context
+        head = tokenizer(context)["input_ids"]  # the tokenizer's defaults (ours adds BOS), as HFLM does
+        tail = tokenizer(context + continuation)["input_ids"][len(head) :]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([head + tail])).logits[0].double(), -1)
+        return sum(float(logp[len(head) - 1 + i, tok]) for i, tok in enumerate(tail))
+
+    picks = [max(range(2), key=lambda j: logprob(it["prompt"], " " + it["choices"][j])) for it in items]  # target_delimiter " "
+    expected = sum(p == it["answer"] for p, it in zip(picks, items)) / len(items)
+    utility = validate_utility({"type": "lm_eval", "tasks": ["toy_mc"], "include_path": str(root / "tasks"), "batch_size": 4})
+    score = utility.build("dev")(model, tokenizer)
+    assert score.value == expected and score.details == {"toy_mc": expected}
+    assert 0 < expected < 1
+    with pytest.raises(UtilityError, match="unknown task 'nope'"):
+        validate_utility({"type": "lm_eval", "tasks": ["nope"], "include_path": str(root / "tasks")}).build("dev")
+
+
+def test_lm_eval_missing_is_a_clear_error(monkeypatch, harness_task):
+    monkeypatch.setitem(sys.modules, "lm_eval", None)
+    with pytest.raises(UtilityError, match=r"needs lm-evaluation-harness .* pip install 'mergekit-swarm\[lm-eval\]'"):
+        validate_utility({"type": "lm_eval", "tasks": ["toy_mc"]}).build("dev")
+
+
+# ------------------------------------------------------------------ multitask
+def test_aggregates():
+    assert aggregate([0.5, 1.0], [1, 1], "mean") == 0.75
+    assert aggregate([0.5, 1.0], [1, 1], "harmonic") == pytest.approx(2 / (2 + 1))
+    assert aggregate([0.5, 1.0], [3, 1], "harmonic") == pytest.approx(4 / (6 + 1))
+    assert aggregate([0.0, 1.0], [1, 1], "harmonic") == 0.0
+    assert aggregate([0.5, 0.2], [1, 9], "min") == 0.2
+    with pytest.raises(ValueError, match="needs scores >= 0"):
+        aggregate([-0.5, 1.0], [1, 1], "harmonic")
+
+
+def test_multitask_is_the_harmonic_mean_of_its_components(lm, zoo, tmp_path):
+    model, tokenizer = lm
+    for skill in ("reverse", "copy"):
+        toy.write_jsonl(tmp_path / f"{skill}.jsonl", toy.make_examples([skill], 10, seed=500))
+    components = [
+        {
+            "name": skill,
+            "weight": w,
+            "utility": {"type": "exact_match", "dev": str(tmp_path / f"{skill}.jsonl"), "max_new_tokens": 6},
+        }
+        for skill, w in (("reverse", 1.0), ("copy", 2.0))
+    ]
+    score = validate_utility({"type": "multitask", "aggregate": "harmonic", "components": components}).build("dev")(
+        model, tokenizer
+    )
+    parts = {
+        s: ExactMatch(load_examples(tmp_path / f"{s}.jsonl"), GenerationSettings(6, 32))(model, tokenizer)
+        for s in ("reverse", "copy")
+    }
+    assert score.details == parts
+    assert score.value == pytest.approx(aggregate([parts["reverse"], parts["copy"]], [1.0, 2.0], "harmonic"))
+    with pytest.raises(ValueError, match="unknown key 'wieght' in multitask component"):
+        validate_utility({"type": "multitask", "components": [{**components[0], "wieght": 1}, components[1]]})
