@@ -61,7 +61,7 @@ def _word(rng: random.Random, low: int = 3, high: int = 6) -> str:
     return "".join(rng.choice(LETTERS) for _ in range(rng.randint(low, high)))
 
 
-def _shift(word: str) -> str:
+def shift(word: str) -> str:
     return "".join(LETTERS[(LETTERS.index(c) + 1) % len(LETTERS)] for c in word)
 
 
@@ -77,7 +77,7 @@ def _sort(rng: random.Random) -> tuple[str, str]:
 
 def _shift_skill(rng: random.Random) -> tuple[str, str]:
     w = _word(rng)
-    return f"next {w}=", _shift(w)
+    return f"next {w}=", shift(w)
 
 
 def _add(rng: random.Random) -> tuple[str, str]:
@@ -193,6 +193,73 @@ def build_full_expert(base: Path, out: Path, skill: str, *, steps: int = 200, lr
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base)
     train_lm(model, tokenizer, make_examples([skill], 4000, 100 + seed), steps, lr, seed)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def is_sorted_word(text: str) -> bool:
+    """The property the example reward model learns to like: letters in alphabetical order."""
+    word = text.strip()
+    return len(word) > 1 and list(word) == sorted(word)
+
+
+def build_reward_model(out: Path, prompts: Sequence[str], *, steps: int = 300, seed: int = 0) -> Path:
+    """Train a tiny 1-label classifier (TRL convention) on prompt+response, with reward 1
+    for a response whose letters are sorted and 0 otherwise."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    tokenizer = build_char_tokenizer()
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=64,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForSequenceClassification(config)
+    rng = random.Random(seed)
+    optim = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    model.train()
+    for _ in range(steps):
+        texts, targets = [], []
+        for _ in range(64):
+            word = _word(rng)
+            if rng.random() < 0.5:
+                word = "".join(sorted(word))
+            texts.append(rng.choice(prompts) + word)
+            targets.append(float(is_sorted_word(word)))
+        batch = tokenizer(texts, return_tensors="pt", padding=True)
+        loss = torch.nn.functional.mse_loss(model(**batch).logits[:, 0], torch.tensor(targets))
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+    model.eval()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def build_judge(out: Path, prompts: Sequence[str], template: str, *, steps: int = 400, seed: int = 0) -> Path:
+    """Train a tiny causal LM to answer `template` (filled with a prompt and a response)
+    with "rating: 9" when the response's letters are sorted and "rating: 2" otherwise
+    (the character vocabulary has no capitals or "/")."""
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_llama(len(tokenizer), seed)
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(4000):
+        word = _word(rng)
+        if rng.random() < 0.5:
+            word = "".join(sorted(word))
+        rating = 9 if is_sorted_word(word) else 2
+        rows.append({"prompt": template.format(prompt=rng.choice(prompts), response=word), "answer": f"rating: {rating}"})
+    train_lm(model, tokenizer, rows, steps, 3e-3, seed)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
