@@ -72,10 +72,19 @@ class SwarmRecipe(MergeRecipe):
             "merge": self.merge.model_dump(mode="json"),
             "swarm": self.swarm.model_dump(mode="json"),
             "utility": self.utility.model_dump(mode="json"),
-            "files": {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in self.utility.input_files() if p.is_file()},
+            "files": {str(p): _identity(p) for p in self.utility.input_files()},
             "models": {str(p): folder_identity(p) for p in models},
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _identity(path: Path) -> str | None:
+    """Content hash of a data file, cheap identity of a model folder (reward model, judge)."""
+    from mergekit_swarm.experts.pool import folder_identity
+
+    if path.is_file():
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    return folder_identity(path) if path.is_dir() else None
 
 
 def load_recipe(path: str | Path) -> SwarmRecipe:
@@ -129,9 +138,13 @@ def parse_recipe(data: Any, *, base_dir: Path, source: str = "recipe", text: str
     context = {"base_dir": base_dir}
     swarm = _validate_section(SwarmSettings, data.get("swarm") or {}, "swarm", source, context)
     try:
-        swarm.particle_count(len(recipe.experts))
+        particles = swarm.particle_count(len(recipe.experts))
     except ValueError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    if swarm.drop_k and not swarm.skipped_per_iteration(particles):
+        raise ConfigError(
+            f"{source}: swarm: drop_k/drop_n = {swarm.drop_k}/{swarm.drop_n} skips no evaluation with {particles} particles"
+        )
     utility = _validate_utility(data["utility"], source, context)
     fields = {name: getattr(recipe, name) for name in MergeRecipe.__dataclass_fields__}
     return SwarmRecipe(**fields, swarm=swarm, utility=utility)

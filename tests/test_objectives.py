@@ -129,14 +129,15 @@ def test_rating_parser():
     assert parse_rating("**Rating:** 8") == 8.0
     assert parse_rating("Rating: 12/10") == 10.0 and parse_rating("Rating: 0") == 1.0
     assert parse_rating("I would give it a seven") is None
+    assert parse_rating("**Rating**: 7/10") == 7.0 and parse_rating("rating (6)") == 6.0
 
 
 class FakeChatCompletions:
     """A real HTTP server on 127.0.0.1 answering like a chat-completions API. The rating is
     derived from the judged response (1 + its length, at most 10), so tests can predict it."""
 
-    def __init__(self, fail_first: int = 0, delay: float = 0.05):
-        self.requests, self.fail_first, self.delay = [], fail_first, delay
+    def __init__(self, fail_first: int = 0, delay: float = 0.05, mode: str = "rate"):
+        self.requests, self.fail_first, self.delay, self.mode = [], fail_first, delay, mode
         self.in_flight = self.max_in_flight = 0
         self.lock = threading.Lock()
         outer = self
@@ -158,7 +159,16 @@ class FakeChatCompletions:
                         return self._send(401, {"error": {"message": "invalid api key"}})
                     if failing:
                         return self._send(503, {"error": {"message": "overloaded"}})
+                    if outer.mode == "redirect":
+                        self.send_response(307)
+                        self.send_header("Location", "http://127.0.0.1:9/steal")
+                        self.send_header("Content-Length", "0")
+                        return self.end_headers()
                     response = body["messages"][0]["content"].split("A: ", 1)[1]
+                    if outer.mode == "null":
+                        return self._send(200, {"choices": [{"message": {"role": "assistant", "content": None}}]})
+                    if outer.mode == "fail_every_20th" and len(outer.requests) % 20 == 0:
+                        return self._send(400, {"error": {"message": "bad request"}})
                     content = f"Looks fine. Rating: {min(10, 1 + len(response))}/10"
                     self._send(200, {"choices": [{"message": {"role": "assistant", "content": content}}]})
                 finally:
@@ -230,6 +240,58 @@ def test_http_judge_retries_with_backoff_then_gives_up(lm, prompts, monkeypatch)
         assert len(server.requests) == 3
 
 
+def test_http_judge_timeouts_back_off_and_redirects_are_refused(monkeypatch):
+    import time
+
+    monkeypatch.setenv("JUDGE_KEY", API_KEY)
+    with FakeChatCompletions(delay=1.0) as server:
+        judge = OpenAIJudge(
+            OpenAIJudgeConfig(base_url=server.base_url, model="m", api_key_env="JUDGE_KEY", timeout=0.2, retries=2, backoff=0.3)
+        )
+        start = time.perf_counter()
+        with pytest.raises(JudgeError, match=r"no answer after 3 attempts \(TimeoutError"):
+            judge(["Q: x\nA: y"])
+        assert time.perf_counter() - start >= 3 * 0.2 + 0.3 + 0.6  # three timeouts, backoff 0.3 s then 0.6 s
+    with FakeChatCompletions(mode="redirect") as server:
+        judge = OpenAIJudge(OpenAIJudgeConfig(base_url=server.base_url, model="m", api_key_env="JUDGE_KEY"))
+        with pytest.raises(JudgeError, match="HTTP 307 redirect refused"):
+            judge(["Q: x\nA: y"])
+        assert len(server.requests) == 1  # nothing followed the redirect (with our key)
+    with FakeChatCompletions(mode="null") as server:
+        assert OpenAIJudge(OpenAIJudgeConfig(base_url=server.base_url, model="m", api_key_env="JUDGE_KEY"))(["Q: x\nA: y"]) == [
+            ""
+        ]
+
+
+def test_judge_template_placeholders_and_braces_in_prompts(prompts, monkeypatch):
+    import mergekit_swarm.utilities.judge as judge_module
+    from mergekit_swarm.utilities.data import Example
+
+    with pytest.raises(ValueError, match="exactly the {prompt} and {response} placeholders"):
+        validate_utility(
+            {
+                "type": "judge",
+                "dev": str(prompts),
+                "template": "{{prompt}} {response}",
+                "backend": {"type": "openai", "base_url": "http://127.0.0.1:9", "model": "m"},
+            }
+        )
+    # the policy answers with braces, the prompt has braces: neither is read as a placeholder
+    monkeypatch.setattr(judge_module, "greedy_generate", lambda model, tokenizer, prompts, settings: ["{}}"] * len(prompts))
+    monkeypatch.setattr(judge_module, "model_device", lambda model: None)
+    seen = []
+
+    def judge(questions, device=None):
+        seen.extend(questions)
+        return ["Rating: 4"] * len(questions)
+
+    utility = judge_module.JudgeUtility(
+        [Example("say {x} and {", "")], GenerationSettings(2, 4), "Q: {prompt}\nA: {response}", judge
+    )
+    assert utility(None, None).value == 0.4
+    assert seen == ["Q: say {x} and {\nA: {}}"]
+
+
 def test_http_judge_auth_failure_names_the_variable_not_the_key(prompts, monkeypatch):
     monkeypatch.setenv("JUDGE_KEY", "wrong-key-value")
     with FakeChatCompletions() as server:
@@ -296,6 +358,13 @@ def harness_task(tmp_path_factory):
         'doc_to_text: "{{prompt}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: "{{answer}}"\n'
         "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
     )
+    (root / "tasks" / "toy_ll.yaml").write_text(  # a continuous metric, to tell models apart
+        "task: toy_ll\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {root / 'items.jsonl'}\n"
+        "test_split: test\noutput_type: loglikelihood\n"
+        'doc_to_text: "{{prompt}}"\ndoc_to_target: "{{choices[0]}}"\ntarget_delimiter: ""\n'
+        "metric_list:\n  - metric: perplexity\n    aggregation: perplexity\n    higher_is_better: false\n"
+    )
     return root, items
 
 
@@ -357,7 +426,81 @@ def test_multitask_is_the_harmonic_mean_of_its_components(lm, zoo, tmp_path):
         s: ExactMatch(load_examples(tmp_path / f"{s}.jsonl"), GenerationSettings(6, 32))(model, tokenizer)
         for s in ("reverse", "copy")
     }
+    assert all(0 < v < 1 for v in parts.values()), parts  # otherwise the harmonic mean would be trivially 0
     assert score.details == parts
     assert score.value == pytest.approx(aggregate([parts["reverse"], parts["copy"]], [1.0, 2.0], "harmonic"))
     with pytest.raises(ValueError, match="unknown key 'wieght' in multitask component"):
         validate_utility({"type": "multitask", "components": [{**components[0], "wieght": 1}, components[1]]})
+
+
+def test_a_judge_failing_on_some_particles_is_counted_not_fatal(zoo, prompts, recipe_factory, tmp_path, monkeypatch):
+    monkeypatch.setenv("JUDGE_KEY", API_KEY)
+    # HTTP 400 (not retried) on every 20th request: an evaluation (8 requests) sometimes includes one
+    with FakeChatCompletions(mode="fail_every_20th") as server:
+        utility = {
+            "type": "judge",
+            "dev": str(prompts),
+            "max_new_tokens": 8,
+            "template": "Q: {prompt}\nA: {response}",
+            "backend": {"type": "openai", "base_url": server.base_url, "model": "j", "api_key_env": "JUDGE_KEY"},
+        }
+        out = tmp_path / "out"
+        result = run_swarm(
+            load_recipe(recipe_factory("lora", utility=utility, swarm={"max_iterations": 2})), out, RunOptions(quiet=True)
+        )
+    rows = [json.loads(line) for line in (out / "swarm_history.jsonl").read_text().splitlines()]
+    errors = [r for r in rows if "error" in r]
+    assert result.failed == len(errors) > 0 and len(errors) < len(rows)
+    assert all("HTTP 400 Bad Request" in r["error"] for r in errors)
+
+
+def test_harmonic_multitask_refuses_components_that_can_be_negative(prompts, reward_model_dir):
+    nll = {"type": "nll", "dev": str(prompts)}
+    exact = {"type": "exact_match", "dev": str(prompts)}
+    with pytest.raises(ValueError, match="component '1:nll' can score below 0"):
+        validate_utility({"type": "multitask", "components": [{"utility": exact}, {"utility": nll}]})
+    assert validate_utility({"type": "multitask", "aggregate": "mean", "components": [{"utility": exact}, {"utility": nll}]})
+    rm = {"type": "reward_model", "model": str(reward_model_dir), "dev": str(prompts), "normalize": {"low": 0, "high": 1}}
+    assert validate_utility({"type": "multitask", "components": [{"utility": exact}, {"utility": rm}]})
+    with pytest.raises(ValueError, match="can score below 0"):
+        validate_utility(
+            {"type": "multitask", "components": [{"utility": exact}, {"utility": {**rm, "length_penalty": "concise"}}]}
+        )
+
+
+def test_model_folders_of_the_objective_are_part_of_the_fingerprint(zoo, prompts, reward_model_dir, tmp_path):
+    import shutil
+
+    from tests.conftest import write_recipe
+
+    rm = tmp_path / "rm"
+    shutil.copytree(reward_model_dir, rm)
+    recipe = write_recipe(
+        tmp_path / "r", zoo.lora, base=zoo.base, utility={"type": "reward_model", "model": str(rm), "dev": str(prompts)}
+    )
+    before = load_recipe(recipe).fingerprint()
+    config = json.loads((rm / "config.json").read_text())
+    (rm / "config.json").write_text(json.dumps({**config, "initializer_range": 0.5}))  # a retrained / replaced RM
+    assert load_recipe(recipe).fingerprint() != before
+
+
+def test_lm_eval_follows_the_resident_model_as_its_weights_change(zoo, tokenizer, harness_task, monkeypatch):
+    from mergekit_swarm.experts import open_pool
+    from mergekit_swarm.groups import group_layout
+    from mergekit_swarm.materialize import one_hot
+    from mergekit_swarm.resident import ResidentModel
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    root, _ = harness_task
+    pool = open_pool(list(zoo.lora))  # a PeftModel resident: HFLM wraps it as it is
+    layout = group_layout(pool, "model")
+    resident = ResidentModel(pool, layout, model_source=zoo.base, tokenizer=tokenizer, model_dtype=None)
+    config = {"type": "lm_eval", "tasks": ["toy_ll"], "include_path": str(root / "tasks"), "metric": "perplexity,none"}
+    cached = validate_utility(config).build("dev")
+    values = []
+    for k in (0, 1, 0):
+        resident.load(one_hot(layout, 3, k))
+        fresh = validate_utility(config).build("dev")(resident.model, resident.tokenizer)
+        values.append(cached(resident.model, resident.tokenizer))
+        assert values[-1] == fresh  # one HFLM over the changing weights = a new HFLM each time
+    assert values[0] == values[2] != values[1]  # the experts really differ on this task

@@ -250,7 +250,7 @@ def test_a_utility_failing_on_every_expert_stops_with_its_error(recipe_factory, 
     (tmp_path / "flaky.py").write_text(FLAKY)
     utility = {"type": "python", "function": str(tmp_path / "flaky.py") + ":always_fails"}
     with pytest.raises(
-        UtilityError, match="failed on all 4 particles of iteration 0; first error: ValueError: utility returned nan"
+        UtilityError, match="failed on all 4 evaluated particles of iteration 0; first error: ValueError: utility returned nan"
     ):
         run_swarm(load_recipe(recipe_factory("lora", utility=utility)), tmp_path / "out", QUIET)
     assert not (tmp_path / ".out.partial" / "swarm_state.json").exists()
@@ -270,3 +270,18 @@ def test_evaluation_dropout_reuses_last_utilities_and_saves_evaluations(recipe_f
     assert result.evaluations == 4 * 4 - 6
     again = run_swarm(recipe, tmp_path / "again", QUIET)
     assert again.coefficients == result.coefficients and evaluations(tmp_path / "again") == evaluations(tmp_path / "out")
+
+
+def test_dropout_runs_resume_exactly(zoo, recipe_factory, tmp_path, monkeypatch):
+    (tmp_path / "interruptible.py").write_text(INTERRUPTIBLE)
+    monkeypatch.setenv("SWARM_TEST_DEV", str(zoo.dev))
+    utility = {"type": "python", "function": str(tmp_path / "interruptible.py") + ":score"}
+    recipe = load_recipe(recipe_factory("lora", utility=utility, swarm={"max_iterations": 4, "drop_k": 1, "drop_n": 2}))
+    reference = run_swarm(recipe, tmp_path / "reference", QUIET)
+    monkeypatch.setenv("SWARM_TEST_INTERRUPT_AT", "7")  # inside iteration 2 (iterations 1+ evaluate 2 of 4)
+    with pytest.raises(KeyboardInterrupt):
+        run_swarm(recipe, tmp_path / "out", QUIET)
+    monkeypatch.delenv("SWARM_TEST_INTERRUPT_AT")
+    resumed = run_swarm(recipe, tmp_path / "out", RunOptions(quiet=True, resume=True))
+    assert resumed.coefficients == reference.coefficients
+    assert evaluations(tmp_path / "out") == evaluations(tmp_path / "reference")

@@ -72,9 +72,10 @@ def run_search(
                     history.write(json.dumps(_record(state.iteration, i, result)) + "\n")
                     history.flush()
                     utilities.append(result.utility)
-                if errors and len(errors) == particles - int(state.skip.sum()):  # systemic: stop, resumable
+                evaluated = particles - int(state.skip.sum())
+                if errors and len(errors) == evaluated:  # systemic: stop, resumable
                     raise UtilityError(
-                        f"the utility failed on all {particles} particles of iteration {state.iteration}; "
+                        f"the utility failed on all {evaluated} evaluated particles of iteration {state.iteration}; "
                         f"first error: {errors[0]}"
                     )
                 pso.observe(state, utilities, settings)

@@ -50,8 +50,13 @@ class UtilityConfig(StrictSection):
         raise NotImplementedError
 
     def input_files(self) -> list[Path]:
-        """Files whose content defines the objective (part of the run's fingerprint)."""
-        return [value for value in self.__dict__.values() if isinstance(value, Path)]
+        """Files and model folders that define the objective (part of the run's fingerprint),
+        found in this section and the sections nested in it."""
+        return list(_paths(self))
+
+    def may_be_negative(self) -> bool:
+        """Whether the utility can score below 0 (a harmonic mean needs scores >= 0)."""
+        return False
 
 
 class DatasetUtilityConfig(UtilityConfig):
@@ -97,3 +102,14 @@ def validate_utility(data: Any, context: dict | None = None) -> UtilityConfig:
         hint = f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(sorted(UTILITIES))
         raise ValueError(f"unknown utility type {kind!r} ({hint})")
     return UTILITIES[kind].model_validate(data, context=context)
+
+
+def _paths(value: Any):
+    if isinstance(value, Path):
+        yield value
+    elif isinstance(value, StrictSection):
+        for item in value.__dict__.values():
+            yield from _paths(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _paths(item)

@@ -33,11 +33,13 @@ from mergekit_swarm.utilities.base import Score, Split, Utility, UtilityConfig, 
 INSTALL_HINT = "pip install 'mergekit-swarm[lm-eval]'"
 
 
+FEWSHOT_SEED = 1234  # lm-eval's default fewshot_random_seed
+
+
 def _import_harness():
     try:
-        import lm_eval
+        from lm_eval import evaluator
         from lm_eval.models.huggingface import HFLM
-        from lm_eval.tasks import TaskManager
     except ImportError as exc:
         raise UtilityError(f"the lm_eval utility needs lm-evaluation-harness ({exc}); install it with: {INSTALL_HINT}") from None
 
@@ -53,34 +55,50 @@ def _import_harness():
         def generate_until(self, requests, disable_tqdm: bool = False):
             return super().generate_until(requests, disable_tqdm=True)
 
-    return lm_eval, QuietHFLM, TaskManager
+    return evaluator, QuietHFLM
+
+
+@functools.lru_cache(maxsize=8)
+def _task_manager(include_path: str | None):
+    """Indexing lm-eval's task registry takes seconds: once per include path and run."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=include_path, verbosity="ERROR")
 
 
 @contextlib.contextmanager
 def _quiet_harness():
-    """For one call, without lasting changes: no per-task progress bar, and no `git describe`
-    subprocess (lm-eval records the working directory's commit in every result)."""
+    """For one call, without lasting changes: no per-task progress bar while requests are built."""
     import lm_eval.api.task as task_module
-    import lm_eval.evaluator as evaluator_module
 
-    saved = task_module.tqdm, evaluator_module.get_git_commit_hash
-    task_module.tqdm = functools.partial(saved[0], disable=True)
-    evaluator_module.get_git_commit_hash = lambda: None
+    saved = task_module.tqdm
+    task_module.tqdm = functools.partial(saved, disable=True)
     try:
         yield
     finally:
-        task_module.tqdm, evaluator_module.get_git_commit_hash = saved
+        task_module.tqdm = saved
 
 
 class HarnessUtility(Utility):
+    """Tasks are loaded once (datasets included); each evaluation runs lm-eval's `evaluate`
+    on them, without simple_evaluate's per-call task loading, reseeding and environment probing."""
+
     def __init__(self, config: LmEvalConfig, tasks: list[str], limit: int | float | None):
-        self.lm_eval, self.HFLM, task_manager_class = _import_harness()
+        self.evaluator, self.HFLM = _import_harness()
         include = str(config.include_path) if config.include_path else None
-        self.task_manager = task_manager_class(include_path=include, verbosity="ERROR")
-        unknown = [t for t in tasks if t not in self.task_manager.all_tasks]
+        manager = _task_manager(include)
+        unknown = [t for t in tasks if t not in manager.all_tasks]
         if unknown:
             where = f" (looked in lm-eval and {include})" if include else ""
             raise UtilityError(f"lm_eval: unknown task {unknown[0]!r}{where}")
+        with _quiet_harness():
+            self.loaded = manager.load(tasks)
+        for task in self.loaded["tasks"].values():  # as simple_evaluate configures them
+            if config.num_fewshot is not None and task.get_config("num_fewshot") != 0:
+                task.set_config(key="num_fewshot", value=config.num_fewshot)
+            elif task.get_config("num_fewshot") is None:
+                task.set_config(key="num_fewshot", value=0)
+            task.set_fewshot_seed(seed=FEWSHOT_SEED)
         self.config, self.tasks, self.limit = config, tasks, limit
         self._lm = None  # one HFLM wrapper around the resident model
 
@@ -96,15 +114,13 @@ class HarnessUtility(Utility):
 
     def __call__(self, model, tokenizer) -> Score:
         with _quiet_harness():
-            results = self.lm_eval.simple_evaluate(
-                model=self._wrap(model, tokenizer),
-                tasks=self.tasks,
-                task_manager=self.task_manager,
-                num_fewshot=self.config.num_fewshot,
+            results = self.evaluator.evaluate(
+                lm=self._wrap(model, tokenizer),
+                task_dict=self.loaded,
                 limit=self.limit,
-                apply_chat_template=self.config.apply_chat_template,
                 bootstrap_iters=0,
                 log_samples=False,
+                apply_chat_template=self.config.apply_chat_template,
                 verbosity="ERROR",
             )["results"]
         values = {}
@@ -137,4 +153,4 @@ class LmEvalConfig(UtilityConfig):
     def input_files(self) -> list[Path]:
         if self.include_path is None or not self.include_path.is_dir():
             return []
-        return sorted(p for p in self.include_path.rglob("*") if p.is_file())
+        return sorted(p for p in self.include_path.rglob("*") if p.is_file())  # the task YAMLs, one by one

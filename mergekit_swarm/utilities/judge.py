@@ -19,6 +19,7 @@ Backends: a local causal LM, or an OpenAI-compatible chat-completions endpoint.
 from __future__ import annotations
 
 import re
+import string
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
@@ -26,7 +27,7 @@ from pydantic import Field, field_validator
 from mergekit_swarm.utilities.base import GenerativeUtilityConfig, Score, Split, Utility, register_utility
 from mergekit_swarm.utilities.data import Example, load_examples
 from mergekit_swarm.utilities.judge_backends import LocalJudgeConfig, OpenAIJudgeConfig
-from mergekit_swarm.utilities.text import GenerationSettings, greedy_generate
+from mergekit_swarm.utilities.text import GenerationSettings, greedy_generate, model_device
 
 DEFAULT_TEMPLATE = (
     "Please act as an impartial judge and evaluate the quality of the response provided by an AI assistant "
@@ -35,7 +36,7 @@ DEFAULT_TEMPLATE = (
     '"Rating: x/10".\n\n[Question]\n{prompt}\n\n[The Start of Assistant\'s Answer]\n{response}\n'
     "[The End of Assistant's Answer]"
 )
-_RATING = re.compile(r"rating\s*[:=]?\s*[\[\*\(]*\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
+_RATING = re.compile(r"rating[\s*_:=\[\]()]*(\d+(?:\.\d+)?)", re.IGNORECASE)
 
 
 def parse_rating(answer: str) -> float | None:
@@ -52,7 +53,9 @@ class JudgeUtility(Utility):
 
     def __call__(self, model, tokenizer) -> Score:
         responses = greedy_generate(model, tokenizer, self.prompts, self.generation)
-        answers = self.judge([self.template.format(prompt=p, response=r) for p, r in zip(self.prompts, responses)])
+        # format() reads braces in the template only, never in the prompts or responses it inserts
+        questions = [self.template.format(prompt=p, response=r) for p, r in zip(self.prompts, responses)]
+        answers = self.judge(questions, model_device(model))
         ratings = [parse_rating(a) for a in answers]
         unparseable = sum(r is None for r in ratings)
         values = [1.0 if r is None else r for r in ratings]
@@ -72,14 +75,14 @@ class JudgeConfig(GenerativeUtilityConfig):
     @field_validator("template")
     @classmethod
     def _placeholders(cls, value: str) -> str:
-        for name in ("{prompt}", "{response}"):
-            if name not in value:
-                raise ValueError(f"the judge template needs a {name} placeholder")
         try:
-            value.format(prompt="", response="")
-        except (KeyError, IndexError, ValueError) as exc:
-            message = f"the judge template has a stray brace or placeholder ({exc}); write literal braces as {{{{ }}}}"
-            raise ValueError(message) from None
+            fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+        except ValueError as exc:
+            raise ValueError(f"the judge template has a stray brace ({exc}); write literal braces as {{{{ }}}}") from None
+        if fields != {"prompt", "response"}:
+            raise ValueError(
+                f"the judge template needs exactly the {{prompt}} and {{response}} placeholders, got {sorted(fields)}"
+            )
         return value
 
     def build(self, split: Split) -> Utility | None:

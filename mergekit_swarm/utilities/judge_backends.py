@@ -7,6 +7,7 @@ sent only in the Authorization header, and never put in a message, log or except
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import time
@@ -15,11 +16,12 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar, Literal
 
+import torch
 from pydantic import Field
 
 from mergekit_swarm.config_base import RecipePath, StrictSection
 from mergekit_swarm.errors import UtilityError
-from mergekit_swarm.utilities.text import GenerationSettings, greedy_generate
+from mergekit_swarm.utilities.text import GenerationSettings, greedy_generate, model_device
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -65,14 +67,16 @@ class LocalJudge:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(config.model)
             self.model = AutoModelForCausalLM.from_pretrained(config.model).eval()
-        except (OSError, ValueError) as exc:
-            raise UtilityError(f"cannot load the judge model from {config.model}: {exc}") from None
+        except Exception as exc:  # any loading problem is the recipe's, in one line
+            raise UtilityError(f"cannot load the judge model from {config.model}: {type(exc).__name__}: {exc}") from None
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         chat = config.chat_template and bool(getattr(self.tokenizer, "chat_template", None))
         self.settings = GenerationSettings(config.max_new_tokens, config.batch_size, chat_template=chat)
 
-    def __call__(self, prompts: list[str]) -> list[str]:
+    def __call__(self, prompts: list[str], device: torch.device | None = None) -> list[str]:
+        if device is not None and model_device(self.model) != device:
+            self.model.to(device)  # beside the particle being judged
         return greedy_generate(self.model, self.tokenizer, prompts, self.settings)
 
 
@@ -84,12 +88,16 @@ class OpenAIJudge:
         self.url = config.base_url.rstrip("/") + "/chat/completions"
         self.headers = {"Content-Type": "application/json"}
         if config.api_key_env:
-            key = os.environ.get(config.api_key_env)
+            key = os.environ.get(config.api_key_env, "").strip()
             if not key:
                 raise UtilityError(f"judge backend: environment variable {config.api_key_env} (api_key_env) is not set")
+            if any(ord(c) < 32 or ord(c) == 127 for c in key):
+                raise UtilityError(f"judge backend: the key in {config.api_key_env} contains control characters")
             self.headers["Authorization"] = f"Bearer {key}"
+        # urllib would follow a redirect with our Authorization header, to any host: refuse instead
+        self.opener = urllib.request.build_opener(_NoRedirects)
 
-    def __call__(self, prompts: list[str]) -> list[str]:
+    def __call__(self, prompts: list[str], device: torch.device | None = None) -> list[str]:
         with ThreadPoolExecutor(max_workers=self.config.concurrency) as pool:
             return list(pool.map(self._complete, prompts))
 
@@ -107,20 +115,27 @@ class OpenAIJudge:
                 time.sleep(self.config.backoff * 2 ** (attempt - 1))
             request = urllib.request.Request(self.url, data=request_body, headers=self.headers, method="POST")
             try:
-                with urllib.request.urlopen(request, timeout=self.config.timeout) as response:
-                    return json.load(response)["choices"][0]["message"]["content"]
+                with self.opener.open(request, timeout=self.config.timeout) as response:
+                    content = json.load(response)["choices"][0]["message"]["content"]
+                return content if isinstance(content, str) else ""  # null content (a refusal): unparseable
             except urllib.error.HTTPError as exc:  # str(exc) holds the status, never our headers
                 if exc.code in (401, 403):
                     who = f"the key in ${self.config.api_key_env}" if self.config.api_key_env else "no API key (api_key_env)"
                     raise JudgeError(f"{self.url}: HTTP {exc.code}, not authorised with {who}") from None
+                if 300 <= exc.code < 400:
+                    raise JudgeError(
+                        f"{self.url}: HTTP {exc.code} redirect refused (point base_url at the final address)"
+                    ) from None
                 if exc.code not in RETRYABLE_STATUS:
                     raise JudgeError(f"{self.url}: HTTP {exc.code} {exc.reason}") from None
                 problem = f"HTTP {exc.code}"
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+            except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
                 problem = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
             except (ValueError, KeyError, IndexError, TypeError):
                 raise JudgeError(f"{self.url}: the answer is not a chat completion") from None
         raise JudgeError(f"{self.url}: no answer after {self.config.retries + 1} attempts ({problem})")
 
 
-JudgeBackendConfig = LocalJudgeConfig | OpenAIJudgeConfig
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None  # the 3xx then surfaces as an HTTPError

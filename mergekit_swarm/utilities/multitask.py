@@ -17,7 +17,6 @@ component's score is kept in the history (`details`), under the component's name
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -80,10 +79,17 @@ class MultitaskConfig(UtilityConfig):
     components: list[Component] = Field(min_length=2, description="The utilities combined.")
 
     @model_validator(mode="after")
-    def _unique_names(self) -> MultitaskConfig:
+    def _consistent(self) -> MultitaskConfig:
         names = self.names()
         if len(set(names)) != len(names):
             raise ValueError(f"component names must be unique, got {names}")
+        if self.aggregate == "harmonic":
+            negative = [name for name, c in zip(names, self.components) if c.utility.may_be_negative()]
+            if negative:
+                raise ValueError(
+                    f"component {negative[0]!r} can score below 0, which a harmonic mean cannot take; "
+                    "use aggregate: mean or min (or normalize a reward model without the concise penalty)"
+                )
         return self
 
     def names(self) -> list[str]:
@@ -95,5 +101,5 @@ class MultitaskConfig(UtilityConfig):
             return None
         return MultiTask(self.names(), [c.weight for c in self.components], utilities, self.aggregate)
 
-    def input_files(self) -> list[Path]:
-        return [path for c in self.components for path in c.utility.input_files()]
+    def may_be_negative(self) -> bool:
+        return self.aggregate != "harmonic" and any(c.utility.may_be_negative() for c in self.components)

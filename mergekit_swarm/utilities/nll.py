@@ -28,6 +28,9 @@ class NegativeLoss(Utility):
 class NllConfig(DatasetUtilityConfig):
     type: Literal["nll"] = "nll"
 
+    def may_be_negative(self) -> bool:
+        return True
+
     def build(self, split: Split) -> Utility | None:
         path = self.path(split)
         return None if path is None else NegativeLoss(load_examples(path), self.batch_size)

@@ -81,6 +81,9 @@ class PythonConfig(UtilityConfig):
         specs = [s for s in (self.function, self.test_function) if s]
         return [Path(s.rpartition(":")[0]) for s in specs if s.rpartition(":")[0].endswith(".py")]
 
+    def may_be_negative(self) -> bool:
+        return True  # unknown: refused under a harmonic mean rather than failing every evaluation
+
     def build(self, split: Split) -> Utility | None:
         spec = self.function if split == "dev" else self.test_function
         return None if spec is None else PythonUtility(load_function(spec))

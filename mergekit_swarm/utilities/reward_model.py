@@ -36,8 +36,8 @@ class RewardModel:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1).eval()
-        except (OSError, ValueError) as exc:
-            raise UtilityError(f"cannot load a reward model from {path}: {exc}") from None
+        except Exception as exc:  # e.g. a checkpoint with 2 labels: one line, not a traceback
+            raise UtilityError(f"cannot load a reward model (1 label) from {path}: {type(exc).__name__}: {exc}") from None
         if self.tokenizer.pad_token is None:  # TRL convention
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
@@ -58,8 +58,17 @@ class RewardModel:
         texts = [self.text(p, r) for p, r in zip(prompts, responses)]
         rewards: list[float] = []
         self.tokenizer.padding_side = "right"
+        self.tokenizer.truncation_side = "left"  # an overlong text keeps its end: the response being scored
+        limit = getattr(self.model.config, "max_position_embeddings", None)
         for chunk in batches(texts, self.batch_size):
-            encoded = self.tokenizer(list(chunk), return_tensors="pt", padding=True, add_special_tokens=not self.chat_template)
+            encoded = self.tokenizer(
+                list(chunk),
+                return_tensors="pt",
+                padding=True,
+                truncation=limit is not None,
+                max_length=limit,
+                add_special_tokens=not self.chat_template,
+            )
             rewards += self.model(**encoded.to(device)).logits[:, 0].float().tolist()
         return rewards
 
@@ -106,6 +115,9 @@ class RewardModelConfig(GenerativeUtilityConfig):
     normalize: RewardRange | None = Field(None, description="Map rewards [low, high] to [0, 1], clipped (as the paper).")
     length_penalty: Literal["none", "concise", "verbose"] = Field("none", description="The paper's rm_concise / rm_verbose.")
     length_weight: float = Field(0.5, ge=0, description="Weight of the length term for concise / verbose.")
+
+    def may_be_negative(self) -> bool:
+        return self.normalize is None or self.length_penalty == "concise"
 
     def score(self, reward: float, length: int) -> float:
         """One response's score: normalised reward, with the length term if any."""
