@@ -25,10 +25,10 @@ from mergekit_swarm.tokenizer import load_tokenizer, tokenizer_folder
 def apply_recipe(config_file: str | Path, out: str | Path, options: RunOptions | None = None) -> Path:
     """Write the merge the recipe describes to `out` (published atomically); returns `out`."""
     options = options or RunOptions()
-    recipe = load_weights_recipe(config_file)
+    recipe = load_weights_recipe(config_file).resolve(allow_pickle=options.allow_pickle, cache_dir=options.cache_dir)
     if options.merge_lora:
         raise ConfigError("--merge-lora is for search runs; apply writes the adapter (bake it with PEFT's merge_and_unload)")
-    pool = open_pool(list(recipe.experts))
+    pool = open_pool(list(recipe.experts), allow_pickle=options.allow_pickle, names=recipe.expert_names())
     if isinstance(pool, LoraPool) and recipe.base_model is None:
         raise ConfigError(f"{recipe.source}: base_model: is required when the models are LoRA adapters")
     layout, coefficients = recipe_coefficients(recipe.merge, pool, recipe.source)

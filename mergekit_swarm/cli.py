@@ -16,20 +16,39 @@ from mergekit.options import MergeOptions, PrettyPrintHelp, add_merge_options
 from mergekit_swarm import __version__
 from mergekit_swarm.errors import SwarmError
 
-_FLAG_HELP = {
-    "--resume": "Continue an interrupted run of the same recipe (a finished one is kept).",
-    "--overwrite": "Replace an existing output folder once the new run has finished.",
-    "--fail-fast": "Stop at the first failed utility evaluation instead of recording it.",
-    "--merge-lora": "LoRA experts: write the base model with the winner baked in.",
-}
-# The same flags, as click options, for `mergekit-yaml` once the plugin extends it.
-SWARM_FLAGS = [click.Option([flag], is_flag=True, help=text) for flag, text in _FLAG_HELP.items()]
+# Options of a search run, as (declarations, click keyword arguments): the same list makes
+# `mergekit-swarm run`'s options and, through the plugin, `mergekit-yaml`'s extra ones.
+_PUSH = [
+    (
+        ("--push-to-hub",),
+        {"metavar": "ORG/NAME", "default": None, "help": "After a successful run, push the output folder to this Hub repo."},
+    ),
+    (("--private",), {"is_flag": True, "help": "Create the Hub repo as private."}),
+    (("--revision",), {"default": None, "help": "Push to this branch (created if needed) instead of main."}),
+    (("--commit-message",), {"default": None, "help": "Commit message of the push."}),
+    (("--include-state",), {"is_flag": True, "help": "Also push swarm_state.json, the resume state (left out by default)."}),
+]
+_SEARCH = [
+    (("--resume",), {"is_flag": True, "help": "Continue an interrupted run of the same recipe (a finished one is kept)."}),
+    (("--overwrite",), {"is_flag": True, "help": "Replace an existing output folder once the new run has finished."}),
+    (("--fail-fast",), {"is_flag": True, "help": "Stop at the first failed utility evaluation instead of recording it."}),
+    (("--merge-lora",), {"is_flag": True, "help": "LoRA experts: write the base model with the winner baked in."}),
+    (
+        ("--allow-pickle",),
+        {"is_flag": True, "help": "Read pickled checkpoints (torch.load, weights_only) and fetch them from the Hub."},
+    ),
+    *_PUSH,
+]
+SWARM_FLAGS = [click.Option(list(decls), **kwargs) for decls, kwargs in _SEARCH]
 
 
-def _with_swarm_flags(command):
-    for flag, text in reversed(_FLAG_HELP.items()):
-        command = click.option(flag, is_flag=True, help=text)(command)
-    return command
+def _with(options):
+    def decorate(command):
+        for decls, kwargs in reversed(options):
+            command = click.option(*decls, **kwargs)(command)
+        return command
+
+    return decorate
 
 
 class DefaultCommandGroup(click.Group):
@@ -58,9 +77,9 @@ def main() -> None:
 @main.command("run", cls=PrettyPrintHelp)
 @click.argument("config_file", type=click.Path(dir_okay=False))
 @click.argument("out_path", type=click.Path(file_okay=False))
-@_with_swarm_flags
+@_with(_SEARCH)
 @add_merge_options
-def run(merge_options: MergeOptions, config_file: str, out_path: str, **flags: bool) -> None:
+def run(merge_options: MergeOptions, config_file: str, out_path: str, **flags) -> None:
     """Search with the swarm in CONFIG_FILE and write the winner to OUT_PATH.
 
     A `model_swarms` recipe without `swarm:`/`utility:` sections, but with weights, is a
@@ -72,9 +91,9 @@ def run(merge_options: MergeOptions, config_file: str, out_path: str, **flags: b
 @main.command("apply", cls=PrettyPrintHelp)
 @click.argument("config_file", type=click.Path(dir_okay=False))
 @click.argument("out_path", type=click.Path(file_okay=False))
-@click.option("--overwrite", is_flag=True, help=_FLAG_HELP["--overwrite"])
+@_with([_SEARCH[1], _SEARCH[4]])
 @add_merge_options
-def apply(merge_options: MergeOptions, config_file: str, out_path: str, overwrite: bool) -> None:
+def apply(merge_options: MergeOptions, config_file: str, out_path: str, overwrite: bool, allow_pickle: bool) -> None:
     """Write the merge of the weights in CONFIG_FILE (e.g. a winner's mergekit_config.yml).
 
     Works for LoRA adapters too, which stock mergekit can only bake into full models.
@@ -83,7 +102,21 @@ def apply(merge_options: MergeOptions, config_file: str, out_path: str, overwrit
     from mergekit_swarm.options import RunOptions
 
     merge_options.apply_global_options()
-    _guard(lambda: apply_recipe(config_file, out_path, RunOptions.from_merge_options(merge_options, overwrite=overwrite)))
+    options = RunOptions.from_merge_options(merge_options, overwrite=overwrite, allow_pickle=allow_pickle)
+    _guard(lambda: apply_recipe(config_file, out_path, options))
+
+
+@main.command("push")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.argument("repo_id")
+@_with(_PUSH[1:])
+def push(folder: str, repo_id: str, **options) -> None:
+    """Push a finished output FOLDER to the Hub repo REPO_ID (created if needed).
+
+    The token comes from `hf auth login` or HF_TOKEN; swarm_state.json stays local unless
+    --include-state.
+    """
+    _push(folder, repo_id, options, quiet=False)
 
 
 def run_recipe_file(
@@ -95,6 +128,9 @@ def run_recipe_file(
     overwrite: bool = False,
     fail_fast: bool = False,
     merge_lora: bool = False,
+    allow_pickle: bool = False,
+    push_to_hub: str | None = None,
+    **push_options,
 ) -> None:
     """The whole command: shared by `mergekit-swarm run` and the extended `mergekit-yaml`."""
     from mergekit_swarm.names import is_swarm_recipe
@@ -107,12 +143,14 @@ def run_recipe_file(
         for note in unused_options(merge_options):
             click.echo(f"note: {note}", err=True)
     options = RunOptions.from_merge_options(
-        merge_options, resume=resume, overwrite=overwrite, fail_fast=fail_fast, merge_lora=merge_lora
+        merge_options, resume=resume, overwrite=overwrite, fail_fast=fail_fast, merge_lora=merge_lora, allow_pickle=allow_pickle
     )
     if not is_swarm_recipe(config_file):
         from mergekit_swarm.apply import apply_recipe
 
         _guard(lambda: apply_recipe(config_file, out_path, options))
+        if push_to_hub:
+            _push(out_path, push_to_hub, push_options, quiet=merge_options.quiet)
         return
 
     def search():
@@ -124,6 +162,18 @@ def run_recipe_file(
     result = _guard(search)
     if not merge_options.quiet:
         click.echo(result.summary())
+    if push_to_hub:
+        _push(out_path, push_to_hub, push_options, quiet=merge_options.quiet)
+
+
+def _push(folder: str, repo_id: str, options: dict, *, quiet: bool) -> None:
+    from pathlib import Path
+
+    from mergekit_swarm.hub import PushRequest, push
+
+    url = _guard(lambda: push(PushRequest(Path(folder).resolve(), repo_id, **options)))
+    if not quiet:
+        click.echo(f"pushed {folder} to https://huggingface.co/{repo_id} ({url})")
 
 
 def _guard(work):

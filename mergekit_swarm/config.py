@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from mergekit_swarm.config_base import format_validation_error, unknown_key_message
 from mergekit_swarm.errors import ConfigError
+from mergekit_swarm.hub import HubModel, looks_like_repo_id
 from mergekit_swarm.names import METHOD_NAME, SWARM_KEYS
 from mergekit_swarm.pso.settings import SwarmSettings
 from mergekit_swarm.utilities import UtilityConfig, validate_utility
@@ -33,14 +34,56 @@ _REFUSED = {
 
 @dataclass(frozen=True)
 class MergeRecipe:
-    """The mergekit part of a recipe, validated, with absolute local paths."""
+    """The mergekit part of a recipe, validated: absolute local folders, or Hub models that
+    `resolve()` turns into local snapshot folders before any work starts."""
 
     merge: Any  # mergekit.config.MergeConfiguration
-    experts: tuple[Path, ...]
-    base_model: Path | None
-    tokenizer_source: Path | str  # a model folder, or "union" (checked when the tokenizers are loaded)
+    experts: tuple[Path | HubModel, ...]
+    base_model: Path | HubModel | None
+    tokenizer_source: Path | HubModel | str  # a model, or "union" (checked when the tokenizers are loaded)
     source: str  # where the recipe came from, for messages
     text: str  # the recipe as written
+    hub_ids: dict[Path, str]  # snapshot folder -> the Hub model it holds ("org/name" or "org/name@rev")
+
+    def resolve(self, *, allow_pickle: bool = False, cache_dir: str | None = None) -> MergeRecipe:
+        """The same recipe with every Hub model downloaded (or found in the cache)."""
+        from mergekit_swarm.hub import check_adapter_base, download
+
+        hub_ids = dict(self.hub_ids)
+
+        def local(model, where: str):
+            if not isinstance(model, HubModel):
+                return model
+            folder = download(model, where=f"{self.source}: {where}", allow_pickle=allow_pickle, cache_dir=cache_dir)
+            hub_ids[folder] = str(model)
+            return folder
+
+        experts = tuple(local(m, f"models[{i}]") for i, m in enumerate(self.experts))
+        base = local(self.base_model, "base_model") if self.base_model is not None else None
+        tokenizer = local(self.tokenizer_source, "tokenizer_source")
+        if isinstance(self.base_model, HubModel):
+            for i, folder in enumerate(experts):
+                if (folder / "adapter_config.json").exists():
+                    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+                    check_adapter_base(config, str(self.base_model), f"{self.source}: models[{i}]")
+        return replace(self, experts=experts, base_model=base, tokenizer_source=tokenizer, hub_ids=hub_ids)
+
+    def reference(self, folder: Path) -> str:
+        """How a model is named in recipes and cards: its Hub id if it came from the Hub."""
+        return self.hub_ids.get(folder, str(folder))
+
+    def expert_names(self) -> list[str]:
+        """Short names for tables: the Hub id, or the folder name (with its parent if two collide)."""
+        names = [self.hub_ids.get(p) or p.name for p in self.experts]
+        if len(set(names)) < len(names):
+            names = [self.hub_ids.get(p) or f"{p.parent.name}/{p.name}" for p in self.experts]
+        return names
+
+    def hub_models(self) -> list[str]:
+        """The Hub ids (without revision) among the base and the experts, base first."""
+        folders = [*([self.base_model] if self.base_model else []), *self.experts]
+        ids = [self.hub_ids[f].split("@")[0] for f in folders if f in self.hub_ids]
+        return list(dict.fromkeys(ids))
 
     @property
     def dtype(self) -> str | None:
@@ -186,20 +229,22 @@ def _parse_merge(data: Any, base_dir: Path, source: str, text: str, *, extra_key
         raise ConfigError(f"{source}: {exc}") from None
     _check_dtypes(merge, source)
 
-    experts = tuple(_local_model(m.model, base_dir, f"models[{i}]", source) for i, m in enumerate(merge.models))
-    base = _local_model(merge.base_model, base_dir, "base_model", source) if merge.base_model else None
+    experts = tuple(_model_source(m.model, base_dir, f"models[{i}]", source) for i, m in enumerate(merge.models))
+    base = _model_source(merge.base_model, base_dir, "base_model", source) if merge.base_model else None
     if len(set(experts)) != len(experts):
         raise ConfigError(f"{source}: the same expert is listed twice under models:")
     tokenizer = _tokenizer_source(merge, base_dir, base or experts[0], source)
-    return MergeRecipe(_with_absolute_paths(merge, experts, base), experts, base, tokenizer, source, text)
+    return MergeRecipe(_with_absolute_paths(merge, experts, base), experts, base, tokenizer, source, text, {})
 
 
-def _with_absolute_paths(merge, experts: tuple[Path, ...], base: Path | None):
-    """The mergekit configuration with its model paths resolved, so mergekit helpers given it
-    (e.g. `chat_template: auto`) find the models from any working directory."""
+def _with_absolute_paths(merge, experts: tuple[Path | HubModel, ...], base: Path | HubModel | None):
+    """The mergekit configuration with its local model paths made absolute, so mergekit helpers
+    given it (e.g. `chat_template: auto`) find the models from any working directory."""
 
-    def at(reference, path: Path):
-        return reference.model_copy(update={"model": reference.model.model_copy(update={"path": str(path)})})
+    def at(reference, model: Path | HubModel):
+        if isinstance(model, HubModel):
+            return reference
+        return reference.model_copy(update={"model": reference.model.model_copy(update={"path": str(model)})})
 
     update: dict[str, Any] = {"models": [m.model_copy(update={"model": at(m.model, p)}) for m, p in zip(merge.models, experts)]}
     if base is not None:
@@ -207,7 +252,7 @@ def _with_absolute_paths(merge, experts: tuple[Path, ...], base: Path | None):
     return merge.model_copy(update=update)
 
 
-def _tokenizer_source(merge, base_dir: Path, default: Path, source: str) -> Path | str:
+def _tokenizer_source(merge, base_dir: Path, default: Path | HubModel, source: str) -> Path | HubModel | str:
     """mergekit's `tokenizer_source` / `tokenizer.source`, without embedding surgery:
     `base`, a model, or `union` of identical vocabularies. Default: base model or first expert."""
     chosen = merge.tokenizer_source
@@ -226,7 +271,7 @@ def _tokenizer_source(merge, base_dir: Path, default: Path, source: str) -> Path
         return default
     if chosen == UNION:
         return UNION
-    return _local_model(chosen, base_dir, "tokenizer_source", source)
+    return _model_source(chosen, base_dir, "tokenizer_source", source)
 
 
 def _validate_section(cls, data: Any, name: str, source: str, context: dict):
@@ -259,11 +304,15 @@ def _check_dtypes(merge, source: str) -> None:
                 raise ConfigError(f"{source}: {key}: unknown dtype {value!r} (float32, bfloat16, float16, float64)") from None
 
 
-def _local_model(reference, base_dir: Path, where: str, source: str) -> Path:
+def _model_source(reference, base_dir: Path, where: str, source: str) -> Path | HubModel:
+    """A local folder (relative to the recipe) if it exists, else a Hub repo id (`org/name[@rev]`)."""
     if reference.lora is not None:
         raise ConfigError(f"{source}: {where}: 'model+lora' syntax is not used here; list the adapter folder itself as an expert")
-    path = Path(reference.model.path).expanduser()
+    written = reference.model.path
+    path = Path(written).expanduser()
     resolved = (path if path.is_absolute() else base_dir / path).resolve()
-    if not resolved.is_dir():
-        raise ConfigError(f"{source}: {where}: model folder {reference.model.path} not found (looked in {resolved})")
-    return resolved
+    if resolved.is_dir():
+        return resolved
+    if looks_like_repo_id(written):
+        return HubModel(written, reference.model.revision)
+    raise ConfigError(f"{source}: {where}: model folder {written} not found (looked in {resolved}), and it is not a Hub repo id")

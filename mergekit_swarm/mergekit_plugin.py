@@ -61,7 +61,7 @@ def extend_mergekit_yaml(module) -> None:
 
             options = {k: v for k, v in kwargs.items() if k in MergeOptions.model_fields}
             return run_recipe_file(kwargs["config_file"], kwargs["out_path"], MergeOptions(**options), **ours)
-        used = [f"--{name.replace('_', '-')}" for name, value in ours.items() if value]
+        used = [f"--{name.replace('_', '-')}" for name, value in ours.items() if value not in (None, False)]
         if used:
             raise click.UsageError(f"{', '.join(used)} only apply to model_swarms search recipes")
         return mergekit_callback(**kwargs)

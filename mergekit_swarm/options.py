@@ -22,6 +22,8 @@ class RunOptions:
     safe_serialization: bool = True
     async_write: bool = False
     write_threads: int = 1
+    allow_pickle: bool = False  # read pickled checkpoints (weights_only) and download them from the Hub
+    cache_dir: str | None = None  # mergekit's --transformers-cache: where Hub models are stored
 
     @classmethod
     def from_merge_options(cls, merge_options, **ours) -> RunOptions:
@@ -36,6 +38,7 @@ class RunOptions:
             safe_serialization=merge_options.safe_serialization,
             async_write=merge_options.async_write,
             write_threads=merge_options.write_threads,
+            cache_dir=merge_options.transformers_cache,
             **ours,
         )
 
@@ -43,12 +46,11 @@ class RunOptions:
 # mergekit options that a swarm run accepts but cannot use, and why.
 NO_EFFECT = {
     "allow_crimes": "experts must align tensor by tensor anyway",
-    "lazy_unpickle": "pickle checkpoints are refused",
+    "lazy_unpickle": "pickles are read with torch.load(weights_only=True), and only with --allow-pickle",
     "low_cpu_memory": "one resident model is used",
     "read_to_gpu": "experts are read tensor by tensor and moved to --device",
     "multi_gpu": "one resident model is used",
     "clone_tensors": "tensors are written once each",
-    "transformers_cache": "experts are local folders",
     "lora_merge_cache": "model+lora experts are not supported; list the adapter folder",
     "lora_merge_dtype": "model+lora experts are not supported; list the adapter folder",
     "unsafe_truncate_embeddings": "the experts' vocabulary is kept as it is",

@@ -45,6 +45,7 @@ def run_swarm(recipe: SwarmRecipe, out: str | Path, options: RunOptions | None =
     options = options or RunOptions()
     say = _printer(options.quiet)
     rundir = RunDirectory(Path(out))
+    recipe = recipe.resolve(allow_pickle=options.allow_pickle, cache_dir=options.cache_dir)  # Hub models, first
     fingerprint = recipe.fingerprint()
     if options.resume and rundir.finished(fingerprint):
         say(f"{rundir.out} already holds the finished run of this recipe")
@@ -53,7 +54,7 @@ def run_swarm(recipe: SwarmRecipe, out: str | Path, options: RunOptions | None =
     dev, test = recipe.utility.build("dev"), recipe.utility.build("test")
     if dev is None:
         raise ConfigError(f"{recipe.source}: utility: nothing to evaluate on the dev side")
-    pool = open_pool(list(recipe.experts))
+    pool = open_pool(list(recipe.experts), allow_pickle=options.allow_pickle, names=recipe.expert_names())
     is_lora = isinstance(pool, LoraPool)
     if is_lora and recipe.base_model is None:
         raise ConfigError(f"{recipe.source}: base_model: is required when the experts are LoRA adapters")

@@ -55,7 +55,7 @@ def test_options_without_effect_are_named(runner, recipe_factory, tmp_path):
     result = runner.invoke(main, [str(recipe_factory("lora")), str(tmp_path / "out"), "--allow-crimes", "--lazy-unpickle"])
     assert result.exit_code == 0, result.output
     assert "note: --allow-crimes has no effect here (experts must align tensor by tensor anyway)" in result.stderr
-    assert "note: --lazy-unpickle has no effect here (pickle checkpoints are refused)" in result.stderr
+    assert "note: --lazy-unpickle has no effect here (pickles are read with torch.load(weights_only=True)" in result.stderr
 
 
 def test_errors_are_one_line_with_a_non_zero_exit(runner, recipe_factory, tmp_path):

@@ -194,7 +194,10 @@ def test_embedding_lora_and_modules_to_save(zoo, tokenizer, embedding_adapters, 
     coefficients = np.random.default_rng(0).normal(0.5, 0.4, size=(len(layout), 2))
     resident.load(coefficients)
     recipe = tmp_path / "weights.yml"  # the winner-recipe path: written as weights, applied back
-    recipe.write_text(winner_recipe(pool, layout, coefficients, base_model=zoo.base, dtype=None, out_dtype=None))
+    text = winner_recipe(
+        pool, layout, coefficients, models=[str(p) for p in pool.paths], base_model=str(zoo.base), dtype=None, out_dtype=None
+    )
+    recipe.write_text(text)
     out = apply_recipe(recipe, tmp_path / "adapter", RunOptions(quiet=True))
     written = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(zoo.base), out).eval()
     with torch.no_grad():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from mergekit_swarm.experts.pool import ExpertPool, TensorSpec, open_safetensors
+from mergekit_swarm.experts.pool import ExpertPool, TensorSpec, open_checkpoint
 
 
 class FullModelPool(ExpertPool):
@@ -18,9 +18,9 @@ class FullModelPool(ExpertPool):
 
     kind = "full"
 
-    def __init__(self, paths: list[Path]):
-        super().__init__(paths)
-        self.files = [open_safetensors(p, "model", "expert") for p in paths]
+    def __init__(self, paths: list[Path], *, allow_pickle: bool = False, names: list[str] | None = None):
+        super().__init__(paths, names)
+        self.files = [open_checkpoint(p, "model", "expert", allow_pickle=allow_pickle) for p in paths]
         per_expert = [{name: f.shape(name) for name in f.names()} for f in self.files]
         self._check_aligned(per_expert)
         self._check_floating(self.files)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from mergekit_swarm.errors import ExpertError
-from mergekit_swarm.experts.pool import ExpertPool, TensorSpec, open_safetensors
+from mergekit_swarm.experts.pool import ExpertPool, TensorSpec, open_checkpoint
 
 # base_model.model.<module>.lora_A.weight / .lora_embedding_B (embeddings have no .weight)
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?:embedding_)?(?P<side>[AB])(?:\.weight)?$")
@@ -60,10 +60,10 @@ class LoraPool(ExpertPool):
 
     kind = "lora"
 
-    def __init__(self, paths: list[Path]):
-        super().__init__(paths)
+    def __init__(self, paths: list[Path], *, allow_pickle: bool = False, names: list[str] | None = None):
+        super().__init__(paths, names)
         self.configs = [read_adapter_config(p) for p in paths]
-        self.files = [open_safetensors(p, "adapter_model", "adapter") for p in paths]
+        self.files = [open_checkpoint(p, "adapter_model", "adapter", allow_pickle=allow_pickle) for p in paths]
         raw = [{name: f.shape(name) for name in f.names()} for f in self.files]
         # Rank and scaling of every (expert, module), read from the tensors and configs.
         self._scale: list[dict[str, float]] = []

@@ -66,6 +66,42 @@ class SafetensorsFiles:
         return self._read(name, lambda h: h.get_tensor(name))
 
 
+_TORCH_TO_STORED = {dtype: name for name, dtype in STORED_DTYPES.items()}
+
+
+class PickleFiles:
+    """The same access to pickled checkpoints (`pytorch_model.bin`, sharded or not), only with
+    --allow-pickle: loaded with `weights_only=True` (no code runs) and memory-mapped."""
+
+    def __init__(self, folder: Path, weight_map: dict[str, str]):
+        self.folder, self.weight_map = folder, weight_map
+        self._shards: dict[str, dict[str, torch.Tensor]] = {}
+
+    def load(self, shard: str) -> dict[str, torch.Tensor]:
+        if shard not in self._shards:
+            try:
+                self._shards[shard] = torch.load(self.folder / shard, map_location="cpu", weights_only=True, mmap=True)
+            except Exception as exc:
+                raise ExpertError(f"{self.folder / shard}: cannot read this pickle checkpoint safely ({exc})") from None
+        return self._shards[shard]
+
+    def _tensor(self, name: str) -> torch.Tensor:
+        return self.load(self.weight_map[name])[name]
+
+    def names(self) -> list[str]:
+        return list(self.weight_map)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._tensor(name).shape)
+
+    def dtype(self, name: str) -> str:
+        dtype = self._tensor(name).dtype
+        return _TORCH_TO_STORED.get(dtype, str(dtype))
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._tensor(name)
+
+
 class ExpertPool(ABC):
     """n experts of one architecture, seen as aligned tensors.
 
@@ -76,11 +112,11 @@ class ExpertPool(ABC):
 
     kind: str  # "full" | "lora"
 
-    def __init__(self, paths: list[Path]):
+    def __init__(self, paths: list[Path], names: list[str] | None = None):
         if len(paths) < 2:
             raise ExpertError("a swarm needs at least 2 experts under models:")
         self.paths = paths
-        self.names = _display_names(paths)
+        self.names = names or _display_names(paths)
         self.specs: list[TensorSpec] = []
         self.constant_names: list[str] = []
 
@@ -119,7 +155,7 @@ class ExpertPool(ABC):
                     f"expert {self.names[k]!r} ({self.paths[k]}) has tensor {extra[0]!r}, which {self.names[0]!r} lacks"
                 )
 
-    def _check_floating(self, files: list[SafetensorsFiles]) -> None:
+    def _check_floating(self, files: list[SafetensorsFiles | PickleFiles]) -> None:
         for k, f in enumerate(files):
             for name in f.names():
                 if f.dtype(name) not in STORED_DTYPES:
@@ -129,19 +165,13 @@ class ExpertPool(ABC):
                     )
 
 
-def open_safetensors(folder: Path, stem: str, what: str) -> SafetensorsFiles:
-    """`stem.safetensors` or its sharded index in `folder`; pickles are refused."""
+def open_checkpoint(folder: Path, stem: str, what: str, *, allow_pickle: bool = False) -> SafetensorsFiles | PickleFiles:
+    """`stem.safetensors` or its sharded index in `folder`. Pickled weights (`pytorch_model.bin`
+    for "model", `adapter_model.bin` for adapters) only with `allow_pickle`."""
     single = folder / f"{stem}.safetensors"
     index = folder / f"{stem}.safetensors.index.json"
     if index.exists():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (ValueError, KeyError) as exc:
-            raise ExpertError(f"{index}: not a safetensors index ({exc})") from None
-        missing = sorted({f for f in weight_map.values() if not (folder / f).exists()})
-        if missing:
-            raise ExpertError(f"{index} lists shard {missing[0]!r}, which does not exist")
-        return SafetensorsFiles(folder, weight_map)
+        return SafetensorsFiles(folder, _weight_map(folder, index))
     if single.exists():
         try:
             with safe_open(str(single), framework="pt") as handle:
@@ -149,13 +179,32 @@ def open_safetensors(folder: Path, stem: str, what: str) -> SafetensorsFiles:
         except Exception as exc:  # safetensors raises its own error types
             raise ExpertError(f"{single}: not a readable safetensors file ({exc})") from None
         return SafetensorsFiles(folder, {name: single.name for name in names})
+    pickle_stem = "pytorch_model" if stem == "model" else stem
+    pickle_index, pickle_single = folder / f"{pickle_stem}.bin.index.json", folder / f"{pickle_stem}.bin"
+    if allow_pickle and pickle_index.exists():
+        return PickleFiles(folder, _weight_map(folder, pickle_index))
+    if allow_pickle and pickle_single.exists():
+        files = PickleFiles(folder, {})
+        files.weight_map = {name: pickle_single.name for name in files.load(pickle_single.name)}
+        return files
     pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
     if pickles:
         raise ExpertError(
-            f"{what} {folder} has only pickle weights ({pickles[0]}); they can run code when loaded, "
-            "so convert them to safetensors first"
+            f"{what} {folder} has only pickle weights ({pickles[0]}); convert them to safetensors, "
+            "or pass --allow-pickle to load them with torch.load(weights_only=True)"
         )
     raise ExpertError(f"{what} {folder} has no {stem}.safetensors (or sharded index)")
+
+
+def _weight_map(folder: Path, index: Path) -> dict[str, str]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (ValueError, KeyError) as exc:
+        raise ExpertError(f"{index}: not a weights index ({exc})") from None
+    missing = sorted({f for f in weight_map.values() if not (folder / f).exists()})
+    if missing:
+        raise ExpertError(f"{index} lists shard {missing[0]!r}, which does not exist")
+    return weight_map
 
 
 def folder_identity(folder: Path, sample: int = 1 << 20) -> str:

@@ -40,13 +40,9 @@ def render_card(
     utility_type: str | None = None,
 ) -> str:
     """The card of a search (`result` given) or of a one-shot merge of given weights."""
-    front = {
-        "base_model": [],  # Hub ids among the models, as mergekit writes it; local folders are not listed
-        "library_name": "peft" if output_kind == "lora" else "transformers",
-        "tags": ["merge", "mergekit", "model-swarms"],
-    }
+    front = _front_matter(recipe, output_kind)
     what = "LoRA adapter" if output_kind == "lora" else "model"
-    base = f" using {recipe.base_model} as a base" if recipe.base_model else ""
+    base = f" using {_link(recipe, recipe.base_model)} as a base" if recipe.base_model else ""
     how = (
         f": a particle swarm searched the weight space of the {len(recipe.experts)} models below for the best "
         f"`{utility_type}` utility on the dev data, without gradients"
@@ -61,7 +57,7 @@ def render_card(
         "### Merge Method",
         f"This {what} was merged using the [Model Swarms]({PAPER_URL}) merge method{base}{how}.",
         "### Models Merged",
-        "The following models were included in the merge:\n\n" + "\n".join(f"* {p}" for p in recipe.experts),
+        "The following models were included in the merge:\n\n" + "\n".join(f"* {_link(recipe, p)}" for p in recipe.experts),
         "### Configuration",
         "The following YAML configuration was used to produce this model:",
         "```yaml\n" + recipe.text.rstrip() + "\n```",
@@ -74,6 +70,27 @@ def render_card(
         parts += _swarm_sections(result, settings)
     parts += ["## Citation", "```bibtex\n" + CITATION + "\n```"]
     return "\n\n".join(parts) + "\n"
+
+
+def _front_matter(recipe: MergeRecipe, output_kind: str) -> dict:
+    """Hub metadata: a merge lists the Hub models it was made from (mergekit writes an empty list
+    when all are local); an adapter names its base model and is a PEFT adapter."""
+    tags = ["merge", "mergekit", "model-swarms"]
+    if output_kind == "lora":
+        base = recipe.hub_models()[:1] if recipe.base_model in recipe.hub_ids else []
+        return {"base_model": base[0] if base else [], "library_name": "peft", "tags": tags}
+    front: dict = {"base_model": recipe.hub_models()}
+    if front["base_model"]:
+        front["base_model_relation"] = "merge"
+    return {**front, "library_name": "transformers", "tags": tags}
+
+
+def _link(recipe: MergeRecipe, folder) -> str:
+    """A Hub model as a link to its page, a local one as its path."""
+    if folder in recipe.hub_ids:
+        repo = recipe.hub_ids[folder].split("@")[0]
+        return f"[{recipe.hub_ids[folder]}](https://huggingface.co/{repo})"
+    return str(folder)
 
 
 def _swarm_sections(result: SwarmResult, settings: SwarmSettings) -> list[str]:

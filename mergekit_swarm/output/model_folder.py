@@ -66,7 +66,7 @@ def write_model_folder(
             save_file(adapter, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
         else:
             torch.save(adapter, folder / "adapter_model.bin")
-        config = pool.output_config(str(recipe.base_model))
+        config = pool.output_config(recipe.reference(recipe.base_model))  # a Hub id if the base came from the Hub
         (folder / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     if options.copy_tokenizer or recipe.merge.tokenizer_source is not None or recipe.merge.tokenizer is not None:
         tokenizer.save_pretrained(folder)  # an explicit tokenizer is written even with --no-copy-tokenizer, as in mergekit
@@ -76,7 +76,8 @@ def write_model_folder(
         pool,
         layout,
         coefficients,
-        base_model=recipe.base_model,
+        models=[recipe.reference(p) for p in pool.paths],
+        base_model=recipe.reference(recipe.base_model) if recipe.base_model else None,
         dtype=recipe.dtype,
         out_dtype=recipe.merge.out_dtype,
         chat_template=recipe.chat_template,

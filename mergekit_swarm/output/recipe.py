@@ -17,7 +17,6 @@ name, so it can only match it if it is that very name (`layers.11.` never falls 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import yaml
@@ -43,27 +42,29 @@ def winner_recipe(
     layout: GroupLayout,
     coefficients: np.ndarray,
     *,
-    base_model: Path | None,
+    models: list[str],
+    base_model: str | None,
     dtype: str | None,
     out_dtype: str | None,
     chat_template: str | None = None,
 ) -> str:
-    """The YAML text of the recipe that reproduces `coefficients` over `pool`."""
+    """The YAML text of the recipe that reproduces `coefficients` over `pool`, whose experts
+    are named `models` (Hub ids or absolute paths), in pool order."""
     is_lora = isinstance(pool, LoraPool)
     recipe: dict = {"merge_method": METHOD_NAME if is_lora else "linear"}
     if is_lora:
-        recipe["base_model"] = str(base_model)
+        recipe["base_model"] = base_model
     else:
         # A base_model that is not among the models would become an extra input of `linear`.
-        recipe["base_model"] = str(pool.paths[0])
+        recipe["base_model"] = models[0]
         recipe["parameters"] = {"normalize": False}
     for key, value in (("dtype", dtype), ("out_dtype", out_dtype), ("chat_template", chat_template)):
         if value is not None:
             recipe[key] = value
     order = sorted(range(len(pool.specs)), key=lambda t: -len(pool.specs[t].name))  # stable: ties keep pool order
     recipe["models"] = [
-        {"model": str(path), "parameters": {"weight": _weight(pool.specs, layout, coefficients[:, k], order)}}
-        for k, path in enumerate(pool.paths)
+        {"model": name, "parameters": {"weight": _weight(pool.specs, layout, coefficients[:, k], order)}}
+        for k, name in enumerate(models)
     ]
     header = _HEADER["lora" if is_lora else "full"].format(file=RECIPE_FILE)
     problem = None if is_lora else stock_plan_problem(pool)

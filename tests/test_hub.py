@@ -1,0 +1,260 @@
+"""The Hub, with the real huggingface_hub client against a fake Hub at the HTTP level."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from mergekit_swarm.cli import main
+from mergekit_swarm.config import load_recipe
+from mergekit_swarm.errors import ExpertError
+from mergekit_swarm.hub import HubError, HubModel, PushRequest, download, push
+from mergekit_swarm.options import RunOptions
+from mergekit_swarm.run import run_swarm
+from tests.conftest import write_recipe
+from tests.fake_hub import FakeHub
+
+TOKEN = "hf_fake_Secret_Token_0123456789"
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    import huggingface_hub.constants as constants
+    from huggingface_hub.utils import _http
+
+    fake = FakeHub()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    fake.install(monkeypatch)
+    yield fake
+    _http.set_client_factory(_http.default_client_factory)
+    _http.close_session()
+
+
+def serve(fake: FakeHub, repo: str, folder, **extra: bytes) -> None:
+    fake.repos[repo] = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} | extra
+
+
+def snapshot(folder) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir() if p.is_file()}
+
+
+def front_matter(card: str) -> dict:
+    return yaml.safe_load(card.split("---")[1])
+
+
+@pytest.fixture
+def hub_lora_run(hub, zoo, tmp_path):
+    """A LoRA swarm whose base and experts come from the fake Hub by repo id."""
+    serve(hub, "org/base", zoo.base)
+    for k, path in enumerate(zoo.lora):
+        serve(hub, f"org/lora{k}", path, **{"pytorch_model.bin": b"pickle", "training_args.bin": b"pickle"})
+    recipe = write_recipe(
+        tmp_path / "recipe", ["org/lora0", "org/lora1", "org/lora2"], utility={"type": "nll", "dev": str(zoo.dev)}
+    )
+    data = yaml.safe_load(recipe.read_text())
+    data["base_model"] = "org/base"
+    recipe.write_text(yaml.safe_dump(data))
+    out = tmp_path / "out"
+    result = run_swarm(load_recipe(recipe), out, RunOptions(quiet=True))
+    return hub, recipe, out, result
+
+
+def test_experts_by_repo_id_fetch_only_what_a_swarm_reads(hub_lora_run):
+    hub, _, out, result = hub_lora_run
+    fetched = {path.rsplit("/", 1)[1] for path in hub.paths("GET") if "/resolve/" in path}
+    assert fetched == {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    }
+    assert not any(p.endswith(".bin") for p in hub.paths())  # pickles never even asked for
+    assert result.experts == ["org/lora0", "org/lora1", "org/lora2"]
+    recipe = yaml.safe_load((out / "mergekit_config.yml").read_text())  # portable: Hub ids, not cache paths
+    assert recipe["base_model"] == "org/base" and [m["model"] for m in recipe["models"]] == [
+        "org/lora0",
+        "org/lora1",
+        "org/lora2",
+    ]
+    import json
+
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == "org/base"
+
+
+def test_adapter_card_names_its_base_and_push_leaves_the_state_out(hub_lora_run):
+    hub, _, out, _ = hub_lora_run
+    before = snapshot(out)
+    url = push(PushRequest(out, "org/winner", private=True, commit_message="swarm winner"))
+    assert url.endswith("/commit/" + "a" * 40)
+    create = next(r for r in hub.requests if r.path == "/api/repos/create")
+    assert create.json()["name"] == "winner" and create.json()["organization"] == "org"
+    assert create.json()["visibility"] == "private"
+    assert create.headers["authorization"] == f"Bearer {TOKEN}"  # the standard token source was used
+    commit = hub.commits[-1]
+    assert set(commit["files"]) == {p.name for p in out.iterdir()} - {"swarm_state.json"}
+    assert commit["header"]["summary"] == "swarm winner"
+    card = commit["files"]["README.md"].decode()
+    assert front_matter(card) == {"base_model": "org/base", "library_name": "peft", "tags": ["merge", "mergekit", "model-swarms"]}
+    for section in ("![search history](swarm_history.png)", "| **swarm winner** |", "```yaml", "@inproceedings{feng2025model"):
+        assert section in card
+    assert "[org/lora1](https://huggingface.co/org/lora1)" in card
+    assert snapshot(out) == before  # the local folder is only read
+
+    push(PushRequest(out, "org/winner", include_state=True))
+    assert "swarm_state.json" in hub.commits[-1]["files"]
+
+
+def test_full_model_card_lists_hub_experts_as_a_merge(hub, zoo, tmp_path):
+    for k, path in enumerate(zoo.full):
+        serve(hub, f"org/full{k}", path)
+    recipe = write_recipe(
+        tmp_path / "r",
+        ["org/full0", "org/full1"],
+        utility={"type": "nll", "dev": str(zoo.dev)},
+        swarm={"particles": 2, "max_iterations": 1},
+    )
+    out = tmp_path / "out"
+    run_swarm(load_recipe(recipe), out, RunOptions(quiet=True))
+    assert front_matter((out / "README.md").read_text()) == {
+        "base_model": ["org/full0", "org/full1"],
+        "base_model_relation": "merge",
+        "library_name": "transformers",
+        "tags": ["merge", "mergekit", "model-swarms"],
+    }
+
+
+def test_push_retries_server_errors_then_says_how_to_retry(hub_lora_run):
+    hub, _, out, _ = hub_lora_run
+    hub.fail["commit"] = [503, 503]
+    push(PushRequest(out, "org/winner"), backoff=0.01)
+    assert len([p for p in hub.paths("POST") if p.endswith("/commit/main")]) == 3  # two 503s, then success
+    hub.fail["commit"] = [503] * 4
+    before = snapshot(out)
+    with pytest.raises(HubError) as err:
+        push(PushRequest(out, "org/winner", private=True, revision="v2"), attempts=4, backoff=0.01)
+    message = str(err.value)
+    assert "failed after 4 attempts (HTTP 503)" in message and f"{out} is unchanged" in message
+    assert message.endswith(f"retry with: mergekit-swarm push {out} org/winner --private --revision v2")
+    assert snapshot(out) == before and out.is_dir()
+
+
+def test_push_unauthorised_names_the_repo_and_how_to_log_in(hub_lora_run, caplog, capsys):
+    hub, _, out, _ = hub_lora_run
+    caplog.set_level(logging.DEBUG)
+    hub.fail["create"] = [401]
+    result = CliRunner().invoke(main, ["push", str(out), "org/winner"])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "error: not allowed to write to org/winner (HTTP 401): log in with `hf auth login`, "
+        "or set HF_TOKEN to a token with write access"
+    )
+    captured = capsys.readouterr()
+    assert TOKEN not in result.output + result.stderr + caplog.text + captured.out + captured.err
+    assert not hub.commits
+
+
+def test_run_with_push_to_hub_pushes_after_the_search(hub, zoo, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    recipe = write_recipe(
+        tmp_path / "r", zoo.full[:2], utility={"type": "nll", "dev": str(zoo.dev)}, swarm={"particles": 2, "max_iterations": 1}
+    )
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, [str(recipe), str(out), "--push-to-hub", "org/pushed", "--commit-message", "hello"])
+    assert result.exit_code == 0, result.output
+    assert "pushed" in result.stdout and hub.commits[-1]["repo"] == "org/pushed"
+    assert hub.commits[-1]["header"]["summary"] == "hello" and "swarm_state.json" not in hub.commits[-1]["files"]
+    assert TOKEN not in result.output + result.stderr + caplog.text
+
+
+def test_missing_gated_and_offline_repos_fail_in_one_line_before_any_work(hub, zoo, tmp_path, monkeypatch):
+    serve(hub, "org/base", zoo.base)
+    recipe = write_recipe(
+        tmp_path / "r", ["org/missing", str(zoo.lora[0])], base="org/base", utility={"type": "nll", "dev": str(zoo.dev)}
+    )
+    with pytest.raises(ExpertError, match=r"models\[0\]: Hub repo org/missing not found \(or private: log in"):
+        run_swarm(load_recipe(recipe), tmp_path / "out", RunOptions(quiet=True))
+    assert not (tmp_path / ".out.partial").exists()
+
+    hub.fail["info"] = [403]
+    original = hub._maybe_fail
+
+    def gated(route):
+        response = original(route)
+        if response is not None and response.status_code == 403:
+            response.headers["X-Error-Code"] = "GatedRepo"
+        return response
+
+    monkeypatch.setattr(hub, "_maybe_fail", gated)
+    with pytest.raises(ExpertError, match="org/base is gated: accept its conditions on https://huggingface.co/org/base"):
+        download(HubModel("org/base"), where="base_model")
+
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ExpertError, match="org/other is not in the local Hugging Face cache"):
+        download(HubModel("org/other"), where="models[1]")
+
+
+def test_offline_from_the_cache(hub, zoo, monkeypatch):
+    import huggingface_hub.constants as constants
+
+    serve(hub, "org/full0", zoo.full[1])
+    online = download(HubModel("org/full0"), where="models[0]")
+    hub.requests.clear()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert download(HubModel("org/full0"), where="models[0]") == online and not hub.requests
+
+
+def test_adapter_trained_on_another_base_is_refused(hub, zoo, tmp_path):
+    import json
+
+    serve(hub, "org/base", zoo.base)
+    config = json.loads((zoo.lora[0] / "adapter_config.json").read_text())
+    serve(
+        hub,
+        "org/stray",
+        zoo.lora[0],
+        **{"adapter_config.json": json.dumps({**config, "base_model_name_or_path": "org/other-base"}).encode()},
+    )
+    serve(
+        hub,
+        "org/good",
+        zoo.lora[1],
+        **{
+            "adapter_config.json": json.dumps(
+                {**json.loads((zoo.lora[1] / "adapter_config.json").read_text()), "base_model_name_or_path": "org/base"}
+            ).encode()
+        },
+    )
+    recipe = write_recipe(
+        tmp_path / "r", ["org/good", "org/stray"], base="org/base", utility={"type": "nll", "dev": str(zoo.dev)}
+    )
+    with pytest.raises(ExpertError, match=r"models\[1\]: this adapter was trained on org/other-base, but base_model is org/base"):
+        run_swarm(load_recipe(recipe), tmp_path / "out", RunOptions(quiet=True))
+
+
+def test_allow_pickle_reads_weights_only_pickles(zoo, tmp_path):
+    from safetensors.torch import load_file
+
+    from mergekit_swarm.experts import open_pool
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(zoo.full[1], pickled)
+    tensors = load_file(str(pickled / "model.safetensors"))
+    (pickled / "model.safetensors").unlink()
+    torch.save(tensors, pickled / "pytorch_model.bin")
+    with pytest.raises(ExpertError, match="pass --allow-pickle"):
+        open_pool([zoo.full[1], pickled])
+    pool = open_pool([zoo.full[1], pickled], allow_pickle=True)
+    for name in pool.tensor_names:
+        assert torch.equal(pool.tensor(0, name), pool.tensor(1, name))
