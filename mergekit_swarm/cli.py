@@ -145,6 +145,10 @@ def run_recipe_file(
     options = RunOptions.from_merge_options(
         merge_options, resume=resume, overwrite=overwrite, fail_fast=fail_fast, merge_lora=merge_lora, allow_pickle=allow_pickle
     )
+    if push_to_hub:  # a wrong repo id or a missing token must not wait for the end of a long search
+        from mergekit_swarm.hub import check_push_target
+
+        _guard(lambda: check_push_target(push_to_hub))
     if not is_swarm_recipe(config_file):
         from mergekit_swarm.apply import apply_recipe
 

@@ -45,7 +45,9 @@ class MergeRecipe:
     text: str  # the recipe as written
     hub_ids: dict[Path, str]  # snapshot folder -> the Hub model it holds ("org/name" or "org/name@rev")
 
-    def resolve(self, *, allow_pickle: bool = False, cache_dir: str | None = None) -> MergeRecipe:
+    def resolve(
+        self, *, allow_pickle: bool = False, trust_remote_code: bool = False, cache_dir: str | None = None
+    ) -> MergeRecipe:
         """The same recipe with every Hub model downloaded (or found in the cache)."""
         from mergekit_swarm.hub import check_adapter_base, download
 
@@ -54,7 +56,13 @@ class MergeRecipe:
         def local(model, where: str):
             if not isinstance(model, HubModel):
                 return model
-            folder = download(model, where=f"{self.source}: {where}", allow_pickle=allow_pickle, cache_dir=cache_dir)
+            folder = download(
+                model,
+                where=f"{self.source}: {where}",
+                allow_pickle=allow_pickle,
+                trust_remote_code=trust_remote_code,
+                cache_dir=cache_dir,
+            )
             hub_ids[folder] = str(model)
             return folder
 
@@ -66,11 +74,18 @@ class MergeRecipe:
                 if (folder / "adapter_config.json").exists():
                     config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
                     check_adapter_base(config, str(self.base_model), f"{self.source}: models[{i}]")
-        return replace(self, experts=experts, base_model=base, tokenizer_source=tokenizer, hub_ids=hub_ids)
+        merge = _with_absolute_paths(self.merge, experts, base)  # mergekit helpers then read the snapshots
+        return replace(self, merge=merge, experts=experts, base_model=base, tokenizer_source=tokenizer, hub_ids=hub_ids)
 
     def reference(self, folder: Path) -> str:
-        """How a model is named in recipes and cards: its Hub id if it came from the Hub."""
+        """How a model is named in recipes and cards: its Hub id (`org/name[@rev]`, mergekit's
+        syntax) if it came from the Hub, else its absolute path."""
         return self.hub_ids.get(folder, str(folder))
+
+    def repo_and_revision(self, folder: Path) -> tuple[str, str | None]:
+        """A model as transformers/PEFT name it: (repo id or path, revision or None)."""
+        repo, _, revision = self.reference(folder).partition("@")
+        return (repo, revision or None) if folder in self.hub_ids else (str(folder), None)
 
     def expert_names(self) -> list[str]:
         """Short names for tables: the Hub id, or the folder name (with its parent if two collide)."""
@@ -116,7 +131,8 @@ class SwarmRecipe(MergeRecipe):
             "swarm": self.swarm.model_dump(mode="json"),
             "utility": self.utility.model_dump(mode="json"),
             "files": {str(p): _identity(p) for p in self.utility.input_files()},
-            "models": {str(p): folder_identity(p) for p in models},
+            # keyed by Hub id or path, not by cache folder: another --transformers-cache resumes
+            "models": {self.reference(p): folder_identity(p) for p in models},
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -314,5 +330,5 @@ def _model_source(reference, base_dir: Path, where: str, source: str) -> Path | 
     if resolved.is_dir():
         return resolved
     if looks_like_repo_id(written):
-        return HubModel(written, reference.model.revision)
+        return HubModel(written, reference.model.revision, local_path=resolved)
     raise ConfigError(f"{source}: {where}: model folder {written} not found (looked in {resolved}), and it is not a Hub repo id")

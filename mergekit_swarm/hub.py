@@ -13,28 +13,34 @@ from __future__ import annotations
 import re
 import shlex
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mergekit_swarm.errors import ExpertError, SwarmError
 
-ALLOWED_FILES = [
-    "*.safetensors",
-    "*.safetensors.index.json",
-    "config.json",
-    "generation_config.json",
-    "adapter_config.json",
+# Root-level names only: fnmatch's "*" also matches "/", so "*.safetensors" would pull in
+# consolidated.safetensors, original/ and checkpoint-*/ copies of the weights.
+WEIGHT_FILES = ["model.safetensors", "model-*.safetensors", "model.safetensors.index.json", "adapter_model.safetensors"]
+PICKLE_FILES = ["pytorch_model.bin", "pytorch_model-*.bin", "pytorch_model.bin.index.json", "adapter_model.bin"]
+CONFIG_FILES = ["config.json", "generation_config.json", "adapter_config.json"]
+TOKENIZER_FILES = [
     "tokenizer.json",
     "tokenizer_config.json",
-    "tokenizer.model",
     "special_tokens_map.json",
     "added_tokens.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tiktoken.model",
+    "*.tiktoken",
     "vocab.json",
     "vocab.txt",
     "merges.txt",
     "chat_template.jinja",
+    "chat_template.json",
+    "additional_chat_templates/*.jinja",
 ]
-PICKLE_FILES = ["*.bin", "*.bin.index.json", "*.pt", "*.pth"]
+REMOTE_CODE_FILES = ["*.py"]  # only with --trust-remote-code
 STATE_FILES = ["swarm_state.json"]
 _REPO_ID = re.compile(r"^[\w.\-]+/[\w.\-]+$")
 
@@ -49,6 +55,7 @@ class HubModel:
 
     repo_id: str
     revision: str | None = None
+    local_path: Path | None = field(default=None, compare=False)  # the folder looked for first (for messages)
 
     def __str__(self) -> str:
         return f"{self.repo_id}@{self.revision}" if self.revision else self.repo_id
@@ -59,45 +66,76 @@ def looks_like_repo_id(text: str) -> bool:
     return bool(_REPO_ID.match(text)) and not text.startswith(".")
 
 
-def download(model: HubModel, *, where: str, allow_pickle: bool = False, cache_dir: str | None = None) -> Path:
+def allowed_files(*, allow_pickle: bool = False, trust_remote_code: bool = False) -> list[str]:
+    return [
+        *WEIGHT_FILES,
+        *CONFIG_FILES,
+        *TOKENIZER_FILES,
+        *(PICKLE_FILES if allow_pickle else []),
+        *(REMOTE_CODE_FILES if trust_remote_code else []),
+    ]
+
+
+def download(
+    model: HubModel, *, where: str, allow_pickle: bool = False, trust_remote_code: bool = False, cache_dir: str | None = None
+) -> Path:
     """The local snapshot folder of `model`, downloaded (or taken from the cache) with only the
     files a swarm reads. Every failure is one line naming the repo and what to do."""
     from huggingface_hub import snapshot_download
+
+    try:
+        folder = Path(
+            snapshot_download(
+                model.repo_id,
+                revision=model.revision,
+                allow_patterns=allowed_files(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code),
+                cache_dir=cache_dir,
+            )
+        )
+    except Exception as exc:  # mapped to one line; anything unexpected still names the repo
+        raise ExpertError(f"{where}: {_download_problem(model, exc)}") from None
+    weights = [f for pattern in WEIGHT_FILES + (PICKLE_FILES if allow_pickle else []) for f in folder.glob(pattern)]
+    if not weights:
+        hint = "" if allow_pickle else "; if it has pickled (*.bin) weights only, pass --allow-pickle"
+        raise ExpertError(f"{where}: {model} has no safetensors weights{hint}")
+    return folder
+
+
+def _download_problem(model: HubModel, exc: Exception) -> str:
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
+        HFValidationError,
         LocalEntryNotFoundError,
         OfflineModeIsEnabled,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
 
-    repo = model.repo_id
-    try:
-        folder = snapshot_download(
-            repo,
-            revision=model.revision,
-            allow_patterns=ALLOWED_FILES + (PICKLE_FILES if allow_pickle else []),
-            cache_dir=cache_dir,
-        )
-    except GatedRepoError:
-        raise ExpertError(
-            f"{where}: {repo} is gated: accept its conditions on https://huggingface.co/{repo} and log in "
-            "(`hf auth login` or HF_TOKEN)"
-        ) from None
-    except RepositoryNotFoundError:
-        raise ExpertError(f"{where}: Hub repo {repo} not found (or private: log in with `hf auth login` or HF_TOKEN)") from None
-    except RevisionNotFoundError:
-        raise ExpertError(f"{where}: {repo} has no revision {model.revision!r}") from None
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
-        raise ExpertError(
-            f"{where}: {model} is not in the local Hugging Face cache and the Hub cannot be reached "
+    repo, login = model.repo_id, "log in with `hf auth login` or set HF_TOKEN"
+    cause = exc.__cause__ if isinstance(exc, LocalEntryNotFoundError) and exc.__cause__ is not None else exc
+    status = getattr(getattr(cause, "response", None), "status_code", None)
+    if isinstance(cause, GatedRepoError):
+        return f"{repo} is gated: accept its conditions on https://huggingface.co/{repo} and {login}"
+    if isinstance(cause, RepositoryNotFoundError):
+        local = f"; there is no local folder {model.local_path} either" if model.local_path else ""
+        return f"Hub repo {repo} not found (if it is private, {login}){local}"
+    if isinstance(cause, RevisionNotFoundError):
+        return f"{repo} has no revision {model.revision!r}"
+    if isinstance(cause, HFValidationError):
+        return f"{model} is not a valid Hub repo id"
+    if status in (401, 403):
+        return f"the Hub refused access to {repo} (HTTP {status}): check your token ({login})"
+    if isinstance(cause, HfHubHTTPError):
+        return f"cannot download {repo} (HTTP {status}); try again later"
+    if isinstance(cause, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
+        return (
+            f"{model} is not in the local Hugging Face cache and the Hub cannot be reached "
             "(HF_HUB_OFFLINE=1?): download it once online, or give a local folder"
-        ) from None
-    except HfHubHTTPError as exc:
-        status = getattr(exc.response, "status_code", "?")
-        raise ExpertError(f"{where}: cannot download {repo} (HTTP {status}); try again later") from None
-    return Path(folder)
+        )
+    if isinstance(cause, OSError) and cause.errno is not None:
+        return f"cannot store {repo} in the Hugging Face cache ({cause.strerror})"
+    return f"cannot download {repo} ({type(cause).__name__}: {cause})"
 
 
 def check_adapter_base(adapter_config: dict, base: str, where: str) -> None:
@@ -126,6 +164,24 @@ class PushRequest:
         return shlex.join(args)
 
 
+def check_push_target(repo_id: str) -> None:
+    """What can be checked before hours of search: a valid repo id, a token, the network."""
+    from huggingface_hub import constants, get_token
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise HubError(f"--push-to-hub {repo_id}: not a valid Hub repo id (org/name)") from None
+    if "/" not in repo_id:
+        raise HubError(f"--push-to-hub {repo_id}: name the owner too, as in org/name")
+    if constants.is_offline_mode():
+        raise HubError("--push-to-hub needs the Hub, but HF_HUB_OFFLINE is set")
+    if get_token() is None:
+        raise HubError("--push-to-hub needs a Hugging Face token: log in with `hf auth login` or set HF_TOKEN")
+
+
 def push(request: PushRequest, *, attempts: int = 4, backoff: float = 2.0) -> str:
     """Create the repo (if needed) and upload the folder; returns the commit URL.
 
@@ -133,30 +189,22 @@ def push(request: PushRequest, *, attempts: int = 4, backoff: float = 2.0) -> st
     with exponential backoff, then reported with the command to retry. The folder is only
     read, never changed.
     """
-    import httpx2
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     if not (request.folder / "README.md").exists() and not any(request.folder.glob("*.safetensors")):
         raise HubError(f"{request.folder} does not look like a finished output folder (no weights, no card)")
+    check_push_target(request.repo_id)
+    retry = f"{request.folder} is unchanged, retry with: {request.command()}"
     api = HfApi()
     problem = ""
     for attempt in range(attempts):
         if attempt:
             time.sleep(backoff * 2 ** (attempt - 1))
         try:
-            # private=None keeps the owner's default visibility; the flag only ever makes it private
-            api.create_repo(request.repo_id, private=True if request.private else None, exist_ok=True, repo_type="model")
-            if request.revision:
-                api.create_branch(request.repo_id, branch=request.revision, exist_ok=True)
-            info = api.upload_folder(
-                repo_id=request.repo_id,
-                folder_path=request.folder,
-                revision=request.revision,
-                commit_message=request.commit_message or "Upload Model Swarms winner (mergekit-swarm)",
-                ignore_patterns=["*.tmp", *([] if request.include_state else STATE_FILES)],
-            )
-            return str(getattr(info, "commit_url", info))
+            return _push_once(api, request)
+        except HubError:
+            raise
         except HfHubHTTPError as exc:
             status = getattr(exc.response, "status_code", None)
             if status in (401, 403):
@@ -165,11 +213,31 @@ def push(request: PushRequest, *, attempts: int = 4, backoff: float = 2.0) -> st
                     "or set HF_TOKEN to a token with write access"
                 ) from None
             if status is not None and status != 429 and status < 500:
-                raise HubError(f"pushing to {request.repo_id} failed (HTTP {status}); retry with: {request.command()}") from None
+                detail = f": {exc.server_message}" if getattr(exc, "server_message", None) else ""
+                raise HubError(f"pushing to {request.repo_id} failed (HTTP {status}{detail}); {retry}") from None
             problem = f"HTTP {status}"
-        except httpx2.TransportError as exc:
+        except OfflineModeIsEnabled:
+            raise HubError(f"pushing to {request.repo_id} needs the Hub, but HF_HUB_OFFLINE is set; {retry}") from None
+        except Exception as exc:  # network, xet transfer, ...: retried, then reported with the command
             problem = type(exc).__name__
-    raise HubError(
-        f"pushing to {request.repo_id} failed after {attempts} attempts ({problem}); {request.folder} is unchanged, "
-        f"retry with: {request.command()}"
+    raise HubError(f"pushing to {request.repo_id} failed after {attempts} attempts ({problem}); {retry}")
+
+
+def _push_once(api, request: PushRequest) -> str:
+    # private=None keeps the owner's default visibility; the flag only ever asks for private
+    api.create_repo(request.repo_id, private=True if request.private else None, exist_ok=True, repo_type="model")
+    if request.private and not api.repo_info(request.repo_id).private:
+        raise HubError(
+            f"{request.repo_id} already exists and is public; --private does not change that: "
+            "make it private on the Hub first, or push to another repo"
+        )
+    if request.revision and request.revision != "main" and not request.revision.startswith("refs/"):
+        api.create_branch(request.repo_id, branch=request.revision, exist_ok=True)
+    info = api.upload_folder(
+        repo_id=request.repo_id,
+        folder_path=request.folder,
+        revision=request.revision,
+        commit_message=request.commit_message or "Upload Model Swarms winner (mergekit-swarm)",
+        ignore_patterns=["*.tmp", *([] if request.include_state else STATE_FILES)],
     )
+    return str(getattr(info, "commit_url", info))

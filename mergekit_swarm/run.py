@@ -45,7 +45,9 @@ def run_swarm(recipe: SwarmRecipe, out: str | Path, options: RunOptions | None =
     options = options or RunOptions()
     say = _printer(options.quiet)
     rundir = RunDirectory(Path(out))
-    recipe = recipe.resolve(allow_pickle=options.allow_pickle, cache_dir=options.cache_dir)  # Hub models, first
+    recipe = recipe.resolve(
+        allow_pickle=options.allow_pickle, trust_remote_code=options.trust_remote_code, cache_dir=options.cache_dir
+    )  # Hub models, first
     fingerprint = recipe.fingerprint()
     if options.resume and rundir.finished(fingerprint):
         say(f"{rundir.out} already holds the finished run of this recipe")
@@ -139,8 +141,8 @@ def _test_report(
 def _write_reports(rundir: RunDirectory, result: SwarmResult, recipe: SwarmRecipe, *, card: bool) -> None:
     work = rundir.work
     result.write(work)
-    header = (
-        f"# Recipe of this run, copied from {Path(recipe.source).resolve()}\n"
+    header = (  # the file's name only: this folder may be published, the user's directory layout need not be
+        f"# Recipe of this run, copied from {Path(recipe.source).name}\n"
         "# (relative paths below are relative to that file's folder)\n"
     )
     (work / "swarm.yml").write_text(header + recipe.text, encoding="utf-8")

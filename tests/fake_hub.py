@@ -37,6 +37,7 @@ class FakeHub:
     repos: dict[str, dict[str, bytes]] = field(default_factory=dict)  # repo id -> {path: content}
     fail: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))  # route -> statuses to answer first
     requests: list[Request] = field(default_factory=list)
+    private: dict[str, bool] = field(default_factory=dict)  # repo id -> visibility set at creation
     commits: list[dict] = field(default_factory=list)  # {"repo", "revision", "header", "files": {path: bytes}}
 
     # ------------------------------------------------------------------ plumbing
@@ -68,8 +69,11 @@ class FakeHub:
         return httpx2.Response(status, json=payload)
 
     def _maybe_fail(self, route: str) -> httpx2.Response | None:
+        """The next queued failure of `route`: an HTTP status, or 0 for a dropped connection."""
         if self.fail.get(route):
             status = self.fail[route].pop(0)
+            if status == 0:
+                raise httpx2.ConnectError("fake: connection refused")
             return self._json(status, {"error": f"fake {status}"})
         return None
 
@@ -88,7 +92,7 @@ class FakeHub:
         if parts[:2] == ["api", "models"]:
             repo = "/".join(parts[2:4])
             rest = parts[4:]
-            if rest[:1] == ["revision"]:
+            if rest[:1] == ["revision"] or not rest:
                 return self._maybe_fail("info") or self._info(repo)
             if rest[:1] == ["tree"]:
                 return self._tree(repo)
@@ -112,14 +116,18 @@ class FakeHub:
 
     def _create(self, payload: dict) -> httpx2.Response:
         repo = f"{payload.get('organization') or 'user'}/{payload['name']}"
-        self.repos.setdefault(repo, {})
+        if repo in self.repos:  # as the Hub: 409, which create_repo(exist_ok=True) accepts
+            return self._json(409, {"error": "You already created this model repo", "url": f"https://hub.test/{repo}"})
+        self.repos[repo] = {}
+        self.private[repo] = payload.get("visibility") == "private"
         return self._json(200, {"url": f"https://hub.test/{repo}", "name": repo})
 
     def _info(self, repo: str) -> httpx2.Response:
         if repo not in self.repos:
             return httpx2.Response(404, json={"error": "Repository not found"}, headers={"X-Error-Code": "RepoNotFound"})
         siblings = [{"rfilename": name} for name in sorted(self.repos[repo])]
-        return self._json(200, {"id": repo, "modelId": repo, "sha": COMMIT, "siblings": siblings, "private": False})
+        private = self.private.get(repo, False)
+        return self._json(200, {"id": repo, "modelId": repo, "sha": COMMIT, "siblings": siblings, "private": private})
 
     def _tree(self, repo: str) -> httpx2.Response:
         entries = []

@@ -101,7 +101,19 @@ def test_adapter_card_names_its_base_and_push_leaves_the_state_out(hub_lora_run)
     assert create.json()["visibility"] == "private"
     assert create.headers["authorization"] == f"Bearer {TOKEN}"  # the standard token source was used
     commit = hub.commits[-1]
-    assert set(commit["files"]) == {p.name for p in out.iterdir()} - {"swarm_state.json"}
+    assert set(commit["files"]) == {
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "generation_config.json",
+        "mergekit_config.yml",
+        "swarm.yml",
+        "swarm_history.jsonl",
+        "swarm_history.png",
+        "swarm_result.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    }  # everything but swarm_state.json
     assert commit["header"]["summary"] == "swarm winner"
     card = commit["files"]["README.md"].decode()
     assert front_matter(card) == {"base_model": "org/base", "library_name": "peft", "tags": ["merge", "mergekit", "model-swarms"]}
@@ -141,10 +153,16 @@ def test_push_retries_server_errors_then_says_how_to_retry(hub_lora_run):
     hub.fail["commit"] = [503] * 4
     before = snapshot(out)
     with pytest.raises(HubError) as err:
-        push(PushRequest(out, "org/winner", private=True, revision="v2"), attempts=4, backoff=0.01)
+        push(PushRequest(out, "org/winner", include_state=True, revision="v2"), attempts=4, backoff=0.01)
     message = str(err.value)
     assert "failed after 4 attempts (HTTP 503)" in message and f"{out} is unchanged" in message
-    assert message.endswith(f"retry with: mergekit-swarm push {out} org/winner --private --revision v2")
+    assert message.endswith(f"retry with: mergekit-swarm push {out} org/winner --include-state --revision v2")
+    hub.fail["commit"] = [429, 0]  # rate limited, then a dropped connection: both retried
+    push(PushRequest(out, "org/winner"), backoff=0.01)
+    assert hub.commits[-1]["repo"] == "org/winner"
+    hub.fail["commit"] = [403]
+    with pytest.raises(HubError, match=r"not allowed to write to org/winner \(HTTP 403\): log in"):
+        push(PushRequest(out, "org/winner"), backoff=0.01)
     assert snapshot(out) == before and out.is_dir()
 
 
@@ -181,7 +199,10 @@ def test_missing_gated_and_offline_repos_fail_in_one_line_before_any_work(hub, z
     recipe = write_recipe(
         tmp_path / "r", ["org/missing", str(zoo.lora[0])], base="org/base", utility={"type": "nll", "dev": str(zoo.dev)}
     )
-    with pytest.raises(ExpertError, match=r"models\[0\]: Hub repo org/missing not found \(or private: log in"):
+    with pytest.raises(
+        ExpertError,
+        match=r"models\[0\]: Hub repo org/missing not found \(if it is private, log in .* no local folder .*r/org/missing either",
+    ):
         run_swarm(load_recipe(recipe), tmp_path / "out", RunOptions(quiet=True))
     assert not (tmp_path / ".out.partial").exists()
 
@@ -258,3 +279,82 @@ def test_allow_pickle_reads_weights_only_pickles(zoo, tmp_path):
     pool = open_pool([zoo.full[1], pickled], allow_pickle=True)
     for name in pool.tensor_names:
         assert torch.equal(pool.tensor(0, name), pool.tensor(1, name))
+
+
+def test_pinned_revisions_stay_pinned_and_loadable(hub, zoo, tmp_path):
+    import json
+
+    serve(hub, "org/base", zoo.base)
+    for k, path in enumerate(zoo.lora[:2]):
+        serve(hub, f"org/lora{k}", path)
+    recipe = write_recipe(
+        tmp_path / "r",
+        ["org/lora0", "org/lora1@v3"],
+        base="org/base@v1",
+        utility={"type": "nll", "dev": str(zoo.dev)},
+        swarm={"particles": 2, "max_iterations": 1},
+    )
+    out = tmp_path / "out"
+    run_swarm(load_recipe(recipe), out, RunOptions(quiet=True))
+    assert "/api/models/org/base/revision/v1" in hub.paths("GET") and "/api/models/org/lora1/revision/v3" in hub.paths("GET")
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert (adapter["base_model_name_or_path"], adapter["revision"]) == ("org/base", "v1")  # what PEFT can load
+    winner = yaml.safe_load((out / "mergekit_config.yml").read_text())
+    assert winner["base_model"] == "org/base@v1" and winner["models"][1]["model"] == "org/lora1@v3"  # mergekit's syntax
+
+
+def test_push_to_a_branch_and_private_only_when_possible(hub_lora_run):
+    hub, _, out, _ = hub_lora_run
+    push(PushRequest(out, "org/branched", revision="v2"))
+    assert "/api/models/org/branched/branch/v2" in hub.paths("POST")
+    assert hub.commits[-1]["revision"] == "v2"
+    with pytest.raises(HubError, match="org/branched already exists and is public; --private does not change that"):
+        push(PushRequest(out, "org/branched", private=True))
+    push(PushRequest(out, "org/secret", private=True))
+    assert hub.private["org/secret"] is True
+
+
+def test_allow_pickle_also_fetches_pickled_weights_from_the_hub(hub, zoo, tmp_path):
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(zoo.full[1] / "model.safetensors"))
+    pickled = tmp_path / "pickled.bin"
+    torch.save(tensors, pickled)
+    files = {p.name: p.read_bytes() for p in zoo.full[1].iterdir() if p.suffix != ".safetensors"}
+    hub.repos["org/pickled"] = files | {
+        "pytorch_model.bin": pickled.read_bytes(),
+        "training_args.bin": b"x",
+        "optimizer.pt": b"x",
+    }
+    with pytest.raises(ExpertError, match="org/pickled has no safetensors weights; if it has pickled .* pass --allow-pickle"):
+        download(HubModel("org/pickled"), where="models[0]")
+    folder = download(HubModel("org/pickled"), where="models[0]", allow_pickle=True)
+    assert (folder / "pytorch_model.bin").exists()
+    fetched = {path.rsplit("/", 1)[1] for path in hub.paths("GET") if "/resolve/" in path}
+    assert "training_args.bin" not in fetched and "optimizer.pt" not in fetched
+
+
+def test_the_token_never_shows_even_in_debug_logs(hub_lora_run, monkeypatch, caplog, capfd):
+    import huggingface_hub.constants as constants
+    from huggingface_hub.utils import logging as hub_logging
+
+    hub, _, out, _ = hub_lora_run
+    monkeypatch.setattr(constants, "HF_DEBUG", True)  # huggingface_hub then logs every request as a curl command
+    previous = hub_logging.get_verbosity()
+    hub_logging.set_verbosity_debug()
+    caplog.set_level(logging.DEBUG)
+    try:
+        push(PushRequest(out, "org/debugged"))
+    finally:
+        hub_logging.set_verbosity(previous)
+    logs = caplog.text + "".join(capfd.readouterr())
+    assert "curl" in logs and "<TOKEN>" in logs and TOKEN not in logs
+
+
+def test_cli_reports_a_missing_repo_in_one_line(hub, zoo, tmp_path):
+    recipe = write_recipe(tmp_path / "r", ["org/missing", "org/also-missing"], utility={"type": "nll", "dev": str(zoo.dev)})
+    result = CliRunner().invoke(main, [str(recipe), str(tmp_path / "out")])
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert "models[0]: Hub repo org/missing not found" in result.stderr
+    bad = CliRunner().invoke(main, [str(recipe), str(tmp_path / "out"), "--push-to-hub", "not a repo"])
+    assert bad.exit_code == 1 and "not a valid Hub repo id" in bad.stderr and not (tmp_path / ".out.partial").exists()

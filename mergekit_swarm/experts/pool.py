@@ -79,10 +79,20 @@ class PickleFiles:
 
     def load(self, shard: str) -> dict[str, torch.Tensor]:
         if shard not in self._shards:
+            path = self.folder / shard
             try:
-                self._shards[shard] = torch.load(self.folder / shard, map_location="cpu", weights_only=True, mmap=True)
+                try:
+                    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
+                    state = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as exc:
-                raise ExpertError(f"{self.folder / shard}: cannot read this pickle checkpoint safely ({exc})") from None
+                raise ExpertError(f"{path}: cannot read this pickle checkpoint safely ({exc})") from None
+            stray = (
+                next((k for k, v in state.items() if not isinstance(v, torch.Tensor)), None) if isinstance(state, dict) else ""
+            )
+            if stray is not None:
+                raise ExpertError(f"{path}: not a flat state dict of tensors (entry {stray!r})")
+            self._shards[shard] = state
         return self._shards[shard]
 
     def _tensor(self, name: str) -> torch.Tensor:
@@ -208,14 +218,14 @@ def _weight_map(folder: Path, index: Path) -> dict[str, str]:
 
 
 def folder_identity(folder: Path, sample: int = 1 << 20) -> str:
-    """A cheap fingerprint of a model folder: every JSON file, and for each safetensors
-    file its size and its first and last MiB (the header and values at both ends), so a
-    retrained or replaced expert is noticed without hashing gigabytes."""
+    """A cheap fingerprint of a model folder: every JSON file, and for each weights file
+    (safetensors or pickle) its size and its first and last MiB (header and values at both
+    ends), so a retrained or replaced expert is noticed without hashing gigabytes."""
     digest = hashlib.sha256()
     for path in sorted(folder.iterdir()):
         if path.suffix == ".json":
             digest.update(path.name.encode() + path.read_bytes())
-        elif path.suffix == ".safetensors":
+        elif path.suffix in (".safetensors", ".bin"):
             size = path.stat().st_size
             digest.update(f"{path.name}:{size}".encode())
             with path.open("rb") as handle:

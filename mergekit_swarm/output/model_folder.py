@@ -66,7 +66,10 @@ def write_model_folder(
             save_file(adapter, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
         else:
             torch.save(adapter, folder / "adapter_model.bin")
-        config = pool.output_config(recipe.reference(recipe.base_model))  # a Hub id if the base came from the Hub
+        base, revision = recipe.repo_and_revision(recipe.base_model)  # a Hub id if the base came from the Hub
+        config = pool.output_config(base)
+        if revision:
+            config["revision"] = revision
         (folder / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     if options.copy_tokenizer or recipe.merge.tokenizer_source is not None or recipe.merge.tokenizer is not None:
         tokenizer.save_pretrained(folder)  # an explicit tokenizer is written even with --no-copy-tokenizer, as in mergekit

@@ -123,8 +123,8 @@ class RunDirectory:
                 )
             elif checkpoint.fingerprint != fingerprint:
                 raise OutputError(
-                    f"the interrupted run in {self.work} was started from a different recipe or different experts; "
-                    "pass --overwrite to discard it"
+                    f"the interrupted run in {self.work} was started from a different recipe or different experts "
+                    "(Hub models move on: pin them as org/name@commit to resume across updates); pass --overwrite to discard it"
                 )
             else:
                 self._truncate_history(checkpoint.history_bytes)
