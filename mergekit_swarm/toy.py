@@ -35,23 +35,31 @@ def build_char_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=core, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK)
 
 
-def build_tiny_llama(vocab_size: int, seed: int, hidden_size: int = 64, layers: int = 2, tie_embeddings: bool = False):
-    """A random-init Llama small enough to train on two CPU cores in seconds."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+def tiny_llama_config(vocab_size: int, hidden_size: int = 64, layers: int = 2, **overrides):
+    """The Llama shape of every toy model: small enough to train on two CPU cores in seconds."""
+    from transformers import LlamaConfig
 
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=64,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-        tie_word_embeddings=tie_embeddings,
-    )
+    settings = {
+        "vocab_size": vocab_size,
+        "hidden_size": hidden_size,
+        "intermediate_size": 2 * hidden_size,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "max_position_embeddings": 64,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+        "tie_word_embeddings": False,
+    }
+    return LlamaConfig(**{**settings, **overrides})
+
+
+def build_tiny_llama(vocab_size: int, seed: int, hidden_size: int = 64, layers: int = 2, tie_embeddings: bool = False):
+    """A random-init causal Llama of the toy shape."""
+    from transformers import LlamaForCausalLM
+
+    config = tiny_llama_config(vocab_size, hidden_size, layers, tie_word_embeddings=tie_embeddings)
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)
 
@@ -114,6 +122,22 @@ def make_examples(skills: Sequence[str], n: int, seed: int) -> list[dict]:
 def write_jsonl(path: Path, rows: Sequence[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+
+
+def write_prompt_splits(folder: Path, skills: Sequence[str], seed: int, dev: int = 60, test: int = 150) -> None:
+    """`dev.jsonl` and `test.jsonl` of prompts only (reward model and judge objectives), disjoint seeds."""
+    for name, n, offset in (("dev", dev, 100), ("test", test, 200)):
+        write_jsonl(folder / f"{name}.jsonl", [{"prompt": r["prompt"]} for r in make_examples(skills, n, seed + offset)])
+
+
+def is_built(stamp: Path, build_id: dict) -> bool:
+    """Whether a cached build with exactly this description exists (see `mark_built`)."""
+    return stamp.exists() and json.loads(stamp.read_text()) == json.loads(json.dumps(build_id))
+
+
+def mark_built(stamp: Path, build_id: dict) -> None:
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(build_id))
 
 
 # ---------------------------------------------------------------- training
@@ -207,22 +231,11 @@ def is_sorted_word(text: str) -> bool:
 def build_reward_model(out: Path, prompts: Sequence[str], *, steps: int = 300, seed: int = 0) -> Path:
     """Train a tiny 1-label classifier (TRL convention) on prompt+response, with reward 1
     for a response whose letters are sorted and 0 otherwise."""
-    from transformers import LlamaConfig, LlamaForSequenceClassification
+    from transformers import LlamaForSequenceClassification
 
     tokenizer = build_char_tokenizer()
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=64,
-        num_labels=1,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model = LlamaForSequenceClassification(config)
+    model = LlamaForSequenceClassification(tiny_llama_config(len(tokenizer), num_labels=1))
     rng = random.Random(seed)
     optim = torch.optim.AdamW(model.parameters(), lr=2e-3)
     model.train()

@@ -47,7 +47,7 @@ def prompts(tmp_path_factory):
 def reward_model_dir(tmp_path_factory):
     """A random-init 1-label classifier whose tokenizer has no pad token (TRL convention)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForSequenceClassification, PreTrainedTokenizerFast
+    from transformers import LlamaForSequenceClassification, PreTrainedTokenizerFast
 
     vocab = {tok: i for i, tok in enumerate(["<s>", "</s>", "<unk>", *toy.ALPHABET])}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
@@ -56,15 +56,8 @@ def reward_model_dir(tmp_path_factory):
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     assert tokenizer.pad_token is None
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        num_labels=1,
-        pad_token_id=None,
+    config = toy.tiny_llama_config(
+        len(vocab), hidden_size=32, layers=1, num_attention_heads=2, num_key_value_heads=2, num_labels=1, pad_token_id=None
     )
     path = tmp_path_factory.mktemp("rm") / "rm"
     LlamaForSequenceClassification(config).save_pretrained(path)

@@ -12,7 +12,6 @@ endpoint: see the README.)
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -31,14 +30,13 @@ BUILD_ID = {"version": 2, "skills": SKILLS, "template": TEMPLATE, "quickstart": 
 def build(*, force: bool = False) -> Path:
     quickstart.build(force=force)
     stamp = HERE / "tiny" / "build.json"
-    if not force and stamp.exists() and json.loads(stamp.read_text()) == json.loads(json.dumps(BUILD_ID)):
+    if not force and toy.is_built(stamp, BUILD_ID):
         return HERE / "swarm.yml"
     print("training the tiny judge (rates letters in alphabetical order 9, anything else 2) ...")
     prompts = [row["prompt"] for row in toy.make_examples(SKILLS, 300, seed=5000)]
     toy.build_judge(HERE / "tiny" / "judge", prompts, TEMPLATE, steps=400, seed=0)
-    toy.write_jsonl(HERE / "data" / "dev.jsonl", [{"prompt": r["prompt"]} for r in toy.make_examples(SKILLS, 60, seed=5100)])
-    toy.write_jsonl(HERE / "data" / "test.jsonl", [{"prompt": r["prompt"]} for r in toy.make_examples(SKILLS, 150, seed=5200)])
-    stamp.write_text(json.dumps(BUILD_ID))
+    toy.write_prompt_splits(HERE / "data", SKILLS, seed=5000)
+    toy.mark_built(stamp, BUILD_ID)
     return HERE / "swarm.yml"
 
 

@@ -17,7 +17,6 @@ Run `python examples/quickstart/build.py`, then
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -38,7 +37,7 @@ BUILD_ID = {"version": 2, "experts": EXPERTS, "objective": OBJECTIVE}
 def build(root: Path = HERE, *, force: bool = False, quiet: bool = False) -> Path:
     """Build (or reuse) everything under `root`; returns the path of swarm.yml."""
     stamp = root / "tiny" / "build.json"
-    if not force and stamp.exists() and json.loads(stamp.read_text()) == json.loads(json.dumps(BUILD_ID)):
+    if not force and toy.is_built(stamp, BUILD_ID):
         return root / "swarm.yml"
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     say = (lambda *_: None) if quiet else print
@@ -49,7 +48,7 @@ def build(root: Path = HERE, *, force: bool = False, quiet: bool = False) -> Pat
         toy.build_lora_expert(base, root / "tiny" / "experts" / skill, skill, r=rank, alpha=alpha, steps=150, seed=i)
     toy.write_jsonl(root / "data" / "dev.jsonl", toy.make_examples(OBJECTIVE, 200, seed=1000))
     toy.write_jsonl(root / "data" / "test.jsonl", toy.make_examples(OBJECTIVE, 500, seed=2000))
-    stamp.write_text(json.dumps(BUILD_ID))
+    toy.mark_built(stamp, BUILD_ID)
     return root / "swarm.yml"
 
 

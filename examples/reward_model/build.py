@@ -12,7 +12,6 @@ the swarm has to find a combination whose answers the reward model likes more of
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -30,14 +29,13 @@ BUILD_ID = {"version": 1, "skills": SKILLS, "quickstart": quickstart.BUILD_ID}
 def build(*, force: bool = False) -> Path:
     quickstart.build(force=force)
     stamp = HERE / "tiny" / "build.json"
-    if not force and stamp.exists() and json.loads(stamp.read_text()) == json.loads(json.dumps(BUILD_ID)):
+    if not force and toy.is_built(stamp, BUILD_ID):
         return HERE / "swarm.yml"
     print("training the tiny reward model (likes letters in alphabetical order) ...")
     prompts = [row["prompt"] for row in toy.make_examples(SKILLS, 300, seed=3000)]
     toy.build_reward_model(HERE / "tiny" / "reward_model", prompts, steps=300, seed=0)
-    toy.write_jsonl(HERE / "data" / "dev.jsonl", [{"prompt": r["prompt"]} for r in toy.make_examples(SKILLS, 60, seed=3100)])
-    toy.write_jsonl(HERE / "data" / "test.jsonl", [{"prompt": r["prompt"]} for r in toy.make_examples(SKILLS, 150, seed=3200)])
-    stamp.write_text(json.dumps(BUILD_ID))
+    toy.write_prompt_splits(HERE / "data", SKILLS, seed=3000)
+    toy.mark_built(stamp, BUILD_ID)
     return HERE / "swarm.yml"
 
 
