@@ -1,6 +1,6 @@
 """Build the quickstart's tiny models and data (offline, ~1-2 minutes on 2 CPU cores, cached).
 
-* `tiny/base`: a char-level Llama (~70k parameters) briefly pre-trained on a mixture of
+* `tiny/base`: a char-level Llama (~89k parameters) briefly pre-trained on a mixture of
   string skills (copy, reverse, sort, shift, count): it knows the format, and each skill
   a little;
 * `tiny/experts/<skill>`: one LoRA adapter per skill (reverse, sort, shift, count), a

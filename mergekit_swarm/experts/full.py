@@ -16,8 +16,6 @@ class FullModelPool(ExpertPool):
     bit-identical to mergekit's `linear` merge with the same weights.
     """
 
-    kind = "full"
-
     def __init__(self, paths: list[Path], *, allow_pickle: bool = False, names: list[str] | None = None):
         super().__init__(paths, names)
         self.files = [open_checkpoint(p, "model", "expert", allow_pickle=allow_pickle) for p in paths]

@@ -58,8 +58,6 @@ class LoraPool(ExpertPool):
     then they are constants, copied from the first expert.
     """
 
-    kind = "lora"
-
     def __init__(self, paths: list[Path], *, allow_pickle: bool = False, names: list[str] | None = None):
         super().__init__(paths, names)
         self.configs = [read_adapter_config(p) for p in paths]

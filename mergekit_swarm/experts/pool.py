@@ -120,8 +120,6 @@ class ExpertPool(ABC):
     are taken from the first expert as they are, never combined.
     """
 
-    kind: str  # "full" | "lora"
-
     def __init__(self, paths: list[Path], names: list[str] | None = None):
         if len(paths) < 2:
             raise ExpertError("a swarm needs at least 2 experts under models:")
