@@ -23,6 +23,7 @@ from mergekit_swarm.errors import ConfigError
 from mergekit_swarm.hub import HubModel, looks_like_repo_id
 from mergekit_swarm.names import METHOD_NAME, SWARM_KEYS
 from mergekit_swarm.pso.settings import SwarmSettings
+from mergekit_swarm.search.settings import EvaluationSettings
 from mergekit_swarm.utilities import UtilityConfig, validate_utility
 
 UNION = "union"
@@ -119,10 +120,11 @@ class SwarmRecipe(MergeRecipe):
 
     swarm: SwarmSettings
     utility: UtilityConfig
+    evaluation: EvaluationSettings = EvaluationSettings()
 
     def fingerprint(self) -> str:
         """Identifies the search (settings, objective files, experts' weights): the same
-        fingerprint resumes, a different one is refused."""
+        fingerprint resumes, a different one is refused. `evaluation:` is not part of it."""
         from mergekit_swarm.experts.pool import folder_identity
 
         models = [*self.experts, *([self.base_model] if self.base_model else [])]
@@ -205,8 +207,9 @@ def parse_recipe(data: Any, *, base_dir: Path, source: str = "recipe", text: str
             f"{source}: swarm: drop_k/drop_n = {swarm.drop_k}/{swarm.drop_n} skips no evaluation with {particles} particles"
         )
     utility = _validate_utility(data["utility"], source, context)
+    evaluation = _validate_section(EvaluationSettings, data.get("evaluation") or {}, "evaluation", source, context)
     fields = {name: getattr(recipe, name) for name in MergeRecipe.__dataclass_fields__}
-    return SwarmRecipe(**fields, swarm=swarm, utility=utility)
+    return SwarmRecipe(**fields, swarm=swarm, utility=utility, evaluation=evaluation)
 
 
 def _read(path: str | Path) -> tuple[Any, str, Path]:

@@ -1,21 +1,33 @@
-"""Turn one particle (coefficients per group) into weights, one tensor at a time.
+"""Turn particles (coefficients per group) into weights, one tensor at a time.
 
 For each tensor, the experts' tensors are read in expert order and accumulated in
 float32 (float64 for float64 inputs) with `addcmul_`, then cast back to the input
 dtype: exactly what mergekit's `linear` method does with `normalize: false`, so a
 winner written as a vanilla `linear` recipe reproduces these weights bit for bit.
-Only one expert tensor and one accumulator are alive at a time.
+
+`combine_tensor` states that arithmetic plainly and is the reference. The fast path,
+`write_combinations`, does the same arithmetic element by element, but walks each tensor
+in cache-sized chunks and fills several particles at once: every expert tensor is read
+once per pass (straight from its memory map), the accumulator stays in cache and is
+reused across tensors, and results go straight into their destination (the resident
+model's parameters or adapter slots). Nothing of the size of a model is ever allocated.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 
-from mergekit_swarm.experts import ExpertPool
+from mergekit_swarm.experts import ExpertPool, TensorSpec
 from mergekit_swarm.groups import GroupLayout
+
+# Accumulator elements per chunk, shared by the particles filled together. On a CPU it sits
+# in L2/L3, so only the experts' bytes come from memory (measured best at 1-2 Mi elements,
+# benchmarks/results/bench_step.md); on a GPU large chunks keep kernel launches few.
+CPU_CHUNK_ELEMENTS = 1 << 20
+GPU_CHUNK_ELEMENTS = 1 << 24
 
 
 def combine_tensor(
@@ -26,7 +38,7 @@ def combine_tensor(
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
 ) -> torch.Tensor:
-    """sum_k coefficients[k] * expert_k[name], accumulated in expert order.
+    """sum_k coefficients[k] * expert_k[name], accumulated in expert order (the reference).
 
     `dtype` is mergekit's `dtype:`: inputs are cast to it before merging.
     """
@@ -35,12 +47,64 @@ def combine_tensor(
         tensor = pool.tensor(k, name).to(device=device, dtype=dtype)
         if result is None:
             input_dtype = tensor.dtype
-            acc_dtype = torch.float64 if input_dtype == torch.float64 else torch.float32
-            weights = torch.tensor(coefficients, dtype=acc_dtype, device=device)
-            result = torch.zeros_like(tensor, dtype=acc_dtype)
+            weights = torch.tensor(coefficients, dtype=_accumulator_dtype(input_dtype), device=device)
+            result = torch.zeros_like(tensor, dtype=weights.dtype)
         result.addcmul_(tensor, weights[k])
     assert result is not None
     return result.to(input_dtype)
+
+
+class Accumulator:
+    """A reusable float32/float64 scratch buffer of one chunk, per device."""
+
+    def __init__(self, device: str | torch.device = "cpu", elements: int | None = None):
+        self.device = torch.device(device)
+        self.elements = elements or (GPU_CHUNK_ELEMENTS if self.device.type == "cuda" else CPU_CHUNK_ELEMENTS)
+        self._buffers: dict[torch.dtype, torch.Tensor] = {}
+
+    def buffer(self, dtype: torch.dtype) -> torch.Tensor:
+        if dtype not in self._buffers:
+            self._buffers[dtype] = torch.empty(self.elements, dtype=dtype, device=self.device)
+        return self._buffers[dtype]
+
+
+def write_combinations(
+    pool: ExpertPool,
+    spec: TensorSpec,
+    weights: np.ndarray,
+    targets: Sequence[torch.Tensor],
+    *,
+    dtype: torch.dtype | None = None,
+    out_dtype: torch.dtype | None = None,
+    accumulator: Accumulator | None = None,
+) -> None:
+    """targets[p] <- sum_k weights[p, k] * expert_k[spec.name], for every row p of `weights`.
+
+    Bit-identical to `combine_tensor(...).to(out_dtype or spec.torch_dtype)` copied into
+    each target, but with one read of each expert tensor for all rows, in chunks. Targets
+    are contiguous tensors of the spec's shape (any dtype and device: `copy_` casts).
+    """
+    if weights.shape != (len(targets), len(pool)):
+        raise ValueError(f"weights of shape {weights.shape}, expected {(len(targets), len(pool))}")
+    accumulator = accumulator or Accumulator(targets[0].device)
+    device = accumulator.device
+    sources = [pool.tensor(k, spec.name).reshape(-1) for k in range(len(pool))]  # memory-mapped views, or small prepared tensors
+    input_dtype = dtype or sources[0].dtype  # as in combine_tensor: the first expert's, after mergekit's `dtype:`
+    final_dtype = out_dtype or spec.torch_dtype
+    acc_dtype = _accumulator_dtype(input_dtype)
+    columns = torch.tensor(weights, dtype=acc_dtype, device=device).T.unsqueeze(-1).contiguous()  # (experts, rows, 1)
+    rows, size = len(targets), sources[0].numel()
+    flat = [t.view(-1) for t in targets]
+    step = max(1, accumulator.elements // rows)
+    scratch = accumulator.buffer(acc_dtype)
+    for start in range(0, size, step):
+        stop = min(start + step, size)
+        acc = scratch[: rows * (stop - start)].view(rows, stop - start)
+        acc.zero_()
+        for k, source in enumerate(sources):
+            acc.addcmul_(source[start:stop].to(device=device, dtype=dtype), columns[k])
+        for p in range(rows):
+            flat[p][start:stop].copy_(acc[p].to(input_dtype).to(final_dtype))
 
 
 def combine(
@@ -57,11 +121,19 @@ def combine(
     Tensors come out in `out_dtype` (mergekit's `out_dtype:`), by default in the dtype
     the first expert stores them in. Constant tensors of the pool are not included.
     """
+    check_shape(coefficients, layout, pool)
+    accumulator = Accumulator(device)
+    for spec, group in zip(pool.specs, layout.of_tensor):
+        tensor = torch.empty(spec.shape, dtype=out_dtype or spec.torch_dtype, device=device)
+        write_combinations(
+            pool, spec, coefficients[group][None], [tensor], dtype=dtype, out_dtype=out_dtype, accumulator=accumulator
+        )
+        yield spec.name, tensor
+
+
+def check_shape(coefficients: np.ndarray, layout: GroupLayout, pool: ExpertPool) -> None:
     if coefficients.shape != (len(layout), len(pool)):
         raise ValueError(f"coefficients of shape {coefficients.shape}, expected {(len(layout), len(pool))}")
-    for spec, group in zip(pool.specs, layout.of_tensor):
-        tensor = combine_tensor(pool, spec.name, coefficients[group], dtype=dtype, device=device)
-        yield spec.name, tensor.to(out_dtype or spec.torch_dtype)
 
 
 def constants(pool: ExpertPool) -> Iterator[tuple[str, torch.Tensor]]:
@@ -75,3 +147,7 @@ def one_hot(layout: GroupLayout, experts: int, expert: int) -> np.ndarray:
     coefficients = np.zeros((len(layout), experts))
     coefficients[:, expert] = 1.0
     return coefficients
+
+
+def _accumulator_dtype(input_dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if input_dtype == torch.float64 else torch.float32

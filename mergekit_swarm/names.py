@@ -10,7 +10,7 @@ from pathlib import Path
 METHOD_NAME = "model_swarms"
 PRETTY_NAME = "Model Swarms"
 PAPER_URL = "https://arxiv.org/abs/2410.11163"
-SWARM_KEYS = ("swarm", "utility")
+SWARM_KEYS = ("swarm", "utility", "evaluation")
 
 
 def is_swarm_recipe(path: str | Path) -> bool:

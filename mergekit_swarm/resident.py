@@ -3,7 +3,9 @@
 Loading a model per evaluation (what the official code and mergekit-evolve do) costs
 more than a small utility's forward passes. Instead the model is loaded once, and
 `load(coefficients)` streams the particle's tensors straight into its parameters
-(full pools) or into its single LoRA adapter slot (LoRA pools).
+(full pools) or into a LoRA adapter slot (LoRA pools). A LoRA resident model has
+`slots` adapter slots: `load_many` fills them all in one pass over the experts, and
+utilities score them together in mixed-adapter batches.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from mergekit_swarm.errors import ExpertError
 from mergekit_swarm.experts import ExpertPool, LoraPool
 from mergekit_swarm.experts.lora import is_lora_tensor
 from mergekit_swarm.groups import GroupLayout
-from mergekit_swarm.materialize import combine, constants
+from mergekit_swarm.materialize import Accumulator, check_shape, constants, write_combinations
 
-ADAPTER_NAME = "swarm"
+ADAPTER_NAME = "swarm"  # slot 0; slot i > 0 is swarm_<i>
 
 
 class ResidentModel:
@@ -42,10 +44,14 @@ class ResidentModel:
         out_dtype: torch.dtype | None = None,
         device: str = "cpu",
         trust_remote_code: bool = False,
+        slots: int = 1,
     ):
         from transformers import AutoModelForCausalLM
 
+        if slots > 1 and not isinstance(pool, LoraPool):
+            raise ValueError("only LoRA pools have several adapter slots; a full-model pool holds one particle")
         self.pool, self.layout = pool, layout
+        self.slot_names = [ADAPTER_NAME] + [f"{ADAPTER_NAME}_{i}" for i in range(1, slots)]
         self.merge_dtype, self.out_dtype, self.device = merge_dtype, out_dtype, device
         try:
             model = AutoModelForCausalLM.from_pretrained(
@@ -57,19 +63,29 @@ class ResidentModel:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if isinstance(pool, LoraPool):
-            model = _attach_adapter_slot(model, pool, str(model_source))
+            model = _attach_adapter_slots(model, pool, str(model_source), self.slot_names)
         self.model = model.to(device).eval()
-        self._targets = self._map_targets()
+        self._slot_targets = [self._map_targets(name) for name in self.slot_names]
+        self._accumulator = Accumulator(device)
         with torch.no_grad():
             for name, tensor in constants(pool):
-                self._targets[name].copy_(tensor)
+                for targets in self._slot_targets:
+                    targets[name].copy_(tensor)
 
-    def _map_targets(self) -> dict[str, torch.Tensor]:
+    @property
+    def slots(self) -> int:
+        return len(self.slot_names)
+
+    def tensors(self, slot: int = 0) -> dict[str, torch.Tensor]:
+        """The model tensors a particle is written into (checkpoint names), for one slot."""
+        return self._slot_targets[slot]
+
+    def _map_targets(self, slot: str) -> dict[str, torch.Tensor]:
         """Checkpoint tensor name -> the model tensor (sharing storage) it is written into."""
         if isinstance(self.pool, LoraPool):
             from peft import get_peft_model_state_dict
 
-            available = get_peft_model_state_dict(self.model, adapter_name=ADAPTER_NAME)
+            available = get_peft_model_state_dict(self.model, adapter_name=slot)
             uncovered = [n for n in available if is_lora_tensor(n) and n not in self.pool.tensor_names]
             if uncovered:
                 raise ExpertError(f"the adapter slot has {uncovered[0]!r}, which the experts do not provide")
@@ -90,22 +106,48 @@ class ResidentModel:
             targets[name] = target
         return targets
 
-    @torch.no_grad()
     def load(self, coefficients: np.ndarray) -> None:
-        """Write the particle with `coefficients` (groups, experts) into the model."""
-        tensors = combine(
-            self.pool, self.layout, coefficients, dtype=self.merge_dtype, out_dtype=self.out_dtype, device=self.device
-        )
-        for name, tensor in tensors:
-            self._targets[name].copy_(tensor)
+        """Write the particle with `coefficients` (groups, experts) into the model (slot 0,
+        made the active adapter)."""
+        self.load_many([coefficients])
+
+    @torch.no_grad()
+    def load_many(self, particles: list[np.ndarray]) -> list[str]:
+        """Write up to `slots` particles into slots 0, 1, ... in one pass over the experts;
+        returns the names of the slots filled. Slot 0 becomes the active adapter."""
+        if not 1 <= len(particles) <= self.slots:
+            raise ValueError(f"{len(particles)} particles for {self.slots} slot(s)")
+        for coefficients in particles:
+            check_shape(coefficients, self.layout, self.pool)
+        for spec, group in zip(self.pool.specs, self.layout.of_tensor):
+            write_combinations(
+                self.pool,
+                spec,
+                np.stack([c[group] for c in particles]),
+                [targets[spec.name] for targets in self._slot_targets[: len(particles)]],
+                dtype=self.merge_dtype,
+                out_dtype=self.out_dtype,
+                accumulator=self._accumulator,
+            )
+        self.activate(0)
+        return self.slot_names[: len(particles)]
+
+    def activate(self, slot: int) -> None:
+        """Make adapter slot `slot` the one a plain forward uses (LoRA pools)."""
+        if isinstance(self.pool, LoraPool) and self.model.active_adapter != self.slot_names[slot]:
+            self.model.set_adapter(self.slot_names[slot])
 
 
-def _attach_adapter_slot(model, pool: LoraPool, base: str):
-    """Wrap the base model in a PeftModel with one adapter slot of the pool's common shape."""
+def _attach_adapter_slots(model, pool: LoraPool, base: str, names: list[str]):
+    """Wrap the base model in a PeftModel with adapter slots of the pool's common shape."""
     from peft import LoraConfig, get_peft_model
 
     fields = set(LoraConfig.__dataclass_fields__)
     config = {k: v for k, v in pool.output_config(base).items() if k in fields and k not in ("peft_type", "auto_mapping")}
     with warnings.catch_warnings():  # PEFT calls a transformers API deprecated in v5; not actionable by users
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        return get_peft_model(model, LoraConfig(**config), adapter_name=ADAPTER_NAME)
+        model = get_peft_model(model, LoraConfig(**config), adapter_name=names[0])
+        for name in names[1:]:
+            model.add_adapter(name, LoraConfig(**config))
+    model.set_adapter(names[0])
+    return model

@@ -77,6 +77,7 @@ def run_swarm(recipe: SwarmRecipe, out: str | Path, options: RunOptions | None =
         out_dtype=out_dtype,
         device=options.device,
         trust_remote_code=options.trust_remote_code,
+        slots=recipe.evaluation.particles_per_batch if is_lora else 1,
     )
     particles = recipe.swarm.particle_count(len(pool))
     if checkpoint is None:
@@ -126,16 +127,13 @@ def _test_report(
     """Test utility of every expert and of the winner (reported only, never searched on)."""
     if test is None:
         return None, None
-    evaluate = Evaluator(resident, test)
-
-    def score(coefficients: np.ndarray, what: str) -> float | None:
-        result = evaluate(coefficients)
+    particles = [one_hot(layout, experts, k) for k in range(experts)] + [winner]
+    scores: list[float | None] = []
+    for i, result in enumerate(Evaluator(resident, test).evaluate(particles)):
         if result.failed and fail_fast:
-            raise UtilityError(f"test utility failed on {what}: {result.error}")
-        return None if result.failed else result.utility
-
-    expert_test = [score(one_hot(layout, experts, k), f"expert {k}") for k in range(experts)]
-    return expert_test, score(winner, "the winner")
+            raise UtilityError(f"test utility failed on {f'expert {i}' if i < experts else 'the winner'}: {result.error}")
+        scores.append(None if result.failed else result.utility)
+    return scores[:experts], scores[experts]
 
 
 def _write_reports(rundir: RunDirectory, result: SwarmResult, recipe: SwarmRecipe, *, card: bool) -> None:

@@ -79,7 +79,7 @@ def test_resident_model_holds_exactly_the_particle_and_nothing_else(zoo, tokeniz
     resident.load(first)
     expected = dict(combine(pool, layout, first))
     for name, tensor in expected.items():
-        assert torch.equal(resident._targets[name], tensor), name
+        assert torch.equal(resident.tensors()[name], tensor), name
     with torch.no_grad():
         logits_first = resident.model(input_ids=ids).logits.clone()
     resident.load(second)

@@ -146,6 +146,8 @@ class FakeChatCompletions:
                     outer.in_flight += 1
                     outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
                     failing = len(outer.requests) <= outer.fail_first
+                    twentieth = len(outer.requests) % 20 == 0  # counted on arrival, not when answering
+                self.counted = True
                 try:
                     threading.Event().wait(outer.delay)
                     if self.headers.get("Authorization") != f"Bearer {API_KEY}":
@@ -153,6 +155,7 @@ class FakeChatCompletions:
                     if failing:
                         return self._send(503, {"error": {"message": "overloaded"}})
                     if outer.mode == "redirect":
+                        self._done()
                         self.send_response(307)
                         self.send_header("Location", "http://127.0.0.1:9/steal")
                         self.send_header("Content-Length", "0")
@@ -160,15 +163,22 @@ class FakeChatCompletions:
                     response = body["messages"][0]["content"].split("A: ", 1)[1]
                     if outer.mode == "null":
                         return self._send(200, {"choices": [{"message": {"role": "assistant", "content": None}}]})
-                    if outer.mode == "fail_every_20th" and len(outer.requests) % 20 == 0:
+                    if outer.mode == "fail_every_20th" and twentieth:
                         return self._send(400, {"error": {"message": "bad request"}})
                     content = f"Looks fine. Rating: {min(10, 1 + len(response))}/10"
                     self._send(200, {"choices": [{"message": {"role": "assistant", "content": content}}]})
                 finally:
+                    self._done()
+
+            def _done(self):
+                """Leave the in-flight count before the client can read the answer and send its next request."""
+                if self.counted:
+                    self.counted = False
                     with outer.lock:
                         outer.in_flight -= 1
 
             def _send(self, status, payload):
+                self._done()
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -270,7 +280,9 @@ def test_judge_template_placeholders_and_braces_in_prompts(prompts, monkeypatch)
             }
         )
     # the policy answers with braces, the prompt has braces: neither is read as a placeholder
-    monkeypatch.setattr(judge_module, "greedy_generate", lambda model, tokenizer, prompts, settings: ["{}}"] * len(prompts))
+    monkeypatch.setattr(
+        judge_module, "generate_for_adapters", lambda model, tokenizer, prompts, settings, adapters: [["{}}"] * len(prompts)]
+    )
     monkeypatch.setattr(judge_module, "model_device", lambda model: None)
     seen = []
 

@@ -15,7 +15,7 @@ from mergekit_swarm.utilities.exact_match import ExactMatch, contains_answer
 from mergekit_swarm.utilities.multiple_choice import MultipleChoice, parse_letter
 from mergekit_swarm.utilities.nll import NegativeLoss
 from mergekit_swarm.utilities.python import PythonUtility, load_function
-from mergekit_swarm.utilities.text import GenerationSettings
+from mergekit_swarm.utilities.text import NO_ADAPTERS, GenerationSettings
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_multiple_choice_by_loglikelihood_matches_a_hand_computation(lm, zoo):
     picks = [int(np.argmax([_choice_logprob(model, tokenizer, e.prompt, c) for c in e.choices])) for e in examples]
     expected = sum(p == e.answer_index for p, e in zip(picks, examples)) / len(examples)
     utility = MultipleChoice(examples, "loglikelihood", GenerationSettings(4, 3))
-    assert utility.predictions(model, tokenizer) == picks
+    assert utility.predictions(model, tokenizer, NO_ADAPTERS) == [picks]
     assert utility(model, tokenizer) == expected
 
 
@@ -79,7 +79,7 @@ def test_multiple_choice_by_generated_letter(monkeypatch):
     assert parse_letter("no letter here", 4) is None
     assert parse_letter("ABC", 4) is None  # not a standalone letter
     examples = [Example(f"q{i}", "x", ("x", "y", "z"), i % 3) for i in range(4)]
-    monkeypatch.setattr(mc_module, "greedy_generate", lambda *a, **k: ["A", "Answer: B", "C", "nothing"])
+    monkeypatch.setattr(mc_module, "generate_for_adapters", lambda *a, **k: [["A", "Answer: B", "C", "nothing"]])
     # predictions 0, 1, 2, None against gold 0, 1, 2, 0
     assert MultipleChoice(examples, "generate", GenerationSettings(4, 2))(None, None) == 0.75
 
@@ -87,11 +87,11 @@ def test_multiple_choice_by_generated_letter(monkeypatch):
 def test_multiple_choice_target_delimiter_goes_between_prompt_and_choice(monkeypatch):
     seen = []
 
-    def fake_logprobs(model, tokenizer, pairs, batch_size):
+    def fake_logprobs(model, tokenizer, pairs, batch_size, adapters):
         seen.extend(pairs)
-        return [(-1.0, 1), (-0.5, 1)]
+        return [[(-1.0, 1), (-0.5, 1)]]
 
-    monkeypatch.setattr(mc_module, "continuation_logprobs", fake_logprobs)
+    monkeypatch.setattr(mc_module, "logprobs_for_adapters", fake_logprobs)
     example = Example("Q: 2+2=?\nA:", "4", ("3", "4"), 1)
     utility = MultipleChoice([example], "loglikelihood", GenerationSettings(4, 2), target_delimiter=" ")
     assert utility(None, None) == 1.0

@@ -1,14 +1,19 @@
-"""Evaluate one particle: write it into the resident model, run the utility, time it.
+"""Evaluate particles: write them into the resident model, run the utility, time it.
 
-A utility that raises, or returns NaN or an infinity, marks the evaluation as failed
-(utility -inf, with the error kept for the history) and the search goes on; the loop
-decides whether to stop (`--fail-fast`).
+Particles are evaluated in groups of the resident model's slot count: for LoRA pools a
+group is written into adapter slots in one pass and, when the utility can, scored in
+mixed-adapter batches (`Utility.score_adapters`); otherwise each slot is activated and
+scored in turn. A utility that raises, or returns NaN or an infinity, marks the evaluation
+as failed (utility -inf, with the error kept for the history) and the search goes on; the
+loop decides whether to stop (`--fail-fast`). A group whose batched scoring raises is
+scored again one particle at a time, so every particle gets its own result or error.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,12 +21,13 @@ import torch
 
 from mergekit_swarm.resident import ResidentModel
 from mergekit_swarm.utilities import Score, Utility
+from mergekit_swarm.utilities.text import batches
 
 
 @dataclass(frozen=True)
 class Evaluation:
     utility: float  # -inf when failed
-    seconds: float
+    seconds: float  # for a group evaluated together: its share of the group's time
     error: str | None = None
     details: dict[str, float] = field(default_factory=dict)  # a Score's details (components, counts)
 
@@ -37,16 +43,49 @@ class Evaluator:
         self.resident, self.utility = resident, utility
 
     def __call__(self, coefficients: np.ndarray) -> Evaluation:
+        return next(self.evaluate([coefficients]))
+
+    def evaluate(self, particles: Sequence[np.ndarray]) -> Iterator[Evaluation]:
+        """One evaluation per particle, in order, each yielded as soon as it is known."""
+        for group in batches(particles, self.resident.slots):
+            yield from self._evaluate_group(list(group))
+
+    def _evaluate_group(self, group: list[np.ndarray]) -> Iterator[Evaluation]:
         start = time.perf_counter()
-        self.resident.load(coefficients)
-        try:
-            with torch.no_grad():
-                result = self.utility(self.resident.model, self.resident.tokenizer)
-            score = result if isinstance(result, Score) else Score(float(result))
-            value = float(score.value)
-            if not math.isfinite(value):
-                raise ValueError(f"utility returned {value}")
-        except Exception as exc:  # any failure of the user's objective is recorded, not fatal
-            message = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500]
-            return Evaluation(-math.inf, time.perf_counter() - start, message)
-        return Evaluation(value, time.perf_counter() - start, details=dict(score.details))
+        slots = self.resident.load_many(group)
+        if len(group) > 1 and self.utility.scores_adapter_batches:
+            try:
+                with torch.no_grad():
+                    scores = self.utility.score_adapters(self.resident.model, self.resident.tokenizer, slots)
+            except Exception:  # scored again one by one below, so that each particle gets its own error
+                pass
+            else:
+                share = (time.perf_counter() - start) / len(group)
+                yield from (_evaluation(score, share) for score in scores)
+                return
+        share = (time.perf_counter() - start) / len(group)  # of writing the group into the model
+        for slot in range(len(group)):
+            begin = time.perf_counter()
+            self.resident.activate(slot)
+            try:
+                with torch.no_grad():
+                    score: float | Score | Exception = self.utility(self.resident.model, self.resident.tokenizer)
+            except Exception as exc:  # any failure of the user's objective is recorded, not fatal
+                score = exc
+            yield _evaluation(score, share + time.perf_counter() - begin)
+        self.resident.activate(0)
+
+
+def _evaluation(result: float | Score | Exception, seconds: float) -> Evaluation:
+    """An Evaluation from what the utility returned (or raised)."""
+    try:
+        if isinstance(result, Exception):
+            raise result
+        score = result if isinstance(result, Score) else Score(float(result))
+        value = float(score.value)
+        if not math.isfinite(value):
+            raise ValueError(f"utility returned {value}")
+    except Exception as exc:
+        message = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500]
+        return Evaluation(-math.inf, seconds, message)
+    return Evaluation(value, seconds, details=dict(score.details))

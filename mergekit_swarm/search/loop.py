@@ -55,6 +55,8 @@ def run_search(
     with rundir.history_path.open("a", encoding="utf-8") as history:
         while True:
             if not state.evaluated:
+                # evaluated in groups (adapter slots), yielded one by one as they finish
+                results = evaluator.evaluate([state.positions[i] for i in range(particles) if not state.skip[i]])
                 utilities, errors = [], []
                 for i in range(particles):
                     show(i + 1)
@@ -63,7 +65,7 @@ def run_search(
                         utilities.append(float(state.utilities[i]))
                         history.write(json.dumps(_skipped_record(state.iteration, i, utilities[-1])) + "\n")
                         continue
-                    result = evaluator(state.positions[i])
+                    result = next(results)
                     if result.failed:
                         checkpoint.failed += 1
                         errors.append(result.error)

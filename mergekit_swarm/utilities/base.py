@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -17,7 +18,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from mergekit_swarm.config_base import RecipePath, StrictSection
-from mergekit_swarm.utilities.text import GenerationSettings
+from mergekit_swarm.utilities.text import NO_ADAPTERS, Adapters, GenerationSettings
 
 Split = Literal["dev", "test"]
 
@@ -37,6 +38,32 @@ class Utility(ABC):
     @abstractmethod
     def __call__(self, model, tokenizer) -> float | Score:
         """Return the utility (higher is better). Raising marks the evaluation as failed."""
+
+    @property
+    def scores_adapter_batches(self) -> bool:
+        """Whether `score_adapters` can score several adapter slots in one pass."""
+        return False
+
+    def score_adapters(self, model, tokenizer, adapters: Sequence[str]) -> list[float | Score]:
+        """The utility of each of `adapters` (slots of the PeftModel `model`), in one pass of
+        mixed-adapter batches. Only called when `scores_adapter_batches` is true."""
+        raise NotImplementedError(f"{type(self).__name__} scores one model at a time")
+
+
+class AdapterBatchedUtility(Utility):
+    """A utility written once, for a list of adapters: `score_adapters` does the work, and
+    scoring the model as it is is the one-element case (`NO_ADAPTERS`)."""
+
+    def __call__(self, model, tokenizer) -> float | Score:
+        return self.score_adapters(model, tokenizer, NO_ADAPTERS)[0]
+
+    @property
+    def scores_adapter_batches(self) -> bool:
+        return True
+
+    @abstractmethod
+    def score_adapters(self, model, tokenizer, adapters: Adapters) -> list[float | Score]:
+        """One score per adapter (`NO_ADAPTERS`: one score, for the model as it is)."""
 
 
 class UtilityConfig(StrictSection):

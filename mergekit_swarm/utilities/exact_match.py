@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from mergekit_swarm.utilities.base import GenerativeUtilityConfig, Split, Utility, register_utility
+from mergekit_swarm.utilities.base import AdapterBatchedUtility, GenerativeUtilityConfig, Split, Utility, register_utility
 from mergekit_swarm.utilities.data import Example, load_examples
-from mergekit_swarm.utilities.text import GenerationSettings, greedy_generate
+from mergekit_swarm.utilities.text import Adapters, GenerationSettings, generate_for_adapters
 
 
 def normalize(text: str) -> str:
@@ -22,12 +22,15 @@ def contains_answer(generation: str, answer: str) -> bool:
     return normalize(answer) in normalize(generation)
 
 
-class ExactMatch(Utility):
+class ExactMatch(AdapterBatchedUtility):
     def __init__(self, examples: list[Example], generation: GenerationSettings):
         self.examples, self.generation = examples, generation
 
-    def __call__(self, model, tokenizer) -> float:
-        generations = greedy_generate(model, tokenizer, [e.prompt for e in self.examples], self.generation)
+    def score_adapters(self, model, tokenizer, adapters: Adapters) -> list[float]:
+        prompts = [e.prompt for e in self.examples]
+        return [self.accuracy(g) for g in generate_for_adapters(model, tokenizer, prompts, self.generation, adapters)]
+
+    def accuracy(self, generations: list[str]) -> float:
         return sum(contains_answer(g, e.answer) for g, e in zip(generations, self.examples)) / len(self.examples)
 
 

@@ -24,10 +24,10 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from mergekit_swarm.utilities.base import GenerativeUtilityConfig, Score, Split, Utility, register_utility
+from mergekit_swarm.utilities.base import AdapterBatchedUtility, GenerativeUtilityConfig, Score, Split, Utility, register_utility
 from mergekit_swarm.utilities.data import Example, load_examples
 from mergekit_swarm.utilities.judge_backends import LocalJudgeConfig, OpenAIJudgeConfig
-from mergekit_swarm.utilities.text import GenerationSettings, greedy_generate, model_device
+from mergekit_swarm.utilities.text import Adapters, GenerationSettings, generate_for_adapters, model_device
 
 DEFAULT_TEMPLATE = (
     "Please act as an impartial judge and evaluate the quality of the response provided by an AI assistant "
@@ -47,15 +47,19 @@ def parse_rating(answer: str) -> float | None:
     return min(10.0, max(1.0, float(match.group(1))))
 
 
-class JudgeUtility(Utility):
+class JudgeUtility(AdapterBatchedUtility):
     def __init__(self, examples: list[Example], generation: GenerationSettings, template: str, judge):
         self.prompts, self.generation, self.template, self.judge = [e.prompt for e in examples], generation, template, judge
 
-    def __call__(self, model, tokenizer) -> Score:
-        responses = greedy_generate(model, tokenizer, self.prompts, self.generation)
+    def score_adapters(self, model, tokenizer, adapters: Adapters) -> list[Score]:
+        per_adapter = generate_for_adapters(model, tokenizer, self.prompts, self.generation, adapters)
+        # judged adapter by adapter: the judge's batches, and so its answers, do not depend on the batching
+        return [self._score(responses, model_device(model)) for responses in per_adapter]
+
+    def _score(self, responses: list[str], device) -> Score:
         # format() reads braces in the template only, never in the prompts or responses it inserts
         questions = [self.template.format(prompt=p, response=r) for p, r in zip(self.prompts, responses)]
-        answers = self.judge(questions, model_device(model))
+        answers = self.judge(questions, device)
         ratings = [parse_rating(a) for a in answers]
         unparseable = sum(r is None for r in ratings)
         values = [1.0 if r is None else r for r in ratings]

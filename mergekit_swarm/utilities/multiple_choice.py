@@ -15,9 +15,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from mergekit_swarm.utilities.base import GenerativeUtilityConfig, Split, Utility, register_utility
+from mergekit_swarm.utilities.base import AdapterBatchedUtility, GenerativeUtilityConfig, Split, Utility, register_utility
 from mergekit_swarm.utilities.data import LETTERS, Example, load_examples
-from mergekit_swarm.utilities.text import GenerationSettings, continuation_logprobs, greedy_generate
+from mergekit_swarm.utilities.text import Adapters, GenerationSettings, generate_for_adapters, logprobs_for_adapters
 
 # Most explicit first: "answer is (B)" / "Answer: B", then a leading "B." / "(B)", then "(B)"
 # anywhere, then any standalone capital letter (which an article "A" can fool).
@@ -39,25 +39,35 @@ def parse_letter(generation: str, choices: int) -> int | None:
     return None
 
 
-class MultipleChoice(Utility):
+class MultipleChoice(AdapterBatchedUtility):
     def __init__(self, examples: list[Example], parse: str, generation: GenerationSettings, target_delimiter: str = ""):
         self.examples, self.parse, self.generation, self.delimiter = examples, parse, generation, target_delimiter
 
-    def predictions(self, model, tokenizer) -> list[int | None]:
+    def predictions(self, model, tokenizer, adapters: Adapters) -> list[list[int | None]]:
+        """The chosen answer index of every example, for each adapter."""
         if self.parse == "generate":
-            texts = greedy_generate(model, tokenizer, [e.prompt for e in self.examples], self.generation)
-            return [parse_letter(t, len(e.choices)) for t, e in zip(texts, self.examples)]
+            prompts = [e.prompt for e in self.examples]
+            return [
+                [parse_letter(t, len(e.choices)) for t, e in zip(texts, self.examples)]
+                for texts in generate_for_adapters(model, tokenizer, prompts, self.generation, adapters)
+            ]
         pairs = [(e.prompt, self.delimiter + choice) for e in self.examples for choice in e.choices]
-        scores = iter(continuation_logprobs(model, tokenizer, pairs, batch_size=self.generation.batch_size))
-        predictions = []
+        per_adapter = logprobs_for_adapters(model, tokenizer, pairs, batch_size=self.generation.batch_size, adapters=adapters)
+        return [self._argmax(scores) for scores in per_adapter]
+
+    def _argmax(self, scores: list[tuple[float, int]]) -> list[int | None]:
+        remaining = iter(scores)
+        predictions: list[int | None] = []
         for e in self.examples:
-            totals = [next(scores)[0] for _ in e.choices]
+            totals = [next(remaining)[0] for _ in e.choices]
             predictions.append(max(range(len(totals)), key=totals.__getitem__))  # first on ties
         return predictions
 
-    def __call__(self, model, tokenizer) -> float:
-        predictions = self.predictions(model, tokenizer)
-        return sum(p == e.answer_index for p, e in zip(predictions, self.examples)) / len(self.examples)
+    def score_adapters(self, model, tokenizer, adapters: Adapters) -> list[float]:
+        return [
+            sum(p == e.answer_index for p, e in zip(predictions, self.examples)) / len(self.examples)
+            for predictions in self.predictions(model, tokenizer, adapters)
+        ]
 
 
 @register_utility

@@ -17,6 +17,7 @@ component's score is kept in the history (`details`), under the component's name
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -61,10 +62,20 @@ class MultiTask(Utility):
         self.names, self.weights, self.utilities, self.how = names, weights, utilities, how
 
     def __call__(self, model, tokenizer) -> Score:
+        return self._combine([utility(model, tokenizer) for utility in self.utilities])
+
+    @property
+    def scores_adapter_batches(self) -> bool:
+        return all(u.scores_adapter_batches for u in self.utilities)
+
+    def score_adapters(self, model, tokenizer, adapters: Sequence[str]) -> list[Score]:
+        per_component = [utility.score_adapters(model, tokenizer, adapters) for utility in self.utilities]
+        return [self._combine([scores[i] for scores in per_component]) for i in range(len(adapters))]
+
+    def _combine(self, results: list[float | Score]) -> Score:
         details: dict[str, float] = {}
         values = []
-        for name, utility in zip(self.names, self.utilities):
-            result = utility(model, tokenizer)
+        for name, result in zip(self.names, results):
             score = result if isinstance(result, Score) else Score(float(result))
             values.append(float(score.value))
             details[name] = values[-1]

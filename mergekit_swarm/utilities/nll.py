@@ -8,20 +8,19 @@ from __future__ import annotations
 
 from typing import Literal
 
-from mergekit_swarm.utilities.base import DatasetUtilityConfig, Split, Utility, register_utility
+from mergekit_swarm.utilities.base import AdapterBatchedUtility, DatasetUtilityConfig, Split, Utility, register_utility
 from mergekit_swarm.utilities.data import Example, load_examples
-from mergekit_swarm.utilities.text import continuation_logprobs
+from mergekit_swarm.utilities.text import Adapters, logprobs_for_adapters
 
 
-class NegativeLoss(Utility):
+class NegativeLoss(AdapterBatchedUtility):
     def __init__(self, examples: list[Example], batch_size: int):
         self.examples, self.batch_size = examples, batch_size
 
-    def __call__(self, model, tokenizer) -> float:
-        scores = continuation_logprobs(
-            model, tokenizer, [(e.prompt, e.answer) for e in self.examples], batch_size=self.batch_size
-        )
-        return sum(s for s, _ in scores) / sum(n for _, n in scores)
+    def score_adapters(self, model, tokenizer, adapters: Adapters) -> list[float]:
+        pairs = [(e.prompt, e.answer) for e in self.examples]
+        per_adapter = logprobs_for_adapters(model, tokenizer, pairs, batch_size=self.batch_size, adapters=adapters)
+        return [sum(s for s, _ in scores) / sum(n for _, n in scores) for scores in per_adapter]
 
 
 @register_utility

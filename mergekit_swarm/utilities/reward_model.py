@@ -22,9 +22,9 @@ from pydantic import Field, model_validator
 
 from mergekit_swarm.config_base import RecipePath, StrictSection
 from mergekit_swarm.errors import UtilityError
-from mergekit_swarm.utilities.base import GenerativeUtilityConfig, Score, Split, Utility, register_utility
+from mergekit_swarm.utilities.base import AdapterBatchedUtility, GenerativeUtilityConfig, Score, Split, Utility, register_utility
 from mergekit_swarm.utilities.data import Example, load_examples
-from mergekit_swarm.utilities.text import GenerationSettings, batches, greedy_generate, model_device
+from mergekit_swarm.utilities.text import Adapters, GenerationSettings, batches, generate_for_adapters, model_device
 
 
 class RewardModel:
@@ -79,16 +79,20 @@ def load_reward_model(path: Path, chat_template: bool, batch_size: int) -> Rewar
     return RewardModel(path, chat_template, batch_size)
 
 
-class RewardUtility(Utility):
+class RewardUtility(AdapterBatchedUtility):
     def __init__(
         self, examples: list[Example], generation: GenerationSettings, reward_model: RewardModel, config: RewardModelConfig
     ):
         self.prompts = [e.prompt for e in examples]
         self.generation, self.reward_model, self.config = generation, reward_model, config
 
-    def __call__(self, model, tokenizer) -> Score:
-        responses = greedy_generate(model, tokenizer, self.prompts, self.generation)
-        rewards = self.reward_model(self.prompts, responses, model_device(model))
+    def score_adapters(self, model, tokenizer, adapters: Adapters) -> list[Score]:
+        per_adapter = generate_for_adapters(model, tokenizer, self.prompts, self.generation, adapters)
+        # scored adapter by adapter: the reward model's batches, and so its rewards, do not depend on the batching
+        return [self._score(responses, model_device(model), tokenizer) for responses in per_adapter]
+
+    def _score(self, responses: list[str], device, tokenizer) -> Score:
+        rewards = self.reward_model(self.prompts, responses, device)
         lengths = [len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses]
         scores = [self.config.score(reward, length) for reward, length in zip(rewards, lengths)]
         details = {"reward": sum(rewards) / len(rewards), "response_tokens": sum(lengths) / len(lengths)}

@@ -1,4 +1,9 @@
-"""Batched greedy generation and continuation log-likelihoods, shared by the utilities."""
+"""Batched greedy generation and continuation log-likelihoods, shared by the utilities.
+
+Both take `adapters`: names of adapter slots of a PeftModel, scored together in PEFT's
+mixed-adapter batches (`adapter_names=`, one name per row), or `NO_ADAPTERS` for the
+model as it is.
+"""
 
 from __future__ import annotations
 
@@ -35,9 +40,32 @@ def as_chat(tokenizer, prompt: str) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-@torch.inference_mode()
+Adapters = Sequence[str | None]
+NO_ADAPTERS: Adapters = (None,)  # the model as it is (a plain model, or a PeftModel's active adapter)
+
+
+def _rows_for(adapters: Adapters, rows: int) -> dict:
+    """`adapter_names=` for a batch whose `rows` rows are repeated once per adapter (PEFT's
+    mixed-adapter batches); nothing for the model as it is."""
+    if tuple(adapters) == NO_ADAPTERS:
+        return {}
+    if any(a is None for a in adapters):
+        raise ValueError("adapters: name every adapter, or pass NO_ADAPTERS for the model as it is")
+    return {"adapter_names": [a for a in adapters for _ in range(rows)]}
+
+
 def greedy_generate(model, tokenizer, prompts: Sequence[str], settings: GenerationSettings) -> list[str]:
     """Greedy continuations of `prompts` (left-padded batches), special tokens removed."""
+    return generate_for_adapters(model, tokenizer, prompts, settings, NO_ADAPTERS)[0]
+
+
+@torch.inference_mode()
+def generate_for_adapters(
+    model, tokenizer, prompts: Sequence[str], settings: GenerationSettings, adapters: Adapters
+) -> list[list[str]]:
+    """Greedy continuations of `prompts` under each of `adapters` (adapter slots of a
+    PeftModel): every batch of prompts is repeated once per adapter and generated as one
+    mixed-adapter batch, so the base model's forward passes are shared. One list per adapter."""
     from transformers import GenerationConfig
 
     config = GenerationConfig(
@@ -50,28 +78,38 @@ def greedy_generate(model, tokenizer, prompts: Sequence[str], settings: Generati
         prompts = [as_chat(tokenizer, p) for p in prompts]
     device = model_device(model)
     previous_side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    texts: list[str] = []
+    texts: list[list[str]] = [[] for _ in adapters]
     try:
         for chunk in batches(prompts, settings.batch_size):
-            encoded = tokenizer(list(chunk), return_tensors="pt", padding=True, add_special_tokens=not settings.chat_template).to(
-                device
-            )
-            output = model.generate(**encoded, generation_config=config)
-            texts += tokenizer.batch_decode(output[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
+            encoded = tokenizer(list(chunk), return_tensors="pt", padding=True, add_special_tokens=not settings.chat_template)
+            width = encoded["input_ids"].shape[1]
+            inputs = {key: value.repeat(len(adapters), 1).to(device) for key, value in encoded.items()}
+            output = model.generate(**inputs, generation_config=config, **_rows_for(adapters, len(chunk)))
+            decoded = tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+            for i in range(len(adapters)):
+                texts[i] += decoded[i * len(chunk) : (i + 1) * len(chunk)]
     finally:
         tokenizer.padding_side = previous_side
     return texts
 
 
-@torch.inference_mode()
 def continuation_logprobs(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_size: int) -> list[tuple[float, int]]:
     """(sum of log p(continuation tokens | prompt), number of tokens) for each pair.
 
     Prompt and continuation are tokenized separately and concatenated, so the
     continuation's tokens do not depend on how the prompt ends.
     """
+    return logprobs_for_adapters(model, tokenizer, pairs, batch_size=batch_size, adapters=NO_ADAPTERS)[0]
+
+
+@torch.inference_mode()
+def logprobs_for_adapters(
+    model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_size: int, adapters: Adapters
+) -> list[list[tuple[float, int]]]:
+    """`continuation_logprobs` under each of `adapters`, in mixed-adapter batches (see
+    `generate_for_adapters`). One list per adapter."""
     device = model_device(model)
-    results: list[tuple[float, int]] = []
+    results: list[list[tuple[float, int]]] = [[] for _ in adapters]
     for chunk in batches(pairs, batch_size):
         rows, spans = [], []
         for prompt, continuation in chunk:
@@ -87,10 +125,16 @@ def continuation_logprobs(model, tokenizer, pairs: Sequence[tuple[str, str]], *,
         for i, row in enumerate(rows):
             ids[i, : len(row)] = torch.tensor(row)
             mask[i, : len(row)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        for i, (start, end) in enumerate(spans):
-            # logits at position t predict token t + 1
-            logprobs = torch.log_softmax(logits[i, start - 1 : end - 1].float(), dim=-1)
-            targets = ids[i, start:end].to(device)
-            results.append((float(logprobs.gather(-1, targets[:, None]).sum()), end - start))
+        repeat = len(adapters)
+        logits = model(
+            input_ids=ids.repeat(repeat, 1).to(device),
+            attention_mask=mask.repeat(repeat, 1).to(device),
+            **_rows_for(adapters, len(rows)),
+        ).logits
+        for a in range(repeat):
+            for i, (start, end) in enumerate(spans):
+                # logits at position t predict token t + 1
+                logprobs = torch.log_softmax(logits[a * len(rows) + i, start - 1 : end - 1].float(), dim=-1)
+                targets = ids[i, start:end].to(device)
+                results[a].append((float(logprobs.gather(-1, targets[:, None]).sum()), end - start))
     return results

@@ -1,0 +1,180 @@
+"""The fast paths give exactly what the simple ones give: chunked multi-particle
+materialisation against the reference combination, and mixed-adapter batched evaluation
+against one particle at a time."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from mergekit_swarm.config import load_recipe
+from mergekit_swarm.experts import FullModelPool, open_pool
+from mergekit_swarm.groups import group_layout
+from mergekit_swarm.materialize import Accumulator, combine, combine_tensor, write_combinations
+from mergekit_swarm.resident import ResidentModel
+from mergekit_swarm.run import RunOptions, run_swarm
+from mergekit_swarm.search.evaluator import Evaluator
+from mergekit_swarm.utilities import Score, Utility, validate_utility
+
+
+@pytest.fixture(scope="module")
+def mixed_pool(tmp_path_factory):
+    """Four experts with odd-sized tensors; expert 2 stores one tensor in another dtype."""
+    root = tmp_path_factory.mktemp("mixed")
+    gen = torch.Generator().manual_seed(5)
+    shapes = {"big.weight": (301, 77), "odd.bias": (13,), "one": (1,)}
+    for k in range(4):
+        tensors = {n: torch.randn(s, generator=gen) for n, s in shapes.items()}
+        tensors["big.weight"] = tensors["big.weight"].to(torch.bfloat16 if k != 2 else torch.float32)
+        tensors["odd.bias"] = tensors["odd.bias"].to(torch.float16)
+        (root / f"e{k}").mkdir()
+        save_file(tensors, str(root / f"e{k}" / "model.safetensors"))
+    return FullModelPool([root / f"e{k}" for k in range(4)])
+
+
+@pytest.mark.parametrize("chunk", [7, 1000, 1 << 20])  # many chunks with ragged ends, a few, one
+@pytest.mark.parametrize(
+    "dtype, out_dtype", [(None, None), (torch.float32, None), (None, torch.float32), (torch.float64, torch.bfloat16)]
+)
+def test_chunked_multi_particle_writes_equal_the_reference_combination(mixed_pool, chunk, dtype, out_dtype):
+    weights = np.random.default_rng(chunk).normal(size=(3, 4)) * 1.3
+    accumulator = Accumulator("cpu", elements=chunk)
+    for spec in mixed_pool.specs:
+        targets = [torch.full(spec.shape, float("nan"), dtype=out_dtype or spec.torch_dtype) for _ in range(3)]
+        write_combinations(mixed_pool, spec, weights, targets, dtype=dtype, out_dtype=out_dtype, accumulator=accumulator)
+        for row, target in zip(weights, targets):
+            expected = combine_tensor(mixed_pool, spec.name, row, dtype=dtype).to(out_dtype or spec.torch_dtype)
+            assert target.dtype == expected.dtype
+            assert torch.equal(target, expected), (spec.name, chunk)
+
+
+def test_combine_streams_the_reference_combination(mixed_pool):
+    layout = group_layout(mixed_pool, "tensor")
+    coefficients = np.random.default_rng(1).normal(size=(len(layout), 4))
+    for (name, tensor), group in zip(combine(mixed_pool, layout, coefficients), layout.of_tensor):
+        spec = next(s for s in mixed_pool.specs if s.name == name)
+        assert torch.equal(tensor, combine_tensor(mixed_pool, name, coefficients[group]).to(spec.torch_dtype)), name
+
+
+def test_lora_slots_are_filled_in_one_pass_with_each_particle(zoo, tokenizer):
+    pool = open_pool(list(zoo.lora))
+    layout = group_layout(pool, "layer")
+    resident = ResidentModel(pool, layout, model_source=zoo.base, tokenizer=tokenizer, model_dtype=None, slots=3)
+    particles = [np.random.default_rng(i).normal(size=(len(layout), 3)) for i in range(3)]
+    calls = []
+    original = pool.tensor
+    pool.tensor = lambda k, name: calls.append((k, name)) or original(k, name)
+    try:
+        assert resident.load_many(particles) == ["swarm", "swarm_1", "swarm_2"]
+    finally:
+        del pool.tensor
+    assert len(calls) == len(pool) * len(pool.specs)  # every expert tensor read once for all slots
+    for slot, coefficients in enumerate(particles):
+        for name, tensor in combine(pool, layout, coefficients):
+            assert torch.equal(resident.tensors(slot)[name], tensor), (slot, name)
+    assert resident.model.active_adapter == "swarm"
+
+
+def test_full_pools_have_a_single_slot(zoo, tokenizer):
+    pool = open_pool(list(zoo.full))
+    with pytest.raises(ValueError, match="only LoRA pools"):
+        ResidentModel(pool, group_layout(pool, "model"), model_source=zoo.full[0], tokenizer=tokenizer, model_dtype=None, slots=2)
+
+
+def _utilities(zoo, prompts_file):
+    generation = {"dev": str(zoo.dev), "batch_size": 5, "max_new_tokens": 6}
+    configs = {
+        "exact_match": {"type": "exact_match", **generation},
+        "nll": {"type": "nll", "dev": str(zoo.dev), "batch_size": 7},
+        "multiple_choice": {"type": "multiple_choice", "dev": str(zoo.mc_dev), "batch_size": 4},
+        "multitask": {
+            "type": "multitask",
+            "aggregate": "mean",
+            "components": [
+                {"name": "em", "utility": {"type": "exact_match", **generation}},
+                {"name": "nll", "utility": {"type": "nll", "dev": str(zoo.dev)}},
+            ],
+        },
+        "python": {"type": "python", "function": f"{prompts_file}:score"},  # not batchable: slot by slot
+    }
+    return {name: validate_utility(config).build("dev") for name, config in configs.items()}
+
+
+PYTHON_UTILITY = """
+import torch
+
+def score(model, tokenizer):
+    ids = tokenizer(["sort cab=", "copy ab="], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        return float(model(**ids).logits.float().mean())
+"""
+
+
+def test_batched_mixed_adapter_evaluation_equals_one_at_a_time(zoo, tokenizer, tmp_path):
+    (tmp_path / "objective.py").write_text(PYTHON_UTILITY)
+    pool = open_pool(list(zoo.lora))
+    layout = group_layout(pool, "tensor")
+    rng = np.random.default_rng(11)
+    particles = [np.eye(3)[k][None].repeat(len(layout), 0) for k in range(3)] + [
+        rng.dirichlet(np.ones(3), size=len(layout)) * 1.5 - 0.2 for _ in range(4)
+    ]  # experts and mixtures: 7 particles, so the last group of 4 slots is partly filled
+    residents = {
+        slots: ResidentModel(pool, layout, model_source=zoo.base, tokenizer=tokenizer, model_dtype=None, slots=slots)
+        for slots in (1, 4)
+    }
+    for name, utility in _utilities(zoo, tmp_path / "objective.py").items():
+        one_at_a_time = list(Evaluator(residents[1], utility).evaluate(particles))
+        batched = list(Evaluator(residents[4], utility).evaluate(particles))
+        assert not any(e.failed for e in one_at_a_time + batched), name
+        assert [e.utility for e in batched] == [e.utility for e in one_at_a_time], name
+        assert [e.details for e in batched] == [e.details for e in one_at_a_time], name
+        if name != "multiple_choice":  # (every particle gets these easy choices right)
+            assert len({e.utility for e in batched}) > 1, name  # the particles really differ
+
+
+class FailsOnSlot(Utility):
+    """Batched scoring raises; one at a time, only the particle in slot 1 fails."""
+
+    @property
+    def scores_adapter_batches(self) -> bool:
+        return True
+
+    def score_adapters(self, model, tokenizer, adapters):
+        raise RuntimeError("out of memory in the big batch")
+
+    def __call__(self, model, tokenizer):
+        if model.active_adapter == "swarm_1":
+            raise ValueError("bad particle")
+        return Score(float(model.active_adapter == "swarm"), {"seen": 1.0})
+
+
+def test_a_failing_batch_is_scored_again_particle_by_particle(zoo, tokenizer):
+    pool = open_pool(list(zoo.lora))
+    layout = group_layout(pool, "model")
+    resident = ResidentModel(pool, layout, model_source=zoo.base, tokenizer=tokenizer, model_dtype=None, slots=3)
+    results = list(Evaluator(resident, FailsOnSlot()).evaluate([np.eye(3)[[k]] for k in range(3)]))
+    assert [r.utility for r in results] == [1.0, -np.inf, 0.0]
+    assert results[1].error == "ValueError: bad particle" and results[0].details == {"seen": 1.0}
+    assert resident.model.active_adapter == "swarm"
+
+
+def test_particles_per_batch_does_not_change_the_search(recipe_factory, tmp_path, zoo):
+    utility = {"type": "exact_match", "dev": str(zoo.dev), "test": str(zoo.test), "batch_size": 8, "max_new_tokens": 6}
+    runs = {}
+    for batch in (1, 3):
+        recipe = recipe_factory(
+            "lora",
+            swarm={"particles": 5},
+            utility=utility,
+            evaluation={"particles_per_batch": batch},
+            folder=tmp_path / f"r{batch}",
+        )
+        result = run_swarm(load_recipe(recipe), tmp_path / f"out{batch}", RunOptions(quiet=True))
+        lines = (tmp_path / f"out{batch}" / "swarm_history.jsonl").read_text().splitlines()
+        history = [{k: v for k, v in json.loads(line).items() if k != "wall_time"} for line in lines]
+        runs[batch] = (result.coefficients, result.winner_dev, result.expert_test, result.winner_test, history)
+    assert runs[1] == runs[3]
