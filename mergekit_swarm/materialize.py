@@ -15,6 +15,7 @@ model's parameters or adapter slots). Nothing of the size of a model is ever all
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -105,6 +106,110 @@ def write_combinations(
             acc.addcmul_(source[start:stop].to(device=device, dtype=dtype), columns[k])
         for p in range(rows):
             flat[p][start:stop].copy_(acc[p].to(input_dtype).to(final_dtype))
+
+
+class FlatGroup:
+    """The tensors of one parameter group that the pool keeps in memory (prepared LoRA A/B),
+    concatenated once per expert into blocks of whole tensors: a pass then costs a few large
+    operations per block, on an accumulator that stays in cache, instead of a few operations
+    per (small) tensor. Same arithmetic, element by element, as `combine_tensor`."""
+
+    def __init__(
+        self,
+        pool: ExpertPool,
+        specs: list[TensorSpec],
+        *,
+        dtype: torch.dtype | None,
+        accumulator: Accumulator,
+        block_elements: int = 1 << 18,
+    ):
+        self.accumulator = accumulator
+        self.blocks: list[tuple[list[TensorSpec], list[int], list[torch.Tensor]]] = []
+        for members in _blocks(specs, block_elements):
+            offsets = [0]
+            for spec in members:
+                offsets.append(offsets[-1] + math.prod(spec.shape))
+            sources = [
+                torch.cat([pool.tensor(k, spec.name).to(device=accumulator.device, dtype=dtype).reshape(-1) for spec in members])
+                for k in range(len(pool))
+            ]
+            self.blocks.append((members, offsets, sources))
+
+    def write(self, weights: np.ndarray, targets: Sequence[dict[str, torch.Tensor]], out_dtype: torch.dtype | None) -> None:
+        """targets[p][name] <- row p of `weights` applied to every tensor of the group."""
+        input_dtype = self.blocks[0][2][0].dtype
+        acc_dtype = _accumulator_dtype(input_dtype)
+        columns = torch.tensor(weights, dtype=acc_dtype, device=self.accumulator.device).T.unsqueeze(-1).contiguous()
+        for members, offsets, sources in self.blocks:
+            size = offsets[-1]
+            if len(targets) * size <= self.accumulator.elements:
+                acc = self.accumulator.buffer(acc_dtype)[: len(targets) * size].view(len(targets), size)
+                acc.zero_()
+            else:  # a single tensor larger than the accumulator
+                acc = torch.zeros((len(targets), size), dtype=acc_dtype, device=self.accumulator.device)
+            for k, source in enumerate(sources):
+                acc.addcmul_(source, columns[k])
+            result = acc.to(input_dtype)
+            for spec, start, stop in zip(members, offsets, offsets[1:]):
+                for p, slot in enumerate(targets):
+                    slot[spec.name].view(-1).copy_(result[p, start:stop].to(out_dtype or spec.torch_dtype))
+
+
+def _blocks(specs: list[TensorSpec], elements: int) -> Iterator[list[TensorSpec]]:
+    """Consecutive runs of whole tensors of at most `elements` elements (or one larger tensor)."""
+    block: list[TensorSpec] = []
+    size = 0
+    for spec in specs:
+        numel = math.prod(spec.shape)
+        if block and size + numel > elements:
+            yield block
+            block, size = [], 0
+        block.append(spec)
+        size += numel
+    if block:
+        yield block
+
+
+class Materializer:
+    """Writes particles into destination tensors (a resident model's parameters or adapter
+    slots): in-memory tensors by `FlatGroup`, the rest streamed by `write_combinations`."""
+
+    def __init__(
+        self,
+        pool: ExpertPool,
+        layout: GroupLayout,
+        *,
+        dtype: torch.dtype | None = None,
+        out_dtype: torch.dtype | None = None,
+        device: str | torch.device = "cpu",
+    ):
+        self.pool, self.layout, self.dtype, self.out_dtype = pool, layout, dtype, out_dtype
+        self.accumulator = Accumulator(device)
+        members: dict[int, list[TensorSpec]] = {}
+        self.streamed: list[tuple[TensorSpec, int]] = []
+        for spec, group in zip(pool.specs, layout.of_tensor):
+            if pool.in_memory(spec.name):
+                members.setdefault(group, []).append(spec)
+            else:
+                self.streamed.append((spec, group))
+        self.flat = {g: FlatGroup(pool, specs, dtype=dtype, accumulator=self.accumulator) for g, specs in members.items()}
+
+    def write(self, particles: Sequence[np.ndarray], targets: Sequence[dict[str, torch.Tensor]]) -> None:
+        """targets[p] (checkpoint name -> tensor) <- the particle particles[p], in one pass."""
+        for coefficients in particles:
+            check_shape(coefficients, self.layout, self.pool)
+        for group, flat in self.flat.items():
+            flat.write(np.stack([c[group] for c in particles]), targets, self.out_dtype)
+        for spec, group in self.streamed:
+            write_combinations(
+                self.pool,
+                spec,
+                np.stack([c[group] for c in particles]),
+                [slot[spec.name] for slot in targets],
+                dtype=self.dtype,
+                out_dtype=self.out_dtype,
+                accumulator=self.accumulator,
+            )
 
 
 def combine(

@@ -20,7 +20,7 @@ from mergekit_swarm.errors import ExpertError
 from mergekit_swarm.experts import ExpertPool, LoraPool
 from mergekit_swarm.experts.lora import is_lora_tensor
 from mergekit_swarm.groups import GroupLayout
-from mergekit_swarm.materialize import Accumulator, check_shape, constants, write_combinations
+from mergekit_swarm.materialize import Materializer, constants
 
 ADAPTER_NAME = "swarm"  # slot 0; slot i > 0 is swarm_<i>
 
@@ -66,7 +66,7 @@ class ResidentModel:
             model = _attach_adapter_slots(model, pool, str(model_source), self.slot_names)
         self.model = model.to(device).eval()
         self._slot_targets = [self._map_targets(name) for name in self.slot_names]
-        self._accumulator = Accumulator(device)
+        self._materializer = Materializer(pool, layout, dtype=merge_dtype, out_dtype=out_dtype, device=device)
         with torch.no_grad():
             for name, tensor in constants(pool):
                 for targets in self._slot_targets:
@@ -117,18 +117,7 @@ class ResidentModel:
         returns the names of the slots filled. Slot 0 becomes the active adapter."""
         if not 1 <= len(particles) <= self.slots:
             raise ValueError(f"{len(particles)} particles for {self.slots} slot(s)")
-        for coefficients in particles:
-            check_shape(coefficients, self.layout, self.pool)
-        for spec, group in zip(self.pool.specs, self.layout.of_tensor):
-            write_combinations(
-                self.pool,
-                spec,
-                np.stack([c[group] for c in particles]),
-                [targets[spec.name] for targets in self._slot_targets[: len(particles)]],
-                dtype=self.merge_dtype,
-                out_dtype=self.out_dtype,
-                accumulator=self._accumulator,
-            )
+        self._materializer.write(particles, self._slot_targets[: len(particles)])
         self.activate(0)
         return self.slot_names[: len(particles)]
 

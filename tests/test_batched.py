@@ -65,18 +65,36 @@ def test_lora_slots_are_filled_in_one_pass_with_each_particle(zoo, tokenizer):
     layout = group_layout(pool, "layer")
     resident = ResidentModel(pool, layout, model_source=zoo.base, tokenizer=tokenizer, model_dtype=None, slots=3)
     particles = [np.random.default_rng(i).normal(size=(len(layout), 3)) for i in range(3)]
-    calls = []
-    original = pool.tensor
-    pool.tensor = lambda k, name: calls.append((k, name)) or original(k, name)
+
+    def no_reads(k, name):
+        raise AssertionError(f"read {name} of expert {k} again")
+
+    pool.tensor = no_reads  # prepared adapters are kept in memory: a pass reads no file
     try:
         assert resident.load_many(particles) == ["swarm", "swarm_1", "swarm_2"]
     finally:
         del pool.tensor
-    assert len(calls) == len(pool) * len(pool.specs)  # every expert tensor read once for all slots
     for slot, coefficients in enumerate(particles):
         for name, tensor in combine(pool, layout, coefficients):
             assert torch.equal(resident.tensors(slot)[name], tensor), (slot, name)
     assert resident.model.active_adapter == "swarm"
+
+
+@pytest.mark.parametrize("block, scratch", [(40, 50), (10**6, 10**6)])  # blocks of single tensors (some larger than
+def test_flat_groups_equal_the_reference_combination(zoo, block, scratch):  # the scratch buffer), one block
+    from mergekit_swarm.materialize import FlatGroup
+
+    pool = open_pool(list(zoo.lora))
+    specs = [s for s in pool.specs if pool.in_memory(s.name)]
+    assert len(specs) == len(pool.specs) > 10
+    flat = FlatGroup(pool, specs, dtype=None, accumulator=Accumulator("cpu", elements=scratch), block_elements=block)
+    weights = np.random.default_rng(4).normal(size=(2, 3))
+    targets = [{s.name: torch.empty(s.shape, dtype=s.torch_dtype) for s in specs} for _ in range(2)]
+    flat.write(weights, targets, out_dtype=None)
+    for p in range(2):
+        for spec in specs:
+            expected = combine_tensor(pool, spec.name, weights[p]).to(spec.torch_dtype)
+            assert torch.equal(targets[p][spec.name], expected), spec.name
 
 
 def test_full_pools_have_a_single_slot(zoo, tokenizer):

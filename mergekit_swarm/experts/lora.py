@@ -58,7 +58,9 @@ class LoraPool(ExpertPool):
     then they are constants, copied from the first expert.
     """
 
-    def __init__(self, paths: list[Path], *, allow_pickle: bool = False, names: list[str] | None = None):
+    def __init__(
+        self, paths: list[Path], *, allow_pickle: bool = False, names: list[str] | None = None, cache_bytes: int = 1 << 30
+    ):
         super().__init__(paths, names)
         self.configs = [read_adapter_config(p) for p in paths]
         self.files = [open_checkpoint(p, "adapter_model", "adapter", allow_pickle=allow_pickle) for p in paths]
@@ -85,6 +87,10 @@ class LoraPool(ExpertPool):
         self.specs = [
             TensorSpec(name, per_expert[0][name], first.dtype(name)) for name in first.names() if name not in self.constant_names
         ]
+        # Padded, scaled LoRA tensors are kept once prepared (adapters are small): re-preparing
+        # them for every particle would cost more than combining them. Large pools prepare on read.
+        prepared_bytes = 4 * len(paths) * sum(math.prod(spec.shape) for spec in self.specs if _LORA_KEY.match(spec.name))
+        self._prepared: dict[tuple[int, str], torch.Tensor] | None = {} if prepared_bytes <= cache_bytes else None
 
     def _padded_shape(self, name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
         m = _LORA_KEY.match(name)
@@ -94,6 +100,17 @@ class LoraPool(ExpertPool):
         return shape[:axis] + (self.rank,) + shape[axis + 1 :]
 
     def tensor(self, expert: int, name: str) -> torch.Tensor:
+        if self._prepared is not None:
+            key = (expert, name)
+            if key not in self._prepared:
+                self._prepared[key] = self._prepare(expert, name)
+            return self._prepared[key]
+        return self._prepare(expert, name)
+
+    def in_memory(self, name: str) -> bool:
+        return self._prepared is not None and _LORA_KEY.match(name) is not None
+
+    def _prepare(self, expert: int, name: str) -> torch.Tensor:
         raw = self.files[expert].get(name)
         m = _LORA_KEY.match(name)
         if m is None:

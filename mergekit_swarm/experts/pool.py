@@ -139,6 +139,10 @@ class ExpertPool(ABC):
     def tensor(self, expert: int, name: str) -> torch.Tensor:
         """Tensor `name` of expert `expert`, ready to be combined linearly."""
 
+    def in_memory(self, name: str) -> bool:
+        """Whether `tensor(k, name)` returns tensors kept in memory (not memory-mapped reads)."""
+        return False
+
     @abstractmethod
     def unit(self, name: str) -> str:
         """The unit a tensor belongs to for `granularity: tensor` (LoRA: its module)."""
