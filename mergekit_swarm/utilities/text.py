@@ -7,6 +7,7 @@ model as it is.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -74,23 +75,32 @@ def generate_for_adapters(
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    if settings.chat_template:  # the template already holds the special tokens it wants
-        prompts = [as_chat(tokenizer, p) for p in prompts]
     device = model_device(model)
-    previous_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     texts: list[list[str]] = [[] for _ in adapters]
+    for chunk in batches(prompts, settings.batch_size):
+        encoded = _encode_prompts(tokenizer, tuple(chunk), settings.chat_template)
+        width = encoded["input_ids"].shape[1]
+        inputs = {key: value.repeat(len(adapters), 1).to(device) for key, value in encoded.items()}
+        output = model.generate(**inputs, generation_config=config, **_rows_for(adapters, len(chunk)))
+        decoded = tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+        for i in range(len(adapters)):
+            texts[i] += decoded[i * len(chunk) : (i + 1) * len(chunk)]
+    return texts
+
+
+# A search evaluates the same prompts thousands of times: each batch is tokenized once. (The
+# tokenizer is part of the key, by identity; entries are small integer tensors.)
+@functools.lru_cache(maxsize=1024)
+def _encode_prompts(tokenizer, prompts: tuple[str, ...], chat_template: bool) -> dict[str, torch.Tensor]:
+    """Left-padded input ids and attention mask of one batch of prompts."""
+    if chat_template:  # the template already holds the special tokens it wants
+        prompts = tuple(as_chat(tokenizer, p) for p in prompts)
+    previous_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
-        for chunk in batches(prompts, settings.batch_size):
-            encoded = tokenizer(list(chunk), return_tensors="pt", padding=True, add_special_tokens=not settings.chat_template)
-            width = encoded["input_ids"].shape[1]
-            inputs = {key: value.repeat(len(adapters), 1).to(device) for key, value in encoded.items()}
-            output = model.generate(**inputs, generation_config=config, **_rows_for(adapters, len(chunk)))
-            decoded = tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
-            for i in range(len(adapters)):
-                texts[i] += decoded[i * len(chunk) : (i + 1) * len(chunk)]
+        encoded = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=not chat_template)
     finally:
         tokenizer.padding_side = previous_side
-    return texts
+    return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
 
 def continuation_logprobs(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_size: int) -> list[tuple[float, int]]:
@@ -111,30 +121,37 @@ def logprobs_for_adapters(
     device = model_device(model)
     results: list[list[tuple[float, int]]] = [[] for _ in adapters]
     for chunk in batches(pairs, batch_size):
-        rows, spans = [], []
-        for prompt, continuation in chunk:
-            head = tokenizer(prompt)["input_ids"]
-            tail = tokenizer(continuation, add_special_tokens=False)["input_ids"]
-            if not head or not tail:
-                raise ValueError(f"prompt {prompt!r} or continuation {continuation!r} has no tokens")
-            rows.append(head + tail)
-            spans.append((len(head), len(head) + len(tail)))
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = 1
-        repeat = len(adapters)
+        ids, mask, spans = _encode_pairs(tokenizer, tuple(chunk))
+        rows, repeat = ids.shape[0], len(adapters)
         logits = model(
             input_ids=ids.repeat(repeat, 1).to(device),
             attention_mask=mask.repeat(repeat, 1).to(device),
-            **_rows_for(adapters, len(rows)),
+            **_rows_for(adapters, rows),
         ).logits
         for a in range(repeat):
             for i, (start, end) in enumerate(spans):
                 # logits at position t predict token t + 1
-                logprobs = torch.log_softmax(logits[a * len(rows) + i, start - 1 : end - 1].float(), dim=-1)
+                logprobs = torch.log_softmax(logits[a * rows + i, start - 1 : end - 1].float(), dim=-1)
                 targets = ids[i, start:end].to(device)
                 results[a].append((float(logprobs.gather(-1, targets[:, None]).sum()), end - start))
     return results
+
+
+@functools.lru_cache(maxsize=1024)
+def _encode_pairs(tokenizer, pairs: tuple[tuple[str, str], ...]) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+    """Right-padded ids and mask of prompt + continuation rows, and each continuation's span."""
+    rows, spans = [], []
+    for prompt, continuation in pairs:
+        head = tokenizer(prompt)["input_ids"]
+        tail = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        if not head or not tail:
+            raise ValueError(f"prompt {prompt!r} or continuation {continuation!r} has no tokens")
+        rows.append(head + tail)
+        spans.append((len(head), len(head) + len(tail)))
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    return ids, mask, tuple(spans)
