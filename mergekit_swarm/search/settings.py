@@ -17,10 +17,11 @@ class EvaluationSettings(StrictSection):
     section_name = "evaluation"
 
     particles_per_batch: int = Field(
-        4,
+        1,
         ge=1,
         description=(
             "LoRA pools: particles written into adapter slots of one PeftModel in one pass and scored together in "
-            "mixed-adapter batches (batch_size prompts x particles_per_batch rows per forward). Full-model pools: 1."
+            "mixed-adapter batches (batch_size prompts x particles_per_batch rows per forward). Full-model pools: 1. "
+            "Default 1: on CPU with small models, mixed batches measured slower than one particle at a time."
         ),
     )
