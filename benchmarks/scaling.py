@@ -78,9 +78,7 @@ def markdown(report: dict) -> str:
         )
     lines += [
         "",
-        "Full pools: time grows linearly with n (every expert tensor is read once per particle), with N, and with "
-        "the model's size; granularity changes nothing (the same bytes are read, only the coefficients differ). "
-        "LoRA pools: the same shape at a much smaller scale, plus a fixed cost per pass.",
+        "Read with benchmarks/README.md (Scaling): repeated points show the run-to-run noise of this machine.",
         "",
     ]
     return "\n".join(lines)
