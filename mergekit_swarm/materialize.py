@@ -25,8 +25,9 @@ from mergekit_swarm.experts import ExpertPool, TensorSpec
 from mergekit_swarm.groups import GroupLayout
 
 # Accumulator elements per chunk, shared by the particles filled together. On a CPU it sits
-# in L2/L3, so only the experts' bytes come from memory (measured best at 1-2 Mi elements,
-# benchmarks/results/bench_step.md); on a GPU large chunks keep kernel launches few.
+# in L2/L3, so only the experts' bytes come from memory: accumulating 10 bf16 tensors of 24M
+# elements on 2 EPYC cores took 0.045 s with 1 Mi-element chunks, 0.10 s with 64 Ki, 0.58 s
+# unchunked. On a GPU large chunks keep kernel launches few.
 CPU_CHUNK_ELEMENTS = 1 << 20
 GPU_CHUNK_ELEMENTS = 1 << 24
 

@@ -57,6 +57,8 @@ class Evaluator:
             try:
                 with torch.no_grad():
                     scores = self.utility.score_adapters(self.resident.model, self.resident.tokenizer, slots)
+                if len(scores) != len(group):
+                    raise ValueError(f"score_adapters returned {len(scores)} scores for {len(group)} adapters")
             except Exception:  # scored again one by one below, so that each particle gets its own error
                 pass
             else:
