@@ -196,3 +196,21 @@ def test_particles_per_batch_does_not_change_the_search(recipe_factory, tmp_path
         history = [{k: v for k, v in json.loads(line).items() if k != "wall_time"} for line in lines]
         runs[batch] = (result.coefficients, result.winner_dev, result.expert_test, result.winner_test, history)
     assert runs[1] == runs[3]
+
+
+class ShortBatch(FailsOnSlot):
+    """Batched scoring returns one score too few: the group is scored one by one instead."""
+
+    def score_adapters(self, model, tokenizer, adapters):
+        return [0.5] * (len(adapters) - 1)
+
+    def __call__(self, model, tokenizer):
+        return float(model.active_adapter == "swarm")
+
+
+def test_a_batch_with_too_few_scores_is_scored_particle_by_particle(zoo, tokenizer):
+    pool = open_pool(list(zoo.lora))
+    layout = group_layout(pool, "model")
+    resident = ResidentModel(pool, layout, model_source=zoo.base, tokenizer=tokenizer, model_dtype=None, slots=3)
+    results = list(Evaluator(resident, ShortBatch()).evaluate([np.eye(3)[[k]] for k in range(3)]))
+    assert [r.utility for r in results] == [1.0, 0.0, 0.0]
