@@ -53,9 +53,11 @@ def test_valid_recipe(tmp_path, valid, zoo):
         ("swarm", "granulrity", "unknown key 'granulrity' in swarm (did you mean 'granularity'?)"),
         ("utility", "max_new_token", "unknown key 'max_new_token' in utility (did you mean 'max_new_tokens'?)"),
         (None, "swarms", "unknown key 'swarms' in the recipe (did you mean 'swarm'?)"),
+        ("evaluation", "per_batch", "unknown key 'per_batch' in evaluation (did you mean 'particles_per_batch'?)"),
     ],
 )
 def test_unknown_keys_are_named_with_a_suggestion(tmp_path, valid, section, key, expected):
+    valid["evaluation"] = {}
     target = valid[section] if section else valid
     target[key] = 1
     assert expected in error_of(tmp_path, valid)
@@ -136,6 +138,9 @@ def test_fingerprint_changes_with_settings_data_and_expert_weights(tmp_path, val
 
     first = fingerprint()
     assert fingerprint() == first
+    valid["evaluation"] = {"particles_per_batch": 3}  # how particles are evaluated, not what is searched
+    assert fingerprint() == first
+    assert load_recipe(write(tmp_path / "swarm.yml", valid)).evaluation.particles_per_batch == 3
     valid["swarm"]["seed"] = 1
     assert fingerprint() != first
     valid["swarm"]["seed"] = 42
