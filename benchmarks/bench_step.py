@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     RESULTS,
     MemorySampler,
+    accumulate_rate,
     bytes_written,
     command,
     copy_bandwidth,
@@ -283,37 +284,6 @@ def rewrite(name: str) -> None:
     report = json.loads((RESULTS / f"{name}.json").read_text())
     add_ratios(report)
     write_report(name, report, markdown(report))
-
-
-def accumulate_rate(dtype: str, experts: int, elements: int = 24_000_000) -> float:
-    """The arithmetic of materialisation alone, in G element-updates per second: the same
-    chunked float32 accumulation (`write_combinations`) over tensors already in memory."""
-    import numpy as np
-    import torch
-
-    from mergekit_swarm.experts.pool import ExpertPool, TensorSpec
-    from mergekit_swarm.materialize import Accumulator, write_combinations
-
-    class InMemory(ExpertPool):
-        def __init__(self):
-            gen = torch.Generator().manual_seed(0)
-            self.paths, self.names = [Path(f"e{k}") for k in range(experts)], []
-            self.data = [torch.randn(elements, generator=gen).to(getattr(torch, dtype)) for _ in range(experts)]
-
-        def tensor(self, expert, name):
-            return self.data[expert]
-
-        def unit(self, name):
-            return name
-
-    pool, spec = InMemory(), TensorSpec("t", (elements,), {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}[dtype])
-    target, weights, accumulator = torch.empty_like(pool.data[0]), np.ones((1, experts)) / experts, Accumulator("cpu")
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        write_combinations(pool, spec, weights, [target], accumulator=accumulator)
-        best = min(best, time.perf_counter() - start)
-    return experts * elements / best / 1e9
 
 
 def _without(argv: list[str], *options: str) -> list[str]:

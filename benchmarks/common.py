@@ -1,5 +1,5 @@
-"""Shared by the benchmark scripts: the machine and versions, memory sampling, a copy-bandwidth
-reference, and writing `results/<name>.{json,md}`."""
+"""Shared by the benchmark scripts: the machine and versions, memory sampling, the copy-bandwidth
+and accumulation-rate references, and writing `results/<name>.{json,md}`."""
 
 from __future__ import annotations
 
@@ -137,3 +137,34 @@ def copy_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
         target.copy_(source)
         best = min(best, time.perf_counter() - start)
     return 2 * source.numel() / best / 1e9
+
+
+def accumulate_rate(dtype: str, experts: int, elements: int = 24_000_000) -> float:
+    """The arithmetic of materialisation alone, in G element-updates per second: the same
+    chunked float32 accumulation (`write_combinations`) over tensors already in memory."""
+    import numpy as np
+    import torch
+
+    from mergekit_swarm.experts.pool import ExpertPool, TensorSpec
+    from mergekit_swarm.materialize import Accumulator, write_combinations
+
+    class InMemory(ExpertPool):
+        def __init__(self):
+            gen = torch.Generator().manual_seed(0)
+            self.paths, self.names = [Path(f"e{k}") for k in range(experts)], []
+            self.data = [torch.randn(elements, generator=gen).to(getattr(torch, dtype)) for _ in range(experts)]
+
+        def tensor(self, expert, name):
+            return self.data[expert]
+
+        def unit(self, name):
+            return name
+
+    pool, spec = InMemory(), TensorSpec("t", (elements,), {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}[dtype])
+    target, weights, accumulator = torch.empty_like(pool.data[0]), np.ones((1, experts)) / experts, Accumulator("cpu")
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        write_combinations(pool, spec, weights, [target], accumulator=accumulator)
+        best = min(best, time.perf_counter() - start)
+    return experts * elements / best / 1e9
