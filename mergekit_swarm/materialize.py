@@ -94,7 +94,7 @@ def write_combinations(
     input_dtype = dtype or sources[0].dtype  # as in combine_tensor: the first expert's, after mergekit's `dtype:`
     final_dtype = out_dtype or spec.torch_dtype
     acc_dtype = _accumulator_dtype(input_dtype)
-    columns = torch.tensor(weights, dtype=acc_dtype, device=device).T.unsqueeze(-1).contiguous()  # (experts, rows, 1)
+    columns = _weight_columns(weights, acc_dtype, device)
     rows, size = len(targets), sources[0].numel()
     flat = [t.view(-1) for t in targets]
     step = max(1, accumulator.elements // rows)
@@ -140,7 +140,7 @@ class FlatGroup:
         """targets[p][name] <- row p of `weights` applied to every tensor of the group."""
         input_dtype = self.blocks[0][2][0].dtype
         acc_dtype = _accumulator_dtype(input_dtype)
-        columns = torch.tensor(weights, dtype=acc_dtype, device=self.accumulator.device).T.unsqueeze(-1).contiguous()
+        columns = _weight_columns(weights, acc_dtype, self.accumulator.device)
         for members, offsets, sources in self.blocks:
             size = offsets[-1]
             if len(targets) * size <= self.accumulator.elements:
@@ -257,3 +257,8 @@ def one_hot(layout: GroupLayout, experts: int, expert: int) -> np.ndarray:
 
 def _accumulator_dtype(input_dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if input_dtype == torch.float64 else torch.float32
+
+
+def _weight_columns(weights: np.ndarray, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """weights (rows, experts) as (experts, rows, 1): column k scales expert k's tensor for every row."""
+    return torch.tensor(weights, dtype=dtype, device=device).T.unsqueeze(-1).contiguous()

@@ -59,7 +59,12 @@ class LoraPool(ExpertPool):
     """
 
     def __init__(
-        self, paths: list[Path], *, allow_pickle: bool = False, names: list[str] | None = None, cache_bytes: int = 1 << 30
+        self,
+        paths: list[Path],
+        *,
+        allow_pickle: bool = False,
+        names: list[str] | None = None,
+        in_memory_bytes: int = 1 << 30,
     ):
         super().__init__(paths, names)
         self.configs = [read_adapter_config(p) for p in paths]
@@ -87,10 +92,10 @@ class LoraPool(ExpertPool):
         self.specs = [
             TensorSpec(name, per_expert[0][name], first.dtype(name)) for name in first.names() if name not in self.constant_names
         ]
-        # Padded, scaled LoRA tensors are kept once prepared (adapters are small): re-preparing
-        # them for every particle would cost more than combining them. Large pools prepare on read.
+        # Adapters are small: their prepared (padded, scaled) A/B tensors are worth holding in memory
+        # for a whole search, which the materializer does when all experts' together fit the budget.
         prepared_bytes = 4 * len(paths) * sum(math.prod(spec.shape) for spec in self.specs if _LORA_KEY.match(spec.name))
-        self._prepared: dict[tuple[int, str], torch.Tensor] | None = {} if prepared_bytes <= cache_bytes else None
+        self._small = prepared_bytes <= in_memory_bytes
 
     def _padded_shape(self, name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
         m = _LORA_KEY.match(name)
@@ -99,18 +104,10 @@ class LoraPool(ExpertPool):
         axis = 0 if m["side"] == "A" else 1
         return shape[:axis] + (self.rank,) + shape[axis + 1 :]
 
-    def tensor(self, expert: int, name: str) -> torch.Tensor:
-        if self._prepared is not None:
-            key = (expert, name)
-            if key not in self._prepared:
-                self._prepared[key] = self._prepare(expert, name)
-            return self._prepared[key]
-        return self._prepare(expert, name)
-
     def in_memory(self, name: str) -> bool:
-        return self._prepared is not None and _LORA_KEY.match(name) is not None
+        return self._small and _LORA_KEY.match(name) is not None
 
-    def _prepare(self, expert: int, name: str) -> torch.Tensor:
+    def tensor(self, expert: int, name: str) -> torch.Tensor:
         raw = self.files[expert].get(name)
         m = _LORA_KEY.match(name)
         if m is None:

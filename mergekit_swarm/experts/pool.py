@@ -140,7 +140,8 @@ class ExpertPool(ABC):
         """Tensor `name` of expert `expert`, ready to be combined linearly."""
 
     def in_memory(self, name: str) -> bool:
-        """Whether `tensor(k, name)` returns tensors kept in memory (not memory-mapped reads)."""
+        """Whether tensor `name` is small enough, over all experts, to be held in memory (prepared)
+        for a whole search by whoever combines it over and over, instead of read again per pass."""
         return False
 
     @abstractmethod
