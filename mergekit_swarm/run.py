@@ -8,6 +8,7 @@ Everything that can be checked is checked before the first evaluation.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from tqdm.auto import tqdm
 from mergekit_swarm import pso
 from mergekit_swarm.config import SwarmRecipe
 from mergekit_swarm.errors import ConfigError, UtilityError
-from mergekit_swarm.experts import LoraPool, open_pool
+from mergekit_swarm.experts import ExpertPool, LoraPool, open_pool
 from mergekit_swarm.groups import GroupLayout, group_layout
 from mergekit_swarm.materialize import one_hot
 from mergekit_swarm.options import RunOptions
@@ -24,6 +25,7 @@ from mergekit_swarm.output.card import render_card
 from mergekit_swarm.output.model_folder import write_model_folder
 from mergekit_swarm.output.plot import plot_history, read_history
 from mergekit_swarm.output.result import SwarmResult
+from mergekit_swarm.pso import Granularity
 from mergekit_swarm.resident import ResidentModel
 from mergekit_swarm.search.evaluator import Evaluator
 from mergekit_swarm.search.loop import run_search
@@ -31,7 +33,7 @@ from mergekit_swarm.search.rundir import Checkpoint, RunDirectory
 from mergekit_swarm.tokenizer import load_tokenizer, tokenizer_folder
 from mergekit_swarm.utilities import Utility
 
-__all__ = ["RunOptions", "run_swarm"]
+__all__ = ["RunOptions", "SearchSetup", "prepare", "run_swarm"]
 
 
 def run_swarm(recipe: SwarmRecipe, out: str | Path, options: RunOptions | None = None) -> SwarmResult:
@@ -40,8 +42,6 @@ def run_swarm(recipe: SwarmRecipe, out: str | Path, options: RunOptions | None =
     With `options.resume`, an interrupted run of the same recipe continues from its last
     checkpoint, and a finished one is returned as is.
     """
-    from mergekit.common import dtype_from_name
-
     options = options or RunOptions()
     say = _printer(options.quiet)
     rundir = RunDirectory(Path(out))
@@ -53,51 +53,29 @@ def run_swarm(recipe: SwarmRecipe, out: str | Path, options: RunOptions | None =
         say(f"{rundir.out} already holds the finished run of this recipe")
         return SwarmResult.read(rundir.out)
 
-    dev, test = recipe.utility.build("dev"), recipe.utility.build("test")
-    if dev is None:
-        raise ConfigError(f"{recipe.source}: utility: nothing to evaluate on the dev side")
-    pool = open_pool(list(recipe.experts), allow_pickle=options.allow_pickle, names=recipe.expert_names())
-    is_lora = isinstance(pool, LoraPool)
-    if is_lora and recipe.base_model is None:
-        raise ConfigError(f"{recipe.source}: base_model: is required when the experts are LoRA adapters")
-    if options.merge_lora and not is_lora:
-        raise ConfigError("--merge-lora applies to LoRA experts only; these experts are full models")
-    layout = group_layout(pool, recipe.swarm.granularity)
-    tokenizer_source = tokenizer_folder(recipe, options.trust_remote_code)
-    merge_dtype, out_dtype = dtype_from_name(recipe.dtype), dtype_from_name(recipe.out_dtype)
-
+    setup = prepare(recipe, options, recipe.swarm.granularity)
+    pool, layout = setup.pool, setup.layout
     checkpoint = rundir.open(fingerprint, resume=options.resume, overwrite=options.overwrite)
-    resident = ResidentModel(
-        pool,
-        layout,
-        model_source=recipe.base_model if is_lora else recipe.experts[0],
-        tokenizer=load_tokenizer(tokenizer_source, recipe, options.trust_remote_code),
-        model_dtype=merge_dtype if is_lora else out_dtype,
-        merge_dtype=merge_dtype,
-        out_dtype=out_dtype,
-        device=options.device,
-        trust_remote_code=options.trust_remote_code,
-        slots=recipe.evaluation.particles_per_batch if is_lora else 1,
-    )
+    resident = setup.resident_model(options, slots=recipe.evaluation.particles_per_batch)
     particles = recipe.swarm.particle_count(len(pool))
     if checkpoint is None:
         checkpoint = Checkpoint(fingerprint, pso.initialize(recipe.swarm, len(pool), len(layout)))
         say(
-            f"{len(pool)} {'LoRA adapters' if is_lora else 'full models'}, {particles} particles, "
+            f"{len(pool)} {'LoRA adapters' if setup.is_lora else 'full models'}, {particles} particles, "
             f"{len(layout)} parameter group(s) ({layout.granularity}), utility {recipe.utility.type}"
         )
     else:
         say(f"resuming {rundir.work} at iteration {checkpoint.state.iteration}")
 
     checkpoint = run_search(
-        recipe.swarm, Evaluator(resident, dev), rundir, checkpoint, fail_fast=options.fail_fast, quiet=options.quiet
+        recipe.swarm, Evaluator(resident, setup.dev), rundir, checkpoint, fail_fast=options.fail_fast, quiet=options.quiet
     )
     state = checkpoint.state
     winner = pso.winner(state)
-    expert_test, winner_test = _test_report(resident, test, layout, len(pool), winner, options.fail_fast)
+    expert_test, winner_test = _test_report(resident, setup.test, layout, len(pool), winner, options.fail_fast)
 
     rundir.clear_outputs()  # files of an earlier, interrupted write (maybe with other options)
-    tokenizer = load_tokenizer(tokenizer_source, recipe, options.trust_remote_code)  # as loaded, no pad added
+    tokenizer = load_tokenizer(setup.tokenizer_source, recipe, options.trust_remote_code)  # as loaded, no pad added
     kind = write_model_folder(rundir.work, recipe, pool, layout, winner, options, tokenizer=tokenizer, resident=resident)
     result = SwarmResult(
         experts=pool.names,
@@ -119,6 +97,56 @@ def run_swarm(recipe: SwarmRecipe, out: str | Path, options: RunOptions | None =
     rundir.publish()
     say(f"wrote {rundir.out}")
     return result
+
+
+@dataclass(frozen=True)
+class SearchSetup:
+    """Everything a search needs, checked before any output folder is touched."""
+
+    recipe: SwarmRecipe
+    pool: ExpertPool
+    layout: GroupLayout
+    dev: Utility
+    test: Utility | None
+    tokenizer_source: Path | str
+
+    @property
+    def is_lora(self) -> bool:
+        return isinstance(self.pool, LoraPool)
+
+    def resident_model(self, options: RunOptions, slots: int = 1) -> ResidentModel:
+        """Load the model particles are written into (the base with adapter slots, or the first expert)."""
+        from mergekit.common import dtype_from_name
+
+        recipe = self.recipe
+        merge_dtype, out_dtype = dtype_from_name(recipe.dtype), dtype_from_name(recipe.out_dtype)
+        return ResidentModel(
+            self.pool,
+            self.layout,
+            model_source=recipe.base_model if self.is_lora else recipe.experts[0],
+            tokenizer=load_tokenizer(self.tokenizer_source, recipe, options.trust_remote_code),
+            model_dtype=merge_dtype if self.is_lora else out_dtype,
+            merge_dtype=merge_dtype,
+            out_dtype=out_dtype,
+            device=options.device,
+            trust_remote_code=options.trust_remote_code,
+            slots=slots if self.is_lora else 1,
+        )
+
+
+def prepare(recipe: SwarmRecipe, options: RunOptions, granularity: Granularity) -> SearchSetup:
+    """Open the utilities, the expert pool and its parameter groups of a resolved recipe."""
+    dev, test = recipe.utility.build("dev"), recipe.utility.build("test")
+    if dev is None:
+        raise ConfigError(f"{recipe.source}: utility: nothing to evaluate on the dev side")
+    pool = open_pool(list(recipe.experts), allow_pickle=options.allow_pickle, names=recipe.expert_names())
+    is_lora = isinstance(pool, LoraPool)
+    if is_lora and recipe.base_model is None:
+        raise ConfigError(f"{recipe.source}: base_model: is required when the experts are LoRA adapters")
+    if options.merge_lora and not is_lora:
+        raise ConfigError("--merge-lora applies to LoRA experts only; these experts are full models")
+    tokenizer_source = tokenizer_folder(recipe, options.trust_remote_code)
+    return SearchSetup(recipe, pool, group_layout(pool, granularity), dev, test, tokenizer_source)
 
 
 def _test_report(

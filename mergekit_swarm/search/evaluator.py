@@ -63,7 +63,7 @@ class Evaluator:
                 pass
             else:
                 share = (time.perf_counter() - start) / len(group)
-                yield from (_evaluation(score, share) for score in scores)
+                yield from (evaluation_of(score, share) for score in scores)
                 return
         share = (time.perf_counter() - start) / len(group)  # of writing the group into the model
         for slot in range(len(group)):
@@ -74,11 +74,11 @@ class Evaluator:
                     score: float | Score | Exception = self.utility(self.resident.model, self.resident.tokenizer)
             except Exception as exc:  # any failure of the user's objective is recorded, not fatal
                 score = exc
-            yield _evaluation(score, share + time.perf_counter() - begin)
+            yield evaluation_of(score, share + time.perf_counter() - begin)
         self.resident.activate(0)
 
 
-def _evaluation(result: float | Score | Exception, seconds: float) -> Evaluation:
+def evaluation_of(result: float | Score | Exception, seconds: float) -> Evaluation:
     """An Evaluation from what the utility returned (or raised)."""
     try:
         if isinstance(result, Exception):
