@@ -103,6 +103,47 @@ def _copy(rng: random.Random) -> tuple[str, str]:
     return f"copy {w}=", w
 
 
+def _double(rng: random.Random) -> tuple[str, str]:
+    w = _word(rng)
+    return f"dbl {w}=", "".join(c + c for c in w)
+
+
+def _lookup(rng: random.Random) -> tuple[str, str]:
+    w = _word(rng, 4, 8)
+    i = rng.randrange(len(w))
+    return f"get {i} {w}=", w[i]
+
+
+def _spell(rng: random.Random) -> tuple[str, str]:
+    """Format conversion: digits written as the letters of the same rank (0 -> a)."""
+    digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(3, 6)))
+    return f"spell {digits}=", "".join(LETTERS[int(d)] for d in digits)
+
+
+def _balanced(rng: random.Random) -> tuple[str, str]:
+    """Bracket matching, with + opening and - closing: half balanced, half with one bracket flipped."""
+    pairs = rng.randint(2, 4)
+    opens, depth, text = pairs, 0, []
+    while opens or depth:
+        if opens and (depth == 0 or rng.random() < 0.5):
+            opens, depth = opens - 1, depth + 1
+            text.append("+")
+        else:
+            depth -= 1
+            text.append("-")
+    balanced = rng.random() < 0.5
+    if not balanced:  # one flip changes the sum by 2: never balanced
+        i = rng.randrange(len(text))
+        text[i] = "+" if text[i] == "-" else "-"
+    return f"bal {''.join(text)}=", "yes" if balanced else "no"
+
+
+def _reverse_shift(rng: random.Random) -> tuple[str, str]:
+    """A composition of two skills: reverse, then shift every letter."""
+    w = _word(rng)
+    return f"rsh {w}=", shift(w[::-1])
+
+
 SKILLS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
     "copy": _copy,
     "reverse": _reverse,
@@ -110,6 +151,11 @@ SKILLS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
     "shift": _shift_skill,
     "add": _add,
     "count": _count,
+    "double": _double,
+    "lookup": _lookup,
+    "spell": _spell,
+    "balanced": _balanced,
+    "reverse_shift": _reverse_shift,
 }
 
 
