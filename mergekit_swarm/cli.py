@@ -71,6 +71,7 @@ def main() -> None:
       mergekit-swarm swarm.yml out/             search, write the winner (same as `run`)
       mergekit-swarm run swarm.yml out/ --resume
       mergekit-swarm apply out/mergekit_config.yml again/
+      mergekit-swarm compare swarm.yml board/   the swarm vs. merge baselines
     """
 
 
@@ -104,6 +105,70 @@ def apply(merge_options: MergeOptions, config_file: str, out_path: str, overwrit
     merge_options.apply_global_options()
     options = RunOptions.from_merge_options(merge_options, overwrite=overwrite, allow_pickle=allow_pickle)
     _guard(lambda: apply_recipe(config_file, out_path, options))
+
+
+def _names(value: str | None) -> tuple[str, ...] | None:
+    """A comma-separated option value as a tuple ("" is an empty tuple, None stays None)."""
+    return None if value is None else tuple(v.strip().replace("-", "_") for v in value.split(",") if v.strip())
+
+
+@main.command("compare", cls=PrettyPrintHelp)
+@click.argument("config_file", type=click.Path(dir_okay=False))
+@click.argument("out_path", type=click.Path(file_okay=False))
+@click.option("--baselines", default=None, metavar="LIST", help="One-shot baselines to run (default: all). Comma-separated.")
+@click.option(
+    "--search",
+    "search_baselines",
+    default="",
+    metavar="LIST",
+    help="Budget-matched search baselines: random-search, lorahub, cma-es (or `all`). Default: none.",
+)
+@click.option("--budget", type=int, default=None, help="Evaluations per search baseline (default: what the swarm used).")
+@click.option(
+    "--granularities", default=None, metavar="LIST", help="Run the swarm at these granularities (default: the recipe's)."
+)
+@click.option("--seed", type=int, default=None, help="Seed of the swarm, the search baselines and DARE (default: swarm.seed).")
+@_with([_SEARCH[1], _SEARCH[4]])
+@add_merge_options
+def compare(
+    merge_options: MergeOptions,
+    config_file: str,
+    out_path: str,
+    baselines: str | None,
+    search_baselines: str,
+    budget: int | None,
+    granularities: str | None,
+    seed: int | None,
+    overwrite: bool,
+    allow_pickle: bool,
+) -> None:
+    """Compare the swarm with model-composition baselines on the experts and utility of CONFIG_FILE.
+
+    Writes a leaderboard (leaderboard.md/.json/.png, README.md) and a recipe per method to OUT_PATH.
+    """
+    from mergekit_swarm.compare import BASELINES, SEARCH_BASELINES, CompareOptions, run_comparison
+    from mergekit_swarm.config import load_recipe
+    from mergekit_swarm.options import RunOptions
+
+    merge_options.apply_global_options()
+    if merge_options.quiet:
+        _silence_library_progress_bars()
+    options = RunOptions.from_merge_options(merge_options, overwrite=overwrite, allow_pickle=allow_pickle)
+
+    def work():
+        chosen = _names(search_baselines)
+        settings = CompareOptions(
+            baselines=BASELINES if baselines is None else _names(baselines),
+            search=SEARCH_BASELINES if chosen == ("all",) else chosen,
+            granularities=_names(granularities),
+            budget=budget,
+            seed=seed,
+        )
+        return run_comparison(load_recipe(config_file), out_path, options, settings)
+
+    board = _guard(work)
+    if not merge_options.quiet:
+        click.echo(board.table())
 
 
 @main.command("push")

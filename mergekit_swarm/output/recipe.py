@@ -47,9 +47,11 @@ def winner_recipe(
     dtype: str | None,
     out_dtype: str | None,
     chat_template: str | None = None,
+    file: str = RECIPE_FILE,
 ) -> str:
     """The YAML text of the recipe that reproduces `coefficients` over `pool`, whose experts
-    are named `models` (Hub ids or absolute paths), in pool order."""
+    are named `models` (Hub ids or absolute paths), in pool order; `file` is the name its
+    header tells users to run."""
     is_lora = isinstance(pool, LoraPool)
     recipe: dict = {"merge_method": METHOD_NAME if is_lora else "linear"}
     if is_lora:
@@ -66,7 +68,7 @@ def winner_recipe(
         {"model": name, "parameters": {"weight": _weight(pool.specs, layout, coefficients[:, k], order)}}
         for k, name in enumerate(models)
     ]
-    header = _HEADER["lora" if is_lora else "full"].format(file=RECIPE_FILE)
+    header = _HEADER["lora" if is_lora else "full"].format(file=file)
     problem = None if is_lora else stock_plan_problem(pool)
     if problem:
         header += f"# Warning: stock mergekit may not reproduce it exactly ({problem}); `mergekit-swarm apply` does.\n"

@@ -1,0 +1,142 @@
+"""`run_comparison`: every requested method on one recipe's experts and utility, then the report."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+from tqdm.auto import tqdm
+
+from mergekit_swarm.compare import search
+from mergekit_swarm.compare.baselines import BASELINE_FUNCTIONS, TITLES, Choice, ExpertScores
+from mergekit_swarm.compare.leaderboard import Entry, Leaderboard
+from mergekit_swarm.compare.scoring import LORA_CACHE, MergekitMerge, Mix, Scorer
+from mergekit_swarm.compare.settings import CompareOptions
+from mergekit_swarm.config import SwarmRecipe
+from mergekit_swarm.options import RunOptions
+from mergekit_swarm.output.recipe import winner_recipe
+from mergekit_swarm.run import prepare
+from mergekit_swarm.search.rundir import RunDirectory
+
+RECIPES = "recipes"
+_OPTIONAL_PACKAGES = {"lorahub": "nevergrad", "cma_es": "cma"}
+
+
+def run_comparison(
+    recipe: SwarmRecipe, out: str | Path, options: RunOptions | None = None, compare: CompareOptions | None = None
+) -> Leaderboard:
+    """Run the baselines, the swarm (per granularity) and the budget-matched search baselines
+    on `recipe`'s experts and dev utility; write the leaderboard folder `out` (atomically)."""
+    options, compare = options or RunOptions(), compare or CompareOptions()
+    for method in compare.search:  # a missing optional package must not wait for the end of the swarm
+        if method in _OPTIONAL_PACKAGES:
+            search._optional(_OPTIONAL_PACKAGES[method], method)
+    say = (lambda _: None) if options.quiet else (lambda text: tqdm.write(text, file=sys.stderr))
+    recipe = recipe.resolve(
+        allow_pickle=options.allow_pickle, trust_remote_code=options.trust_remote_code, cache_dir=options.cache_dir
+    )
+    granularities = compare.granularities if compare.granularities is not None else (recipe.swarm.granularity,)
+    setup = prepare(recipe, options, recipe.swarm.granularity)
+    rundir = RunDirectory(Path(out))
+    rundir.open("compare:" + recipe.fingerprint(), resume=False, overwrite=options.overwrite)
+    seed = compare.seed if compare.seed is not None else recipe.swarm.seed
+    scorer = Scorer(setup, options, rundir.work, [*granularities, *(["layer"] if "cma_es" in compare.search else [])], seed)
+    experts = ExpertScores(scorer)
+    entries: list[Entry] = []
+
+    def record(method: str, title: str, family: str, work: Callable[[], Choice]) -> Entry:
+        start, before = time.perf_counter(), scorer.evaluations
+        choice = work()
+        seconds = time.perf_counter() - start
+        entry = Entry(
+            method,
+            title,
+            family,
+            dev=choice.dev if math.isfinite(choice.dev) else None,
+            test=_test(scorer, choice),
+            evaluations=scorer.evaluations - before + choice.extra_evaluations,
+            seconds=round(seconds, 2),
+            settings=choice.settings,
+            recipe=_write_recipe(rundir.work, method, choice, scorer),
+            note=choice.note,
+        )
+        entries.append(entry)
+        say(f"{title}: dev {_fmt(entry.dev)}, test {_fmt(entry.test)} ({entry.evaluations} evaluations, {seconds:.1f} s)")
+        return entry
+
+    for method in compare.baselines:
+        record(method, TITLES[method], "baseline", lambda m=method: BASELINE_FUNCTIONS[m](scorer, experts))
+    swarm_settings = recipe.swarm.model_copy(update={"seed": seed})
+    first_swarm = None
+    for granularity in granularities:
+        entry = record(
+            f"swarm_{granularity}",
+            f"Model Swarms ({granularity})",
+            "swarm",
+            lambda g=granularity: search.swarm(scorer, swarm_settings, g, rundir.work / f"swarm_{g}", options.quiet),
+        )
+        first_swarm = first_swarm or entry
+    budget = compare.budget or (first_swarm.evaluations if first_swarm else None)
+    for method in compare.search:
+        record(method, TITLES[method], "search", lambda m=method: getattr(search, m)(scorer, budget, seed))
+
+    shutil.rmtree(rundir.work / LORA_CACHE, ignore_errors=True)  # baked experts: scratch, not output
+    board = Leaderboard(
+        recipe.utility.type,
+        list(setup.pool.names),
+        "lora" if setup.is_lora else "full",
+        budget if compare.search else None,
+        seed,
+        entries,
+    )
+    board.write(rundir.work)
+    header = f"# Recipe of this comparison, copied from {Path(recipe.source).name}\n"
+    (rundir.work / "swarm.yml").write_text(header + recipe.text, encoding="utf-8")
+    rundir.publish()
+    say(f"wrote {rundir.out}")
+    return board
+
+
+def _test(scorer: Scorer, choice: Choice) -> float | None:
+    if choice.candidate is None or not scorer.has_test():
+        return None
+    result = scorer.evaluate([choice.candidate], "test")[0]
+    return None if result.failed else result.utility
+
+
+def _write_recipe(folder: Path, method: str, choice: Choice, scorer: Scorer) -> str | None:
+    """The method's choice as a recipe file in `folder/recipes/`; returns its relative path."""
+    candidate = choice.candidate
+    if candidate is None:
+        return None
+    recipe = scorer.setup.recipe
+    if isinstance(candidate, MergekitMerge):
+        text = f"# {TITLES.get(method, method)}: `mergekit-yaml {RECIPES}/{method}.yml out/` reproduces it\n" + yaml.safe_dump(
+            candidate.published, sort_keys=False
+        )
+    else:
+        assert isinstance(candidate, Mix)
+        text = f"# {TITLES.get(method, method)}: its choice of coefficients\n" + winner_recipe(
+            scorer.setup.pool,
+            scorer.layout(candidate.granularity),
+            candidate.coefficients,
+            models=[recipe.reference(p) for p in recipe.experts],
+            base_model=recipe.reference(recipe.base_model) if recipe.base_model is not None else None,
+            dtype=recipe.dtype,
+            out_dtype=recipe.out_dtype,
+            chat_template=recipe.chat_template,
+            file=f"{RECIPES}/{method}.yml",
+        )
+    path = folder / RECIPES / f"{method}.yml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return f"{RECIPES}/{method}.yml"
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

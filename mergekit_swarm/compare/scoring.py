@@ -1,0 +1,159 @@
+"""Score candidates of every kind on dev or test, and count the evaluations.
+
+A candidate is either a `Mix` (coefficients over the experts, at some granularity) or a
+`MergekitMerge` (a mergekit recipe). Mixes are written into one resident model, exactly as
+the swarm's particles are; a resident model at the finest granularity in use serves every
+coarser one (a coarse particle is repeated over the fine groups it covers), so one model is
+loaded for the whole comparison. Merges are run by mergekit itself (`run_merge`; LoRA
+experts are baked into their base as mergekit's `base+adapter` does) into a scratch folder,
+loaded, scored and deleted.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from mergekit_swarm.errors import ConfigError
+from mergekit_swarm.groups import GroupLayout, group_layout
+from mergekit_swarm.options import RunOptions
+from mergekit_swarm.pso import Granularity
+from mergekit_swarm.run import SearchSetup
+from mergekit_swarm.search.evaluator import Evaluation, Evaluator, evaluation_of
+
+Split = Literal["dev", "test"]
+
+
+@dataclass(frozen=True)
+class Mix:
+    """Coefficients (groups, experts) over the experts, in the layout of `granularity`."""
+
+    coefficients: np.ndarray
+    granularity: Granularity = "model"
+
+
+@dataclass(frozen=True)
+class MergekitMerge:
+    """A mergekit recipe to run (local paths) and the same recipe to publish (Hub ids or paths)."""
+
+    config: dict
+    published: dict = field(default_factory=dict)
+
+
+Candidate = Mix | MergekitMerge
+
+LORA_CACHE = "lora-merge-cache"  # LoRA experts baked into their base for mergekit, in the work folder
+_FINENESS = {"model": 0, "layer": 1, "tensor": 2}
+
+
+class Scorer:
+    """One resident model, the dev and test utilities, and a count of dev evaluations."""
+
+    def __init__(self, setup: SearchSetup, options: RunOptions, work: Path, granularities: Sequence[Granularity], seed: int = 0):
+        finest = max(granularities, key=_FINENESS.__getitem__, default="model")
+        self.setup, self.options, self.work, self.seed = setup, options, work, seed
+        self.layouts = {g: group_layout(setup.pool, g) for g in {"model", *granularities}}
+        fine = self.layouts[finest]
+        self._resident = replace(setup, layout=fine).resident_model(options)
+        self._expand = {g: _refinement(fine, layout, setup.pool.tensor_names) for g, layout in self.layouts.items()}
+        self._evaluators = {split: Evaluator(self._resident, u) for split, u in (("dev", setup.dev), ("test", setup.test)) if u}
+        self.evaluations = 0  # dev evaluations so far, of every method
+
+    @property
+    def experts(self) -> int:
+        return len(self.setup.pool)
+
+    def layout(self, granularity: Granularity) -> GroupLayout:
+        if granularity not in self.layouts:
+            self.layouts[granularity] = layout = group_layout(self.setup.pool, granularity)
+            self._expand[granularity] = _refinement(
+                self._resident.layout, layout, self.setup.pool.tensor_names
+            )  # raises if it is finer than the resident model's
+        return self.layouts[granularity]
+
+    def has_test(self) -> bool:
+        return "test" in self._evaluators
+
+    def evaluate(self, candidates: Sequence[Candidate], split: Split = "dev") -> list[Evaluation]:
+        return list(self.iter_evaluate(candidates, split))
+
+    def iter_evaluate(self, candidates: Sequence[Candidate], split: Split = "dev") -> Iterator[Evaluation]:
+        """One evaluation per candidate, in order (consecutive mixes share adapter-slot passes)."""
+        evaluator = self._evaluators[split]
+        i = 0
+        while i < len(candidates):
+            if isinstance(candidates[i], MergekitMerge):
+                result = self._evaluate_merge(candidates[i], evaluator)
+                i += 1
+                self._count(split, 1)
+                yield result
+                continue
+            j = i
+            while j < len(candidates) and isinstance(candidates[j], Mix):
+                j += 1
+            fine = [self._refine(c) for c in candidates[i:j]]
+            for result in evaluator.evaluate(fine):
+                self._count(split, 1)
+                yield result
+            i = j
+
+    def mix_evaluator(self, granularity: Granularity) -> _MixEvaluator:
+        """A dev evaluator of particles in `granularity`'s layout, for the search loop."""
+        self.layout(granularity)
+        return _MixEvaluator(self, granularity)
+
+    def _count(self, split: Split, n: int) -> None:
+        if split == "dev":
+            self.evaluations += n
+
+    def _refine(self, mix: Mix) -> np.ndarray:
+        self.layout(mix.granularity)
+        return np.ascontiguousarray(mix.coefficients[self._expand[mix.granularity]])
+
+    def _evaluate_merge(self, merge: MergekitMerge, evaluator: Evaluator) -> Evaluation:
+        from transformers import AutoModelForCausalLM
+
+        from mergekit_swarm.compare.mergekit_methods import run_mergekit
+
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory(dir=self.work, prefix="merge-") as folder:
+            try:
+                run_mergekit(merge.config, Path(folder), self.options, lora_cache=self.work / LORA_CACHE, seed=self.seed)
+            except Exception as exc:  # a method that cannot merge these experts is that method's failure
+                return evaluation_of(exc, time.perf_counter() - start)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto", trust_remote_code=self.options.trust_remote_code)
+            model = model.to(self.options.device).eval()
+            try:
+                with torch.no_grad():
+                    score = evaluator.utility(model, self._resident.tokenizer)
+            except Exception as exc:  # as for particles: a failing utility is this candidate's result
+                score = exc
+            del model
+        return evaluation_of(score, time.perf_counter() - start)
+
+
+class _MixEvaluator:
+    """What the search loop needs (`evaluate(particles)`), for particles of a coarser layout."""
+
+    def __init__(self, scorer: Scorer, granularity: Granularity):
+        self.scorer, self.granularity = scorer, granularity
+
+    def evaluate(self, particles: Sequence[np.ndarray]) -> Iterator[Evaluation]:
+        return self.scorer.iter_evaluate([Mix(p, self.granularity) for p in particles])
+
+
+def _refinement(fine: GroupLayout, coarse: GroupLayout, tensor_names: Sequence[str]) -> np.ndarray:
+    """For each group of `fine`, the group of `coarse` that contains all its tensors."""
+    index = np.full(len(fine), -1)
+    for fine_group, coarse_group in zip(fine.of_tensor, coarse.of_tensor):
+        if index[fine_group] not in (-1, coarse_group):
+            raise ConfigError(f"granularity {coarse.granularity!r} does not nest in {fine.granularity!r}")
+        index[fine_group] = coarse_group
+    return index
