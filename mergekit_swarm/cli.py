@@ -166,7 +166,7 @@ def compare(
         )
         return run_comparison(load_recipe(config_file), out_path, options, settings)
 
-    board = _guard(work)
+    board = _guard(work, resumable=False)
     if not merge_options.quiet:
         click.echo(board.table())
 
@@ -245,15 +245,16 @@ def _push(folder: str, repo_id: str, options: dict, *, quiet: bool) -> None:
         click.echo(f"pushed {folder} to https://huggingface.co/{repo_id} ({url})")
 
 
-def _guard(work):
-    """Run `work`; a SwarmError becomes one line and exit 1, Ctrl-C a resume hint and exit 130."""
+def _guard(work, *, resumable: bool = True):
+    """Run `work`; a SwarmError becomes one line and exit 1, Ctrl-C exit 130 (with a resume
+    hint when the command can resume)."""
     try:
         return work()
     except SwarmError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
-        click.echo(f"\ninterrupted; continue with: {_resume_command()}", err=True)
+        click.echo(f"\ninterrupted; continue with: {_resume_command()}" if resumable else "\ninterrupted", err=True)
         sys.exit(130)
 
 

@@ -110,3 +110,16 @@ def test_unknown_method_is_a_one_line_error_and_writes_nothing(recipe_factory, t
         "error: unknown search baseline 'hill_climb'; choose from random_search, lorahub, cma_es"
     ]
     assert not out.exists()
+
+
+def test_search_baselines_repeat_exactly_with_the_same_seed(lora_board, tmp_path):
+    from mergekit_swarm.compare import CompareOptions, run_comparison
+
+    recipe = load_recipe(lora_board[0])
+    settings = CompareOptions(baselines=(), search=SEARCH_BASELINES, granularities=(), budget=5, seed=3)
+    boards = [run_comparison(recipe, tmp_path / f"board{i}", RunOptions(quiet=True), settings) for i in range(2)]
+    for method in SEARCH_BASELINES:
+        first, second = (b.entry(method) for b in boards)
+        assert (first.dev, first.test, first.evaluations) == (second.dev, second.test, 5)
+        recipe_file = f"recipes/{method}.yml"
+        assert (tmp_path / "board0" / recipe_file).read_text() == (tmp_path / "board1" / recipe_file).read_text()

@@ -95,7 +95,10 @@ def mergekit_baseline(method: str) -> Callable[[Scorer, ExpertScores], Choice]:
             return Choice(None, -math.inf, note="skipped: needs at least 2 experts")
         order = experts.ranking() if method == "slerp" else list(range(scorer.experts))
         candidates = [_merge(scorer, method, params, order) for params in GRIDS[method]]
-        utilities = [e.utility for e in scorer.evaluate(candidates)]
+        results = scorer.evaluate(candidates)
+        if all(r.failed for r in results):
+            return Choice(None, -math.inf, note=f"failed: {results[0].error}")
+        utilities = [r.utility for r in results]
         best = int(np.argmax(utilities))
         settings = dict(GRIDS[method][best])
         if method == "slerp":
