@@ -11,10 +11,11 @@ from click.testing import CliRunner
 from mergekit.config import MergeConfiguration
 
 from mergekit_swarm.cli import main
-from mergekit_swarm.compare import BASELINES, SEARCH_BASELINES, Leaderboard
+from mergekit_swarm.compare import BASELINES, SEARCH_BASELINES, CompareOptions, Leaderboard, run_comparison
 from mergekit_swarm.config import load_recipe
 from mergekit_swarm.options import RunOptions
 from mergekit_swarm.run import run_swarm
+from tests.conftest import write_recipe
 
 BUDGET = 7
 
@@ -22,8 +23,6 @@ BUDGET = 7
 @pytest.fixture(scope="module")
 def lora_board(zoo, tmp_path_factory):
     """One comparison over the zoo's LoRA experts with every method, and its recipe."""
-    from tests.conftest import write_recipe
-
     root = tmp_path_factory.mktemp("compare")
     utility = {"type": "nll", "dev": str(zoo.dev), "test": str(zoo.test), "batch_size": 16}
     recipe = write_recipe(root / "recipe", zoo.lora, base=zoo.base, utility=utility, swarm={"particles": 4, "max_iterations": 2})
@@ -86,8 +85,6 @@ def test_recipes_reproduce_the_choices(lora_board):
 
 
 def test_full_pool_without_base_skips_task_vector_methods(zoo, tmp_path):
-    from tests.conftest import write_recipe
-
     utility = {"type": "nll", "dev": str(zoo.dev), "batch_size": 16}
     recipe = write_recipe(tmp_path / "recipe", zoo.full, utility=utility)
     out = tmp_path / "board"
@@ -113,8 +110,6 @@ def test_unknown_method_is_a_one_line_error_and_writes_nothing(recipe_factory, t
 
 
 def test_search_baselines_repeat_exactly_with_the_same_seed(lora_board, tmp_path):
-    from mergekit_swarm.compare import CompareOptions, run_comparison
-
     recipe = load_recipe(lora_board[0])
     settings = CompareOptions(baselines=(), search=SEARCH_BASELINES, granularities=(), budget=5, seed=3)
     boards = [run_comparison(recipe, tmp_path / f"board{i}", RunOptions(quiet=True), settings) for i in range(2)]
@@ -123,3 +118,15 @@ def test_search_baselines_repeat_exactly_with_the_same_seed(lora_board, tmp_path
         assert (first.dev, first.test, first.evaluations) == (second.dev, second.test, 5)
         recipe_file = f"recipes/{method}.yml"
         assert (tmp_path / "board0" / recipe_file).read_text() == (tmp_path / "board1" / recipe_file).read_text()
+
+
+def test_an_interrupted_comparison_leaves_nothing_behind(zoo, tmp_path):
+    (tmp_path / "recipe").mkdir()
+    (tmp_path / "recipe" / "objective.py").write_text("def utility(model, tokenizer):\n    raise KeyboardInterrupt\n")
+    recipe = write_recipe(
+        tmp_path / "recipe", zoo.lora, base=zoo.base, utility={"type": "python", "function": "objective.py:utility"}
+    )
+    out = tmp_path / "board"
+    with pytest.raises(KeyboardInterrupt):
+        run_comparison(load_recipe(recipe), out, RunOptions(quiet=True))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe"]  # neither board/ nor .board.partial/

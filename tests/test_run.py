@@ -110,7 +110,7 @@ def test_reports_card_plot_and_recipe_copy(zoo, recipe_factory, tmp_path):
     for name, dev, test in zip(result.experts, result.expert_dev, result.expert_test):
         assert f"| {name} | {dev:.4f} | {test:.4f} |" in card
     assert f"| **swarm winner** | **{result.winner_dev:.4f}** | **{result.winner_test:.4f}** |" in card
-    assert "![search history](swarm_history.png)" in card and "| inertia | 0.4 |" in card
+    assert "![search history](swarm_history.png)" in card and "| inertia | 0.2 |" in card
     assert (out / "swarm_history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert recipe_path.read_text() in (out / "swarm.yml").read_text()
     rows = history(out)

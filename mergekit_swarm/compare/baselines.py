@@ -41,6 +41,14 @@ class ExpertScores:
             self._values = [e.utility for e in self.scorer.evaluate([_one_hot(n, k) for k in range(n)])]
         return self._values
 
+    @property
+    def measured(self) -> bool:
+        return self._values is not None
+
+    def shared(self) -> int:
+        """Evaluations a method relies on without paying for them: the experts', if already measured."""
+        return self.scorer.experts if self.measured else 0
+
     def ranking(self) -> list[int]:
         """Experts from best to worst dev utility (ties: pool order)."""
         values = self.values()
@@ -72,6 +80,7 @@ def uniform_soup(scorer: Scorer, experts: ExpertScores) -> Choice:
 def greedy_soup(scorer: Scorer, experts: ExpertScores) -> Choice:
     """Wortsman et al. 2022: add experts in order of dev utility, keep each one that does not
     lower the soup's dev utility; the soup is their uniform average."""
+    shared = experts.shared()
     ranking = experts.ranking()
     values = experts.values()
     chosen, best = [ranking[0]], values[ranking[0]]
@@ -80,7 +89,7 @@ def greedy_soup(scorer: Scorer, experts: ExpertScores) -> Choice:
         if utility >= best:
             chosen, best = [*chosen, k], utility
     names = [scorer.setup.pool.names[k] for k in chosen]
-    return Choice(_uniform(chosen, scorer.experts), best, {"experts": names}, extra_evaluations=scorer.experts)
+    return Choice(_uniform(chosen, scorer.experts), best, {"experts": names}, extra_evaluations=shared)
 
 
 def mergekit_baseline(method: str) -> Callable[[Scorer, ExpertScores], Choice]:
@@ -91,8 +100,7 @@ def mergekit_baseline(method: str) -> Callable[[Scorer, ExpertScores], Choice]:
         recipe = setup.recipe
         if method in NEEDS_BASE and recipe.base_model is None:
             return Choice(None, -math.inf, note="skipped: needs base_model (the experts' common ancestor)")
-        if method == "model_stock" and scorer.experts < 2:
-            return Choice(None, -math.inf, note="skipped: needs at least 2 experts")
+        shared = experts.shared() if method == "slerp" else 0
         order = experts.ranking() if method == "slerp" else list(range(scorer.experts))
         candidates = [_merge(scorer, method, params, order) for params in GRIDS[method]]
         results = scorer.evaluate(candidates)
@@ -103,7 +111,7 @@ def mergekit_baseline(method: str) -> Callable[[Scorer, ExpertScores], Choice]:
         settings = dict(GRIDS[method][best])
         if method == "slerp":
             settings["experts"] = [setup.pool.names[k] for k in order[:2]]
-        return Choice(candidates[best], utilities[best], settings, extra_evaluations=scorer.experts if method == "slerp" else 0)
+        return Choice(candidates[best], utilities[best], settings, extra_evaluations=shared)
 
     return run
 

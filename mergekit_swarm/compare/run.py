@@ -20,7 +20,7 @@ from mergekit_swarm.compare.settings import CompareOptions
 from mergekit_swarm.config import SwarmRecipe
 from mergekit_swarm.options import RunOptions
 from mergekit_swarm.output.recipe import winner_recipe
-from mergekit_swarm.run import prepare
+from mergekit_swarm.run import SearchSetup, prepare
 from mergekit_swarm.search.rundir import RunDirectory
 
 RECIPES = "recipes"
@@ -40,18 +40,32 @@ def run_comparison(
     recipe = recipe.resolve(
         allow_pickle=options.allow_pickle, trust_remote_code=options.trust_remote_code, cache_dir=options.cache_dir
     )
-    granularities = compare.granularities if compare.granularities is not None else (recipe.swarm.granularity,)
     setup = prepare(recipe, options, recipe.swarm.granularity)
     rundir = RunDirectory(Path(out))
     rundir.open("compare:" + recipe.fingerprint(), resume=False, overwrite=options.overwrite)
+    try:
+        board = _compare(recipe, setup, compare, options, rundir.work, say)
+    except BaseException:  # not resumable: an interrupted comparison leaves nothing behind
+        shutil.rmtree(rundir.work, ignore_errors=True)
+        raise
+    rundir.publish()
+    say(f"wrote {rundir.out}")
+    return board
+
+
+def _compare(
+    recipe: SwarmRecipe, setup: SearchSetup, compare: CompareOptions, options: RunOptions, work: Path, say: Callable
+) -> Leaderboard:
+    """Every requested method in order (baselines, swarm runs, search baselines); the report in `work`."""
+    granularities = compare.granularities if compare.granularities is not None else (recipe.swarm.granularity,)
     seed = compare.seed if compare.seed is not None else recipe.swarm.seed
-    scorer = Scorer(setup, options, rundir.work, [*granularities, *(["layer"] if "cma_es" in compare.search else [])], seed)
+    scorer = Scorer(setup, options, work, [*granularities, *(["layer"] if "cma_es" in compare.search else [])], seed)
     experts = ExpertScores(scorer)
     entries: list[Entry] = []
 
-    def record(method: str, title: str, family: str, work: Callable[[], Choice]) -> Entry:
+    def record(method: str, title: str, family: str, run: Callable[[], Choice]) -> Entry:
         start, before = time.perf_counter(), scorer.evaluations
-        choice = work()
+        choice = run()
         seconds = time.perf_counter() - start
         entry = Entry(
             method,
@@ -62,7 +76,7 @@ def run_comparison(
             evaluations=scorer.evaluations - before + choice.extra_evaluations,
             seconds=round(seconds, 2),
             settings=choice.settings,
-            recipe=_write_recipe(rundir.work, method, choice, scorer),
+            recipe=_write_recipe(work, method, choice, scorer),
             note=choice.note,
         )
         entries.append(entry)
@@ -78,14 +92,14 @@ def run_comparison(
             f"swarm_{granularity}",
             f"Model Swarms ({granularity})",
             "swarm",
-            lambda g=granularity: search.swarm(scorer, swarm_settings, g, rundir.work / f"swarm_{g}", options.quiet),
+            lambda g=granularity: search.swarm(scorer, swarm_settings, g, work / f"swarm_{g}", options.quiet),
         )
         first_swarm = first_swarm or entry
     budget = compare.budget or (first_swarm.evaluations if first_swarm else None)
     for method in compare.search:
-        record(method, TITLES[method], "search", lambda m=method: getattr(search, m)(scorer, budget, seed))
+        record(method, TITLES[method], "search", lambda m=method: search.SEARCH_FUNCTIONS[m](scorer, budget, seed))
 
-    shutil.rmtree(rundir.work / LORA_CACHE, ignore_errors=True)  # baked experts: scratch, not output
+    shutil.rmtree(work / LORA_CACHE, ignore_errors=True)  # baked experts: scratch, not output
     board = Leaderboard(
         recipe.utility.type,
         list(setup.pool.names),
@@ -94,11 +108,9 @@ def run_comparison(
         seed,
         entries,
     )
-    board.write(rundir.work)
+    board.write(work)
     header = f"# Recipe of this comparison, copied from {Path(recipe.source).name}\n"
-    (rundir.work / "swarm.yml").write_text(header + recipe.text, encoding="utf-8")
-    rundir.publish()
-    say(f"wrote {rundir.out}")
+    (work / "swarm.yml").write_text(header + recipe.text, encoding="utf-8")
     return board
 
 

@@ -151,6 +151,9 @@ def swarm(scorer: Scorer, settings: pso.SwarmSettings, granularity: Granularity,
     return Choice(Mix(pso.winner(state), granularity), state.global_best_utility, info)
 
 
+SEARCH_FUNCTIONS = {"random_search": random_search, "lorahub": lorahub, "cma_es": cma_es}
+
+
 def _normalise(weights: np.ndarray) -> np.ndarray:
     """Each group's weights divided by their sum, as mergekit's `normalize: true` (kept when it is ~0)."""
     sums = weights.sum(axis=1, keepdims=True)
