@@ -19,14 +19,13 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import torch
 
 from mergekit_swarm.errors import ConfigError
 from mergekit_swarm.groups import GroupLayout, group_layout
 from mergekit_swarm.options import RunOptions
 from mergekit_swarm.pso import Granularity
 from mergekit_swarm.run import SearchSetup
-from mergekit_swarm.search.evaluator import Evaluation, Evaluator, evaluation_of
+from mergekit_swarm.search.evaluator import Evaluation, Evaluator, call_utility, evaluation_of
 
 Split = Literal["dev", "test"]
 
@@ -130,11 +129,7 @@ class Scorer:
                 return evaluation_of(exc, time.perf_counter() - start)
             model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto", trust_remote_code=self.options.trust_remote_code)
             model = model.to(self.options.device).eval()
-            try:
-                with torch.no_grad():
-                    score = evaluator.utility(model, self._resident.tokenizer)
-            except Exception as exc:  # as for particles: a failing utility is this candidate's result
-                score = exc
+            score = call_utility(evaluator.utility, model, self._resident.tokenizer)
             del model
         return evaluation_of(score, time.perf_counter() - start)
 

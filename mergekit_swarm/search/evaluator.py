@@ -69,13 +69,19 @@ class Evaluator:
         for slot in range(len(group)):
             begin = time.perf_counter()
             self.resident.activate(slot)
-            try:
-                with torch.no_grad():
-                    score: float | Score | Exception = self.utility(self.resident.model, self.resident.tokenizer)
-            except Exception as exc:  # any failure of the user's objective is recorded, not fatal
-                score = exc
+            score = call_utility(self.utility, self.resident.model, self.resident.tokenizer)
             yield evaluation_of(score, share + time.perf_counter() - begin)
         self.resident.activate(0)
+
+
+def call_utility(utility: Utility, model, tokenizer) -> float | Score | Exception:
+    """What `utility` returns on `model`, or the exception it raised: any failure of the user's
+    objective is recorded, not fatal."""
+    try:
+        with torch.no_grad():
+            return utility(model, tokenizer)
+    except Exception as exc:
+        return exc
 
 
 def evaluation_of(result: float | Score | Exception, seconds: float) -> Evaluation:
