@@ -24,7 +24,6 @@ from mergekit_swarm.run import SearchSetup, prepare
 from mergekit_swarm.search.rundir import RunDirectory
 
 RECIPES = "recipes"
-_OPTIONAL_PACKAGES = {"lorahub": "nevergrad", "cma_es": "cma"}
 
 
 def run_comparison(
@@ -34,8 +33,7 @@ def run_comparison(
     on `recipe`'s experts and dev utility; write the leaderboard folder `out` (atomically)."""
     options, compare = options or RunOptions(), compare or CompareOptions()
     for method in compare.search:  # a missing optional package must not wait for the end of the swarm
-        if method in _OPTIONAL_PACKAGES:
-            search._optional(_OPTIONAL_PACKAGES[method], method)
+        search.require(method)
     say = (lambda _: None) if options.quiet else (lambda text: tqdm.write(text, file=sys.stderr))
     recipe = recipe.resolve(
         allow_pickle=options.allow_pickle, trust_remote_code=options.trust_remote_code, cache_dir=options.cache_dir

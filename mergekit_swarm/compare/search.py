@@ -57,7 +57,7 @@ def random_search(scorer: Scorer, budget: int, seed: int) -> Choice:
 
 
 def lorahub(scorer: Scorer, budget: int, seed: int) -> Choice:
-    ng = _optional("nevergrad", "lorahub")
+    ng = require("lorahub")
     n = scorer.experts
     init = np.zeros(n) if scorer.setup.is_lora else np.full(n, 1.0 / n)
     parametrization = ng.p.Array(init=init, lower=-LORAHUB_BOUND, upper=LORAHUB_BOUND)
@@ -117,7 +117,7 @@ def _nevergrad_session(seed: int):
 
 
 def cma_es(scorer: Scorer, budget: int, seed: int) -> Choice:
-    cma = _optional("cma", "cma_es")
+    cma = require("cma_es")
     layout = scorer.layout("layer")
     shape = (len(layout), scorer.experts)
     options = {"seed": seed + 1, "verbose": -9}  # cma treats seed 0 as "random"
@@ -152,6 +152,7 @@ def swarm(scorer: Scorer, settings: pso.SwarmSettings, granularity: Granularity,
 
 
 SEARCH_FUNCTIONS = {"random_search": random_search, "lorahub": lorahub, "cma_es": cma_es}
+REQUIRED_PACKAGES = {"lorahub": "nevergrad", "cma_es": "cma"}  # the `compare` extra
 
 
 def _normalise(weights: np.ndarray) -> np.ndarray:
@@ -160,9 +161,13 @@ def _normalise(weights: np.ndarray) -> np.ndarray:
     return np.where(np.abs(sums) > 1e-6, weights / np.where(np.abs(sums) > 1e-6, sums, 1.0), weights)
 
 
-def _optional(module: str, method: str):
+def require(method: str):
+    """The optional package `method` needs (None if it needs none); a clear error if it is missing."""
     import importlib
 
+    module = REQUIRED_PACKAGES.get(method)
+    if module is None:
+        return None
     try:
         return importlib.import_module(module)
     except ImportError:
