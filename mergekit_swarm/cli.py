@@ -37,6 +37,14 @@ _SEARCH = [
         ("--allow-pickle",),
         {"is_flag": True, "help": "Read pickled checkpoints (torch.load, weights_only) and fetch them from the Hub."},
     ),
+    (
+        ("--backend",),
+        {
+            "type": click.Choice(["local", "ray"]),
+            "default": None,
+            "help": "Where particles are evaluated (overrides evaluation: backend): in this process, or on Ray workers.",
+        },
+    ),
     *_PUSH,
 ]
 SWARM_FLAGS = [click.Option(list(decls), **kwargs) for decls, kwargs in _SEARCH]
@@ -148,11 +156,11 @@ def compare(
     """
     from mergekit_swarm.compare import BASELINES, SEARCH_BASELINES, CompareOptions, run_comparison
     from mergekit_swarm.config import load_recipe
-    from mergekit_swarm.options import RunOptions
+    from mergekit_swarm.options import RunOptions, silence_library_progress_bars
 
     merge_options.apply_global_options()
     if merge_options.quiet:
-        _silence_library_progress_bars()
+        silence_library_progress_bars()
     options = RunOptions.from_merge_options(merge_options, overwrite=overwrite, allow_pickle=allow_pickle)
 
     def work():
@@ -194,21 +202,28 @@ def run_recipe_file(
     fail_fast: bool = False,
     merge_lora: bool = False,
     allow_pickle: bool = False,
+    backend: str | None = None,
     push_to_hub: str | None = None,
     **push_options,
 ) -> None:
     """The whole command: shared by `mergekit-swarm run` and the extended `mergekit-yaml`."""
     from mergekit_swarm.names import is_swarm_recipe
-    from mergekit_swarm.options import RunOptions, unused_options
+    from mergekit_swarm.options import RunOptions, silence_library_progress_bars, unused_options
 
     merge_options.apply_global_options()
     if merge_options.quiet:
-        _silence_library_progress_bars()
+        silence_library_progress_bars()
     else:
         for note in unused_options(merge_options):
             click.echo(f"note: {note}", err=True)
     options = RunOptions.from_merge_options(
-        merge_options, resume=resume, overwrite=overwrite, fail_fast=fail_fast, merge_lora=merge_lora, allow_pickle=allow_pickle
+        merge_options,
+        resume=resume,
+        overwrite=overwrite,
+        fail_fast=fail_fast,
+        merge_lora=merge_lora,
+        allow_pickle=allow_pickle,
+        backend=backend,
     )
     if push_to_hub:  # a wrong repo id or a missing token must not wait for the end of a long search
         from mergekit_swarm.hub import check_push_target
@@ -263,12 +278,3 @@ def _resume_command() -> str:
     args = sys.argv[1:]
     program = "mergekit-yaml" if sys.argv[0].endswith("mergekit-yaml") else "mergekit-swarm"
     return shlex.join([program, *args, *([] if "--resume" in args else ["--resume"])])
-
-
-def _silence_library_progress_bars() -> None:
-    """--quiet also covers the loading bars of transformers and huggingface_hub."""
-    from huggingface_hub.utils import disable_progress_bars
-    from transformers.utils import logging as transformers_logging
-
-    disable_progress_bars()
-    transformers_logging.disable_progress_bar()

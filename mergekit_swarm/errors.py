@@ -19,3 +19,7 @@ class UtilityError(SwarmError):
 
 class OutputError(SwarmError):
     """The output folder cannot be written or resumed."""
+
+
+class WorkerError(SwarmError):
+    """A distributed evaluation worker could not start, or died more often than allowed."""

@@ -24,6 +24,7 @@ class RunOptions:
     write_threads: int = 1
     allow_pickle: bool = False  # read pickled checkpoints (weights_only) and download them from the Hub
     cache_dir: str | None = None  # mergekit's --transformers-cache: where Hub models are stored
+    backend: str | None = None  # --backend: overrides the recipe's `evaluation: backend`
 
     @classmethod
     def from_merge_options(cls, merge_options, **ours) -> RunOptions:
@@ -65,3 +66,12 @@ def unused_options(merge_options) -> list[str]:
         for name, why in NO_EFFECT.items()
         if getattr(merge_options, name) != defaults[name].default
     ]
+
+
+def silence_library_progress_bars() -> None:
+    """--quiet (and Ray workers) also cover the loading bars of transformers and huggingface_hub."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    disable_progress_bars()
+    transformers_logging.disable_progress_bar()

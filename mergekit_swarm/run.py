@@ -8,6 +8,7 @@ Everything that can be checked is checked before the first evaluation.
 from __future__ import annotations
 
 import sys
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from mergekit_swarm.output.plot import plot_history, read_history
 from mergekit_swarm.output.result import SwarmResult
 from mergekit_swarm.pso import Granularity
 from mergekit_swarm.resident import ResidentModel
-from mergekit_swarm.search.evaluator import Evaluator
+from mergekit_swarm.search.evaluator import ParticleEvaluator, open_evaluator
 from mergekit_swarm.search.loop import run_search
 from mergekit_swarm.search.rundir import Checkpoint, RunDirectory
 from mergekit_swarm.tokenizer import load_tokenizer, tokenizer_folder
@@ -45,6 +46,7 @@ def run_swarm(recipe: SwarmRecipe, out: str | Path, options: RunOptions | None =
     options = options or RunOptions()
     say = _printer(options.quiet)
     rundir = RunDirectory(Path(out))
+    written = recipe
     recipe = recipe.resolve(
         allow_pickle=options.allow_pickle, trust_remote_code=options.trust_remote_code, cache_dir=options.cache_dir
     )  # Hub models, first
@@ -53,10 +55,13 @@ def run_swarm(recipe: SwarmRecipe, out: str | Path, options: RunOptions | None =
         say(f"{rundir.out} already holds the finished run of this recipe")
         return SwarmResult.read(rundir.out)
 
-    setup = prepare(recipe, options, recipe.swarm.granularity)
+    evaluation = recipe.evaluation
+    if options.backend is not None:
+        evaluation = evaluation.model_copy(update={"backend": options.backend})
+    # Ray workers build their own utilities: the driver loads no reward or judge model
+    setup = prepare(recipe, options, recipe.swarm.granularity, build_utilities=evaluation.backend == "local")
     pool, layout = setup.pool, setup.layout
     checkpoint = rundir.open(fingerprint, resume=options.resume, overwrite=options.overwrite)
-    resident = setup.resident_model(options, slots=recipe.evaluation.particles_per_batch)
     particles = recipe.swarm.particle_count(len(pool))
     if checkpoint is None:
         checkpoint = Checkpoint(fingerprint, pso.initialize(recipe.swarm, len(pool), len(layout)))
@@ -66,13 +71,19 @@ def run_swarm(recipe: SwarmRecipe, out: str | Path, options: RunOptions | None =
         )
     else:
         say(f"resuming {rundir.work} at iteration {checkpoint.state.iteration}")
-
-    checkpoint = run_search(
-        recipe.swarm, Evaluator(resident, setup.dev), rundir, checkpoint, fail_fast=options.fail_fast, quiet=options.quiet
-    )
+    try:
+        evaluator = open_evaluator(setup, options, evaluation, recipe=written, particles=particles)
+    except BaseException:  # workers or the model could not start: nothing was evaluated, nothing to keep
+        rundir.discard_unstarted()
+        raise
+    with closing(evaluator):  # Ray: the workers are shut down however the search ends, Ctrl-C included
+        checkpoint = run_search(recipe.swarm, evaluator, rundir, checkpoint, fail_fast=options.fail_fast, quiet=options.quiet)
+        winner = pso.winner(checkpoint.state)
+        expert_test, winner_test = _test_report(evaluator, layout, len(pool), winner, options.fail_fast)
     state = checkpoint.state
-    winner = pso.winner(state)
-    expert_test, winner_test = _test_report(resident, setup.test, layout, len(pool), winner, options.fail_fast)
+    resident = getattr(evaluator, "resident", None)  # the local backend's; Ray's lived on the workers
+    if options.merge_lora and resident is None:
+        resident = setup.resident_model(options)
 
     rundir.clear_outputs()  # files of an earlier, interrupted write (maybe with other options)
     tokenizer = load_tokenizer(setup.tokenizer_source, recipe, options.trust_remote_code)  # as loaded, no pad added
@@ -106,7 +117,7 @@ class SearchSetup:
     recipe: SwarmRecipe
     pool: ExpertPool
     layout: GroupLayout
-    dev: Utility
+    dev: Utility | None  # None when built without utilities (the Ray driver)
     test: Utility | None
     tokenizer_source: Path | str
 
@@ -134,11 +145,15 @@ class SearchSetup:
         )
 
 
-def prepare(recipe: SwarmRecipe, options: RunOptions, granularity: Granularity) -> SearchSetup:
-    """Open the utilities, the expert pool and its parameter groups of a resolved recipe."""
-    dev, test = recipe.utility.build("dev"), recipe.utility.build("test")
-    if dev is None:
-        raise ConfigError(f"{recipe.source}: utility: nothing to evaluate on the dev side")
+def prepare(recipe: SwarmRecipe, options: RunOptions, granularity: Granularity, *, build_utilities: bool = True) -> SearchSetup:
+    """Open the utilities, the expert pool and its parameter groups of a resolved recipe.
+
+    Without `build_utilities`, `dev` and `test` are None (whoever evaluates builds them)."""
+    dev, test = None, None
+    if build_utilities:
+        dev, test = recipe.utility.build("dev"), recipe.utility.build("test")
+        if dev is None:
+            raise ConfigError(f"{recipe.source}: utility: nothing to evaluate on the dev side")
     pool = open_pool(list(recipe.experts), allow_pickle=options.allow_pickle, names=recipe.expert_names())
     is_lora = isinstance(pool, LoraPool)
     if is_lora and recipe.base_model is None:
@@ -150,14 +165,14 @@ def prepare(recipe: SwarmRecipe, options: RunOptions, granularity: Granularity) 
 
 
 def _test_report(
-    resident: ResidentModel, test: Utility | None, layout: GroupLayout, experts: int, winner: np.ndarray, fail_fast: bool
+    evaluator: ParticleEvaluator, layout: GroupLayout, experts: int, winner: np.ndarray, fail_fast: bool
 ) -> tuple[list[float | None] | None, float | None]:
     """Test utility of every expert and of the winner (reported only, never searched on)."""
-    if test is None:
+    if "test" not in evaluator.splits:
         return None, None
     particles = [one_hot(layout, experts, k) for k in range(experts)] + [winner]
     scores: list[float | None] = []
-    for i, result in enumerate(Evaluator(resident, test).evaluate(particles)):
+    for i, result in enumerate(evaluator.evaluate(particles, "test")):
         if result.failed and fail_fast:
             raise UtilityError(f"test utility failed on {f'expert {i}' if i < experts else 'the winner'}: {result.error}")
         scores.append(None if result.failed else result.utility)

@@ -1,5 +1,10 @@
 """Evaluate particles: write them into the resident model, run the utility, time it.
 
+The search talks to a `ParticleEvaluator`: `LocalEvaluator` (the default) holds one resident
+model in this process; `RayEvaluator` (`evaluation: {backend: ray}`) spreads the same work
+over Ray actors that each hold one (see `ray_backend`). Both give the same results in
+particle order.
+
 Particles are evaluated in groups of the resident model's slot count: for LoRA pools a
 group is written into adapter slots in one pass and, when the utility can, scored in
 mixed-adapter batches (`Utility.score_adapters`); otherwise each slot is activated and
@@ -15,6 +20,7 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 import torch
@@ -22,6 +28,14 @@ import torch
 from mergekit_swarm.resident import ResidentModel
 from mergekit_swarm.utilities import Score, Utility
 from mergekit_swarm.utilities.text import batches
+
+if TYPE_CHECKING:
+    from mergekit_swarm.config import SwarmRecipe
+    from mergekit_swarm.options import RunOptions
+    from mergekit_swarm.run import SearchSetup
+    from mergekit_swarm.search.settings import EvaluationSettings
+
+Split = Literal["dev", "test"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +86,53 @@ class Evaluator:
             score = call_utility(self.utility, self.resident.model, self.resident.tokenizer)
             yield evaluation_of(score, share + time.perf_counter() - begin)
         self.resident.activate(0)
+
+
+class ParticleEvaluator(Protocol):
+    """What the search needs: scores of coefficient arrays, in the order given."""
+
+    splits: tuple[Split, ...]  # the utilities it holds: ("dev",) or ("dev", "test")
+
+    def evaluate(self, particles: Sequence[np.ndarray], split: Split = "dev") -> Iterator[Evaluation]:
+        """One evaluation per particle with the `split` utility, in order."""
+        ...
+
+    def close(self) -> None:
+        """Release the workers (and their models)."""
+        ...
+
+
+class LocalEvaluator:
+    """The in-process backend: one resident model and the dev (and test) utilities."""
+
+    def __init__(self, resident: ResidentModel, dev: Utility, test: Utility | None = None):
+        self.resident = resident
+        self._evaluators = {"dev": Evaluator(resident, dev)}
+        if test is not None:
+            self._evaluators["test"] = Evaluator(resident, test)
+        self.splits: tuple[Split, ...] = tuple(self._evaluators)
+
+    def evaluate(self, particles: Sequence[np.ndarray], split: Split = "dev") -> Iterator[Evaluation]:
+        return self._evaluators[split].evaluate(particles)
+
+    def close(self) -> None:
+        pass  # the resident model stays usable (e.g. to bake the winner with --merge-lora)
+
+
+def open_evaluator(
+    setup: SearchSetup, options: RunOptions, settings: EvaluationSettings, *, recipe: SwarmRecipe, particles: int
+) -> ParticleEvaluator:
+    """The backend `settings` names, ready to evaluate; `close()` it (Ray: shuts the workers down).
+
+    `recipe` is the recipe as written (Hub models not yet downloaded): Ray workers resolve
+    it on their own node. `particles` per iteration bound the workers that can be kept busy.
+    """
+    if settings.backend == "ray":
+        from mergekit_swarm.search.ray_backend import RayEvaluator
+
+        groups = -(-particles // settings.particles_per_batch) if setup.is_lora else particles
+        return RayEvaluator(recipe, setup, options, settings, max_workers=groups)
+    return LocalEvaluator(setup.resident_model(options, settings.particles_per_batch), setup.dev, setup.test)
 
 
 def call_utility(utility: Utility, model, tokenizer) -> float | Score | Exception:

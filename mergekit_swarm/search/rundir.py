@@ -132,6 +132,12 @@ class RunDirectory:
         self.work.mkdir(parents=True)
         return None
 
+    def discard_unstarted(self) -> None:
+        """Remove the partial folder of a run that failed before its first checkpoint: there
+        is nothing in it to resume (workers that could not start, an objective failing at once)."""
+        if self.work.is_dir() and not (self.work / STATE_FILE).exists():
+            shutil.rmtree(self.work)
+
     def clear_outputs(self) -> None:
         """Remove everything but the state and the history (e.g. files of an interrupted write)."""
         for path in self.work.iterdir():

@@ -1,18 +1,22 @@
 """The `evaluation:` section of a recipe: how particles are evaluated (not what is searched).
 
 These settings change speed and memory, never the search: they are left out of the run's
-fingerprint, so an interrupted run can resume with other values.
+fingerprint, so an interrupted run can resume with other values (another backend included).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import Field
 
 from mergekit_swarm.config_base import StrictSection
 
+Backend = Literal["local", "ray"]
+
 
 class EvaluationSettings(StrictSection):
-    """How the utility is run on the particles."""
+    """How the utility is run on the particles: in this process, or on Ray workers."""
 
     section_name = "evaluation"
 
@@ -23,5 +27,46 @@ class EvaluationSettings(StrictSection):
             "LoRA pools: particles written into adapter slots of one PeftModel in one pass and scored together in "
             "mixed-adapter batches (batch_size prompts x particles_per_batch rows per forward). Full-model pools: 1. "
             "Default 1: on CPU with small models, mixed batches measured slower than one particle at a time."
+        ),
+    )
+    backend: Backend = Field(
+        "local",
+        description=(
+            "`local`: one resident model in this process. `ray`: Ray actors each hold a resident model and evaluate "
+            "their share of every iteration; only coefficients travel (`pip install 'mergekit-swarm[ray]'`)."
+        ),
+    )
+    address: str | None = Field(
+        None,
+        description=(
+            "Ray: the cluster to join, as `ray.init(address=...)` takes it: `auto` (a cluster started with "
+            "`ray start --head` on this machine's network), `ray://head:10001` (Ray Client), or unset: RAY_ADDRESS "
+            "if set, else a local cluster started for this run and stopped at its end."
+        ),
+    )
+    workers: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Ray: number of workers (resident models). Default: as many as the cluster's GPUs (or CPUs) fit, "
+            "and no more than the particle groups of one iteration."
+        ),
+    )
+    gpus_per_worker: float | None = Field(
+        None,
+        ge=0,
+        description="Ray: GPUs each worker reserves. Default: 1 with --device cuda, else 0.",
+    )
+    cpus_per_worker: float = Field(
+        1,
+        ge=0,
+        description="Ray: CPUs each worker reserves; also its torch thread count (at least 1).",
+    )
+    max_retries: int = Field(
+        2,
+        ge=0,
+        description=(
+            "Ray: times a group of particles is evaluated again on a replacement worker after its worker died "
+            "(process crash, out of memory, lost node) before the run stops with an error (it can be resumed)."
         ),
     )

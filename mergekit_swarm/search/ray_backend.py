@@ -1,0 +1,281 @@
+"""Particles evaluated on Ray: one resident model per actor, only coefficients travel.
+
+Each `EvaluationWorker` actor resolves the recipe on its own node (local paths must be
+readable there, Hub models come from that node's cache), checks that it sees the same
+experts and objective files as the driver (the run's fingerprint), and keeps a resident
+model for the whole run. Per evaluation the driver sends an `EvaluationTask` (the first
+particle's index and the group's coefficient array, a few hundred bytes) and gets back
+the `Evaluation`s (utility, seconds, error, details).
+
+Groups are the local evaluator's groups (`particles_per_batch` consecutive particles), so
+every particle is scored in the same company as in process and results are identical; they
+are handed to the search in particle order, whatever order workers finish in. A worker that
+dies (crash, out of memory, lost node, `ray.kill`) is replaced and its group evaluated again,
+at most `max_retries` times per group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import sys
+from collections import Counter, deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from mergekit_swarm.config import SwarmRecipe
+from mergekit_swarm.errors import ConfigError, SwarmError, WorkerError
+from mergekit_swarm.options import RunOptions, silence_library_progress_bars
+from mergekit_swarm.search.evaluator import Evaluation, LocalEvaluator, Split
+from mergekit_swarm.search.settings import EvaluationSettings
+
+INSTALL_HINT = "pip install 'mergekit-swarm[ray]'"
+
+
+@dataclass(frozen=True)
+class EvaluationTask:
+    """What travels to a worker per evaluation: particle ids and coefficients, never weights."""
+
+    first: int  # index of the group's first particle in the evaluated list
+    coefficients: np.ndarray  # (particles in the group, parameter groups, experts)
+    split: Split
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker needs to build its resident model (sent once, when it starts)."""
+
+    recipe: SwarmRecipe  # as written: Hub models are resolved on the worker's node
+    options: RunOptions
+    granularity: str
+    slots: int
+    fingerprint: str  # the driver's: a worker that sees other files refuses to start
+    threads: int
+
+
+class EvaluationWorker:
+    """A Ray actor holding one resident model; `start` builds it, `evaluate` scores tasks."""
+
+    def __init__(self):
+        self._evaluator: LocalEvaluator | None = None
+        self._failure: BaseException | None = None
+
+    def start(self, spec: WorkerSpec) -> dict:
+        """Resolve the recipe here, check it is the driver's, load the resident model."""
+        import torch
+
+        from mergekit_swarm.run import prepare
+
+        try:
+            torch.set_num_threads(spec.threads)
+            silence_library_progress_bars()  # the driver's progress bar is the one to read
+            options = spec.options
+            recipe = spec.recipe.resolve(
+                allow_pickle=options.allow_pickle, trust_remote_code=options.trust_remote_code, cache_dir=options.cache_dir
+            )
+            if recipe.fingerprint() != spec.fingerprint:
+                raise WorkerError(
+                    f"the Ray worker on {_node()} sees other experts, base model or utility files than the driver "
+                    "(every node needs the same files at the same paths, or the same Hub revisions)"
+                )
+            setup = prepare(recipe, options, spec.granularity)
+            self._evaluator = LocalEvaluator(setup.resident_model(options, spec.slots), setup.dev, setup.test)
+        except BaseException as exc:
+            self._failure = exc  # evaluate() raises it too: tasks queued behind a failed start fail with the cause
+            raise
+        return {"node": _node(), "pid": os.getpid(), "device": options.device, "splits": list(self._evaluator.splits)}
+
+    def evaluate(self, task: EvaluationTask) -> list[Evaluation]:
+        if self._evaluator is None:
+            raise self._failure or WorkerError("the Ray worker was not started")
+        return list(self._evaluator.evaluate(list(task.coefficients), task.split))
+
+
+class RayEvaluator:
+    """Spreads every iteration's particle groups over Ray workers; results come back in order."""
+
+    def __init__(self, recipe: SwarmRecipe, setup, options: RunOptions, settings: EvaluationSettings, *, max_workers: int):
+        self._ray = _import_ray()
+        self.settings, self.quiet = settings, options.quiet
+        self.replacements = 0
+        self.workers: list = []
+        self._started_ray = False
+        gpus = settings.gpus_per_worker
+        if gpus is None:
+            gpus = 1.0 if options.device.startswith("cuda") else 0.0
+        if options.device.startswith("cuda") and gpus == 0:
+            raise ConfigError("evaluation: with --device cuda every Ray worker needs a GPU share (gpus_per_worker > 0)")
+        self._resources = {"num_cpus": settings.cpus_per_worker, "num_gpus": gpus}
+        # Ray makes a worker's GPU(s) its `cuda:0`: any --device cuda:N means "this worker's GPU"
+        device = "cuda" if options.device.startswith("cuda") else options.device
+        self._spec = WorkerSpec(
+            recipe,
+            replace(options, device=device, quiet=True),
+            setup.layout.granularity,
+            settings.particles_per_batch if setup.is_lora else 1,
+            setup.recipe.fingerprint(),
+            max(1, int(settings.cpus_per_worker)),
+        )
+        try:
+            self._connect()
+            count = self._worker_count(max_workers)
+            self._say(
+                f"Ray: starting {count} worker(s) with {settings.cpus_per_worker:g} CPU and {gpus:g} GPU each "
+                f"(resources of the cluster: {self._describe_cluster()})"
+            )
+            starts = [self._spawn() for _ in range(count)]
+            self.workers = [worker for worker, _ in starts]
+            self.nodes = [self._wait_started(ref) for _, ref in starts]
+            self.splits = tuple(self.nodes[0]["splits"])
+        except BaseException:
+            self.close()
+            raise
+
+    # -- the cluster ---------------------------------------------------------------------------
+    def _connect(self) -> None:
+        if not self._ray.is_initialized():  # else: the caller's cluster, which it also shuts down
+            try:
+                self._ray.init(address=self.settings.address, logging_level=logging.WARNING, log_to_driver=not self.quiet)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                where = self.settings.address or os.environ.get("RAY_ADDRESS") or "a new local cluster"
+                raise ConfigError(f"evaluation: address: cannot start or join the Ray cluster ({where}): {exc}") from None
+            self._started_ray = True
+
+    def _worker_count(self, max_workers: int) -> int:
+        """Workers asked for, or as many as the cluster's resources fit (at most `max_workers`)."""
+        total = self._ray.cluster_resources()
+        fits = math.inf
+        for key, ray_key in (("num_gpus", "GPU"), ("num_cpus", "CPU")):
+            need, have = self._resources[key], total.get(ray_key, 0.0)
+            if need > have:  # Ray would wait forever for such a worker
+                raise ConfigError(
+                    f"evaluation: a worker needs {need:g} {ray_key}, and the Ray cluster has {have:g} "
+                    f"(set {key[4:]}_per_worker: lower{', or 0 to evaluate on CPUs' if ray_key == 'GPU' else ''})"
+                )
+            if need > 0:
+                fits = min(fits, int(have // need))
+        wanted = self.settings.workers or min(fits, max_workers)
+        if wanted > fits:
+            self._say(f"note: evaluation: workers is {wanted}, but the Ray cluster fits {fits}; starting {fits}")
+        return int(min(wanted, fits))
+
+    def _describe_cluster(self) -> str:
+        total = self._ray.cluster_resources()
+        return f"{total.get('CPU', 0):g} CPU, {total.get('GPU', 0):g} GPU, {len(self._ray.nodes())} node(s)"
+
+    def _spawn(self):
+        """A new actor and the reference of its start (not waited for)."""
+        actor_class = self._ray.remote(EvaluationWorker).options(**self._resources, max_restarts=0)
+        worker = actor_class.remote()
+        return worker, worker.start.remote(self._spec)
+
+    def _wait_started(self, start_ref) -> dict:
+        try:
+            return self._ray.get(start_ref)
+        except self._ray.exceptions.RayTaskError as exc:
+            raise _user_error(exc) from None
+        except self._ray.exceptions.RayError as exc:
+            raise WorkerError(f"a Ray worker died while loading the models: {_first_line(exc)}") from None
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def evaluate(self, particles: Sequence[np.ndarray], split: Split = "dev") -> Iterator[Evaluation]:
+        """Groups go to idle workers as they free up; evaluations are yielded in particle order."""
+        slots = self._spec.slots
+        tasks = [
+            EvaluationTask(first, np.stack(particles[first : first + slots]), split) for first in range(0, len(particles), slots)
+        ]
+        waiting, idle = deque(range(len(tasks))), deque(range(len(self.workers)))
+        running: dict = {}  # object ref -> (worker index, task index)
+        finished: dict[int, list[Evaluation]] = {}
+        deaths: Counter[int] = Counter()
+        lost = self._lost_worker_errors()
+        next_task = 0
+        while next_task < len(tasks):
+            while waiting and idle:
+                worker, task = idle.popleft(), waiting.popleft()
+                running[self._submit(worker, tasks[task])] = (worker, task)
+            (ref,), _ = self._ray.wait(list(running), num_returns=1)
+            worker, task = running.pop(ref)
+            try:
+                finished[task] = self._ray.get(ref)
+            except self._ray.exceptions.RayTaskError as exc:  # raised by our code on the worker, not a death
+                raise _user_error(exc) from None
+            except lost as exc:
+                deaths[task] += 1
+                if deaths[task] > self.settings.max_retries:
+                    raise WorkerError(
+                        f"Ray workers died {deaths[task]} times evaluating particles {tasks[task].first}.."
+                        f"{tasks[task].first + len(tasks[task].coefficients) - 1} (max_retries: {self.settings.max_retries}); "
+                        f"last: {_first_line(exc)}"
+                    ) from None
+                self._replace(worker, exc)
+                waiting.appendleft(task)
+            idle.append(worker)
+            while next_task in finished:
+                yield from finished.pop(next_task)
+                next_task += 1
+
+    def _submit(self, worker: int, task: EvaluationTask):
+        return self.workers[worker].evaluate.remote(task)
+
+    def _replace(self, index: int, cause: Exception) -> None:
+        self._ray.kill(self.workers[index], no_restart=True)  # if it is only unreachable, it must not come back
+        self.workers[index], _ = self._spawn()  # a failed start surfaces through its first task
+        self.replacements += 1
+        self._say(f"Ray worker {index} died ({_first_line(cause)}); replaced, its particles are evaluated again")
+
+    def _lost_worker_errors(self) -> tuple[type[BaseException], ...]:
+        errors = self._ray.exceptions
+        return (
+            errors.RayActorError,  # the actor process exited or was killed (ray.kill, OOM killer)
+            errors.WorkerCrashedError,
+            errors.NodeDiedError,
+            errors.ObjectLostError,
+            errors.OutOfMemoryError,  # Ray's memory monitor
+        )
+
+    def close(self) -> None:
+        """Kill the workers; stop the cluster if this run started it. Safe to call twice."""
+        for worker in self.workers:
+            with contextlib.suppress(Exception):  # already gone, or the cluster is
+                self._ray.kill(worker, no_restart=True)
+        self.workers = []
+        if self._started_ray:
+            self._ray.shutdown()
+            self._started_ray = False
+
+    def _say(self, message: str) -> None:
+        if not self.quiet:
+            tqdm.write(message, file=sys.stderr)
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(f"evaluation: backend: ray needs the 'ray' package: {INSTALL_HINT}") from None
+    return ray
+
+
+def _user_error(exc) -> Exception:
+    """The error a worker's code raised: ours as they are (one line), others named briefly."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, SwarmError):
+        return cause
+    return WorkerError(f"a Ray worker failed: {_first_line(cause or exc)}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]
+
+
+def _node() -> str:
+    import socket
+
+    return socket.gethostname()
