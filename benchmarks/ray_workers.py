@@ -1,11 +1,12 @@
 """Evaluations per second in process and on 1 and 2 Ray workers (the quickstart's objective).
 
-    python benchmarks/ray_workers.py [--iterations 8] [--device cuda]
+    python benchmarks/ray_workers.py [--iterations 8] [--repeats 3] [--device cuda]
 
 Every configuration scores the same particles (the quickstart's 10 per iteration: 4 LoRA
 experts of a tiny char-level LM, exact match on 200 dev prompts, greedy generation), after
-one warm-up iteration; worker start-up (loading the models) is timed apart. The utilities
-must equal the in-process ones bit for bit. Writes `benchmarks/results/ray_workers.{json,md}`.
+one warm-up iteration, `--repeats` times (the median pass is reported: this machine's speed
+drifts); worker start-up (loading the models) is timed apart. The utilities must equal the
+in-process ones bit for bit. Writes `benchmarks/results/ray_workers.{json,md}`.
 
 On this 2-core machine the workers share the CPU with each other and with the driver, so the
 figures show the overhead and the scheduling, not the target: one worker per GPU (or node),
@@ -18,6 +19,7 @@ import argparse
 import logging
 import os
 import pickle
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -33,7 +35,8 @@ from common import command, header, machine, versions, write_report  # noqa: E40
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=8, help="timed iterations per configuration")
+    parser.add_argument("--iterations", type=int, default=8, help="timed iterations per pass")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes per configuration (median reported)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
@@ -64,18 +67,21 @@ def main() -> None:
         startup = time.perf_counter() - start
         try:
             warm = [e.utility for e in evaluator.evaluate(iterations[0])]
-            start = time.perf_counter()
-            scores = [[e.utility for e in evaluator.evaluate(batch)] for batch in iterations[1:]]
-            seconds = time.perf_counter() - start
+            passes = []
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                scores = [[e.utility for e in evaluator.evaluate(batch)] for batch in iterations[1:]]
+                passes.append(time.perf_counter() - start)
         finally:
             evaluator.close()
-        evaluations = particles * args.iterations
+        evaluations, seconds = particles * args.iterations, statistics.median(passes)
         print(f"{name}: {evaluations / seconds:.2f} evaluations/s", file=sys.stderr)
         return {
             "configuration": name,
             "startup_s": round(startup, 2),
             "evaluations": evaluations,
             "seconds": round(seconds, 3),
+            "seconds_per_pass": [round(x, 3) for x in passes],
             "evaluations_per_s": round(evaluations / seconds, 3),
             "utilities": [warm, *scores],
         }
@@ -109,7 +115,8 @@ def main() -> None:
         "versions": {**versions(), "ray": ray.__version__},
         "workload": (
             f"quickstart: {len(setup.pool)} LoRA experts, {particles} particles per iteration, "
-            f"{args.iterations} timed iterations after 1 warm-up, utility {recipe.utility.type}, device {args.device}"
+            f"{args.iterations} timed iterations after 1 warm-up, median of {args.repeats} passes, "
+            f"utility {recipe.utility.type}, device {args.device}"
         ),
         "bytes_sent_per_evaluation": len(pickle.dumps(task)),
         "expert_weights_bytes": weights,
@@ -121,13 +128,15 @@ def main() -> None:
         f"- sent per evaluation: {report['bytes_sent_per_evaluation']} bytes (the task: particle id + coefficients); "
         f"the base model and experts: {weights / 1e6:.1f} MB, read by each worker from disk once",
         "",
-        "| configuration | start-up (s) | evaluations | seconds | evaluations / s | same utilities as in process |",
-        "|---|---:|---:|---:|---:|---|",
+        "| configuration | start-up (s) | evaluations per pass | seconds (median pass) | passes (s) | evaluations / s "
+        "| same utilities as in process |",
+        "|---|---:|---:|---:|---|---:|---|",
     ]
     for row in rows:
         lines.append(
             f"| {row['configuration']} | {row['startup_s']:.1f} | {row['evaluations']} | {row['seconds']:.2f} "
-            f"| {row['evaluations_per_s']:.2f} | {'yes' if row['same_utilities_as_in_process'] else 'NO'} |"
+            f"| {', '.join(f'{x:.2f}' for x in row['seconds_per_pass'])} | {row['evaluations_per_s']:.2f} "
+            f"| {'yes' if row['same_utilities_as_in_process'] else 'NO'} |"
         )
     lines += [
         "",
