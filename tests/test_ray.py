@@ -92,6 +92,16 @@ def test_ray_run_equals_the_in_process_run_and_sends_only_coefficients(cluster, 
         assert sent < task.coefficients.nbytes + 400 and sent < expert_bytes / 100, sent
 
 
+def test_a_full_model_pool_on_ray_equals_the_in_process_run(cluster, zoo, tmp_path):
+    utility = {"type": "exact_match", "dev": str(zoo.dev), "test": str(zoo.test), "batch_size": 8, "max_new_tokens": 6}
+    recipe = load_recipe(write_recipe(tmp_path, zoo.full, swarm={"max_iterations": 1}, utility=utility))
+    local = run_swarm(recipe, tmp_path / "local", RunOptions(quiet=True))
+    on_ray = run_swarm(recipe, tmp_path / "ray", RAY)
+    for name in ("swarm_result.json", "model.safetensors"):
+        assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
+    assert on_ray.winner_test == local.winner_test is not None
+
+
 def test_a_killed_worker_is_replaced_and_the_winner_is_unchanged(cluster, recipe_file, in_process, tmp_path, monkeypatch):
     def kill_third(calls):
         if len(calls) == 3:  # iteration 1, while the worker holds a group
@@ -154,7 +164,7 @@ def test_a_worker_asking_for_a_gpu_the_cluster_lacks_is_refused_instead_of_waiti
 
 def test_a_worker_that_sees_other_files_refuses_to_start(recipe_file):
     spec = WorkerSpec(load_recipe(recipe_file), RunOptions(), "model", 1, fingerprint="0" * 64, threads=1)
-    with pytest.raises(WorkerError, match="sees other experts, base model or utility files than the driver"):
+    with pytest.raises(WorkerError, match="^Ray worker on .+: it sees other experts, base model or utility files than"):
         EvaluationWorker().start(spec)
 
 

@@ -80,11 +80,15 @@ class EvaluationWorker:
             )
             if recipe.fingerprint() != spec.fingerprint:
                 raise WorkerError(
-                    f"the Ray worker on {_node()} sees other experts, base model or utility files than the driver "
+                    "it sees other experts, base model or utility files than the driver "
                     "(every node needs the same files at the same paths, or the same Hub revisions)"
                 )
             setup = prepare(recipe, options, spec.granularity)
             self._evaluator = LocalEvaluator(setup.resident_model(options, spec.slots), setup.dev, setup.test)
+        except (SwarmError, OSError) as exc:  # a node without the files, most often: say which node
+            kind = type(exc) if isinstance(exc, SwarmError) else WorkerError
+            self._failure = kind(f"Ray worker on {_node()}: {exc}")
+            raise self._failure from None
         except BaseException as exc:
             self._failure = exc  # evaluate() raises it too: tasks queued behind a failed start fail with the cause
             raise
