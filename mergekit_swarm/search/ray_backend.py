@@ -115,6 +115,7 @@ class RayEvaluator:
         if options.device.startswith("cuda") and gpus == 0:
             raise ConfigError("evaluation: with --device cuda every Ray worker needs a GPU share (gpus_per_worker > 0)")
         self._resources = {"num_cpus": settings.cpus_per_worker, "num_gpus": gpus}
+        self._actor_class = self._ray.remote(EvaluationWorker).options(**self._resources, max_restarts=0)  # we replace
         # Ray makes a worker's GPU(s) its `cuda:0`: any --device cuda:N means "this worker's GPU"
         device = "cuda" if options.device.startswith("cuda") else options.device
         self._spec = WorkerSpec(
@@ -174,8 +175,7 @@ class RayEvaluator:
 
     def _spawn(self):
         """A new actor and the reference of its start (not waited for)."""
-        actor_class = self._ray.remote(EvaluationWorker).options(**self._resources, max_restarts=0)
-        worker = actor_class.remote()
+        worker = self._actor_class.remote()
         return worker, worker.start.remote(self._spec)
 
     def _wait_started(self, start_ref) -> dict:
