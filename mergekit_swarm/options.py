@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class RunOptions:
     write_threads: int = 1
     allow_pickle: bool = False  # read pickled checkpoints (weights_only) and download them from the Hub
     cache_dir: str | None = None  # mergekit's --transformers-cache: where Hub models are stored
-    backend: str | None = None  # --backend: overrides the recipe's `evaluation: backend`
+    backend: Literal["local", "ray"] | None = None  # --backend: overrides the recipe's `evaluation: backend`
 
     @classmethod
     def from_merge_options(cls, merge_options, **ours) -> RunOptions:

@@ -1,1 +1,1 @@
-"""The search loop: evaluation of particles, checkpoints and resume."""
+"""The search loop: evaluation of particles (in process or on Ray workers), checkpoints and resume."""

@@ -20,13 +20,13 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
 
 from mergekit_swarm.resident import ResidentModel
-from mergekit_swarm.utilities import Score, Utility
+from mergekit_swarm.utilities import Score, Split, Utility
 from mergekit_swarm.utilities.text import batches
 
 if TYPE_CHECKING:
@@ -34,8 +34,6 @@ if TYPE_CHECKING:
     from mergekit_swarm.options import RunOptions
     from mergekit_swarm.run import SearchSetup
     from mergekit_swarm.search.settings import EvaluationSettings
-
-Split = Literal["dev", "test"]
 
 
 @dataclass(frozen=True)

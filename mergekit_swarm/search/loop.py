@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from mergekit_swarm import pso
 from mergekit_swarm.errors import UtilityError
-from mergekit_swarm.search.evaluator import Evaluation, Evaluator
+from mergekit_swarm.search.evaluator import Evaluation, ParticleEvaluator
 from mergekit_swarm.search.rundir import Checkpoint, RunDirectory
 
 
@@ -20,7 +20,7 @@ def _fmt(value: float) -> str:
 
 def run_search(
     settings: pso.SwarmSettings,
-    evaluator: Evaluator,
+    evaluator: ParticleEvaluator,
     rundir: RunDirectory,
     checkpoint: Checkpoint,
     *,

@@ -31,8 +31,9 @@ from tqdm.auto import tqdm
 from mergekit_swarm.config import SwarmRecipe
 from mergekit_swarm.errors import ConfigError, SwarmError, WorkerError
 from mergekit_swarm.options import RunOptions, silence_library_progress_bars
-from mergekit_swarm.search.evaluator import Evaluation, LocalEvaluator, Split
+from mergekit_swarm.search.evaluator import Evaluation, LocalEvaluator
 from mergekit_swarm.search.settings import EvaluationSettings
+from mergekit_swarm.utilities import Split
 
 INSTALL_HINT = "pip install 'mergekit-swarm[ray]'"
 

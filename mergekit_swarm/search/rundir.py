@@ -133,8 +133,8 @@ class RunDirectory:
         return None
 
     def discard_unstarted(self) -> None:
-        """Remove the partial folder of a run that failed before its first checkpoint: there
-        is nothing in it to resume (workers that could not start, an objective failing at once)."""
+        """Remove the partial folder of a run that stopped before evaluating anything (e.g. Ray
+        workers that could not start): without a checkpoint there is nothing in it to resume."""
         if self.work.is_dir() and not (self.work / STATE_FILE).exists():
             shutil.rmtree(self.work)
 
