@@ -90,7 +90,7 @@ def main() -> None:
         settings = recipe.evaluation.model_copy(
             update={"backend": "ray", "workers": workers, "cpus_per_worker": cpus, "gpus_per_worker": 1 if gpus else 0}
         )
-        return lambda: RayEvaluator(recipe, setup, options, settings, max_workers=particles)
+        return lambda: RayEvaluator(recipe, setup, options, settings, particles=particles)
 
     threads = torch.get_num_threads()
     rows = [

@@ -125,6 +125,10 @@ class SearchSetup:
     def is_lora(self) -> bool:
         return isinstance(self.pool, LoraPool)
 
+    def slots(self, particles_per_batch: int) -> int:
+        """Particles one resident model holds and scores together: adapter slots for LoRA pools, else 1."""
+        return particles_per_batch if self.is_lora else 1
+
     def resident_model(self, options: RunOptions, slots: int = 1) -> ResidentModel:
         """Load the model particles are written into (the base with adapter slots, or the first expert)."""
         from mergekit.common import dtype_from_name
@@ -141,7 +145,7 @@ class SearchSetup:
             out_dtype=out_dtype,
             device=options.device,
             trust_remote_code=options.trust_remote_code,
-            slots=slots if self.is_lora else 1,
+            slots=self.slots(slots),
         )
 
 

@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
@@ -25,9 +24,8 @@ from mergekit_swarm.groups import GroupLayout, group_layout
 from mergekit_swarm.options import RunOptions
 from mergekit_swarm.pso import Granularity
 from mergekit_swarm.run import SearchSetup
-from mergekit_swarm.search.evaluator import Evaluation, Evaluator, call_utility, evaluation_of
-
-Split = Literal["dev", "test"]
+from mergekit_swarm.search.evaluator import Evaluation, Evaluator, LocalEvaluator, call_utility, evaluation_of
+from mergekit_swarm.utilities import Split
 
 
 @dataclass(frozen=True)
@@ -62,7 +60,7 @@ class Scorer:
         fine = self.layouts[finest]
         self._resident = replace(setup, layout=fine).resident_model(options)
         self._expand = {g: _refinement(fine, layout, setup.pool.tensor_names) for g, layout in self.layouts.items()}
-        self._evaluators = {split: Evaluator(self._resident, u) for split, u in (("dev", setup.dev), ("test", setup.test)) if u}
+        self._evaluators = LocalEvaluator(self._resident, setup.dev, setup.test).evaluators
         self.evaluations = 0  # dev evaluations so far, of every method
 
     @property
@@ -77,8 +75,12 @@ class Scorer:
             )  # raises if it is finer than the resident model's
         return self.layouts[granularity]
 
+    @property
+    def splits(self) -> tuple[Split, ...]:
+        return tuple(self._evaluators)
+
     def has_test(self) -> bool:
-        return "test" in self._evaluators
+        return "test" in self.splits
 
     def evaluate(self, candidates: Sequence[Candidate], split: Split = "dev") -> list[Evaluation]:
         return list(self.iter_evaluate(candidates, split))
@@ -135,13 +137,20 @@ class Scorer:
 
 
 class _MixEvaluator:
-    """What the search loop needs (`evaluate(particles)`), for particles of a coarser layout."""
+    """A `ParticleEvaluator` for the search loop, for particles of a coarser layout."""
 
     def __init__(self, scorer: Scorer, granularity: Granularity):
         self.scorer, self.granularity = scorer, granularity
 
-    def evaluate(self, particles: Sequence[np.ndarray]) -> Iterator[Evaluation]:
-        return self.scorer.iter_evaluate([Mix(p, self.granularity) for p in particles])
+    @property
+    def splits(self) -> tuple[Split, ...]:
+        return self.scorer.splits
+
+    def evaluate(self, particles: Sequence[np.ndarray], split: Split = "dev") -> Iterator[Evaluation]:
+        return self.scorer.iter_evaluate([Mix(p, self.granularity) for p in particles], split)
+
+    def close(self) -> None:
+        pass  # the scorer's resident model serves every method of the comparison
 
 
 def _refinement(fine: GroupLayout, coarse: GroupLayout, tensor_names: Sequence[str]) -> np.ndarray:

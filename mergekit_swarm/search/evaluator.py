@@ -105,13 +105,16 @@ class LocalEvaluator:
 
     def __init__(self, resident: ResidentModel, dev: Utility, test: Utility | None = None):
         self.resident = resident
-        self._evaluators = {"dev": Evaluator(resident, dev)}
+        self.evaluators: dict[Split, Evaluator] = {"dev": Evaluator(resident, dev)}
         if test is not None:
-            self._evaluators["test"] = Evaluator(resident, test)
-        self.splits: tuple[Split, ...] = tuple(self._evaluators)
+            self.evaluators["test"] = Evaluator(resident, test)
+
+    @property
+    def splits(self) -> tuple[Split, ...]:
+        return tuple(self.evaluators)
 
     def evaluate(self, particles: Sequence[np.ndarray], split: Split = "dev") -> Iterator[Evaluation]:
-        return self._evaluators[split].evaluate(particles)
+        return self.evaluators[split].evaluate(particles)
 
     def close(self) -> None:
         pass  # the resident model stays usable (e.g. to bake the winner with --merge-lora)
@@ -128,8 +131,7 @@ def open_evaluator(
     if settings.backend == "ray":
         from mergekit_swarm.search.ray_backend import RayEvaluator
 
-        groups = -(-particles // settings.particles_per_batch) if setup.is_lora else particles
-        return RayEvaluator(recipe, setup, options, settings, max_workers=groups)
+        return RayEvaluator(recipe, setup, options, settings, particles=particles)
     return LocalEvaluator(setup.resident_model(options, settings.particles_per_batch), setup.dev, setup.test)
 
 

@@ -34,6 +34,7 @@ from mergekit_swarm.options import RunOptions, silence_library_progress_bars
 from mergekit_swarm.search.evaluator import Evaluation, LocalEvaluator
 from mergekit_swarm.search.settings import EvaluationSettings
 from mergekit_swarm.utilities import Split
+from mergekit_swarm.utilities.text import batches
 
 INSTALL_HINT = "pip install 'mergekit-swarm[ray]'"
 
@@ -104,7 +105,8 @@ class EvaluationWorker:
 class RayEvaluator:
     """Spreads every iteration's particle groups over Ray workers; results come back in order."""
 
-    def __init__(self, recipe: SwarmRecipe, setup, options: RunOptions, settings: EvaluationSettings, *, max_workers: int):
+    def __init__(self, recipe: SwarmRecipe, setup, options: RunOptions, settings: EvaluationSettings, *, particles: int):
+        """`particles` per iteration: the groups they form bound the workers that can be kept busy."""
         self._ray = _import_ray()
         self.settings, self.quiet = settings, options.quiet
         self.replacements = 0
@@ -123,16 +125,18 @@ class RayEvaluator:
             recipe,
             replace(options, device=device, quiet=True),
             setup.layout.granularity,
-            settings.particles_per_batch if setup.is_lora else 1,
+            setup.slots(settings.particles_per_batch),
             setup.recipe.fingerprint(),
             max(1, int(settings.cpus_per_worker)),
         )
         try:
             self._connect()
-            count = self._worker_count(max_workers)
+            total = self._ray.cluster_resources()
+            count = self._worker_count(total, max_workers=-(-particles // self._spec.slots))
             self._say(
                 f"Ray: starting {count} worker(s) with {settings.cpus_per_worker:g} CPU and {gpus:g} GPU each "
-                f"(resources of the cluster: {self._describe_cluster()})"
+                f"(resources of the cluster: {total.get('CPU', 0):g} CPU, {total.get('GPU', 0):g} GPU, "
+                f"{len(self._ray.nodes())} node(s))"
             )
             starts = [self._spawn() for _ in range(count)]
             self.workers = [worker for worker, _ in starts]
@@ -152,9 +156,8 @@ class RayEvaluator:
                 raise ConfigError(f"evaluation: address: cannot start or join the Ray cluster ({where}): {exc}") from None
             self._started_ray = True
 
-    def _worker_count(self, max_workers: int) -> int:
-        """Workers asked for, or as many as the cluster's resources fit (at most `max_workers`)."""
-        total = self._ray.cluster_resources()
+    def _worker_count(self, total: dict[str, float], *, max_workers: int) -> int:
+        """Workers asked for, or as many as the cluster's `total` resources fit (at most `max_workers`)."""
         fits = math.inf
         for key, ray_key in (("num_gpus", "GPU"), ("num_cpus", "CPU")):
             need, have = self._resources[key], total.get(ray_key, 0.0)
@@ -169,10 +172,6 @@ class RayEvaluator:
         if wanted > fits:
             self._say(f"note: evaluation: workers is {wanted}, but the Ray cluster fits {fits}; starting {fits}")
         return int(min(wanted, fits))
-
-    def _describe_cluster(self) -> str:
-        total = self._ray.cluster_resources()
-        return f"{total.get('CPU', 0):g} CPU, {total.get('GPU', 0):g} GPU, {len(self._ray.nodes())} node(s)"
 
     def _spawn(self):
         """A new actor and the reference of its start (not waited for)."""
@@ -190,10 +189,8 @@ class RayEvaluator:
     # -- evaluation ----------------------------------------------------------------------------
     def evaluate(self, particles: Sequence[np.ndarray], split: Split = "dev") -> Iterator[Evaluation]:
         """Groups go to idle workers as they free up; evaluations are yielded in particle order."""
-        slots = self._spec.slots
-        tasks = [
-            EvaluationTask(first, np.stack(particles[first : first + slots]), split) for first in range(0, len(particles), slots)
-        ]
+        slots = self._spec.slots  # the local evaluator's groups, so each particle is scored in the same company
+        tasks = [EvaluationTask(i * slots, np.stack(group), split) for i, group in enumerate(batches(particles, slots))]
         waiting, idle = deque(range(len(tasks))), deque(range(len(self.workers)))
         running: dict = {}  # object ref -> (worker index, task index)
         finished: dict[int, list[Evaluation]] = {}
