@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
+from mergekit_swarm.checkpoint_layout import Destination
 from mergekit_swarm.experts import ExpertPool, TensorSpec
 from mergekit_swarm.groups import GroupLayout
 
@@ -172,8 +173,14 @@ def _blocks(specs: list[TensorSpec], elements: int) -> Iterator[list[TensorSpec]
 
 
 class Materializer:
-    """Writes particles into destination tensors (a resident model's parameters or adapter
-    slots): in-memory tensors by `FlatGroup`, the rest streamed by `write_combinations`."""
+    """Writes particles into destinations (a resident model's parameters or adapter slots, see
+    `checkpoint_layout`): in-memory tensors by `FlatGroup`, the rest streamed by `write_combinations`.
+
+    A checkpoint tensor the model holds in another layout (a `Conversion`) is merged into a
+    scratch tensor first; once all the sources of a conversion are written, it is converted into
+    the model tensors. Scratch for streamed sources is one reused arena per slot, so a full MoE
+    model needs one fused parameter's worth of scratch, not a second copy of its experts.
+    """
 
     def __init__(
         self,
@@ -194,14 +201,43 @@ class Materializer:
             else:
                 self.streamed.append((spec, group))
         self.flat = {g: FlatGroup(pool, specs, dtype=dtype, accumulator=self.accumulator) for g, specs in members.items()}
+        self._arenas: list[Arena] = []
 
-    def write(self, particles: Sequence[np.ndarray], targets: Sequence[dict[str, torch.Tensor]]) -> None:
-        """targets[p] (checkpoint name -> tensor) <- the particle particles[p], in one pass."""
+    def write(self, particles: Sequence[np.ndarray], destinations: Sequence[Destination]) -> None:
+        """destinations[p] <- the particle particles[p], in one pass over the experts."""
         for coefficients in particles:
             check_shape(coefficients, self.layout, self.pool)
+        while len(self._arenas) < len(destinations):
+            self._arenas.append(Arena(self.accumulator.device))
+        targets = [self._kept_targets(destination) for destination in destinations]
         for group, flat in self.flat.items():
             flat.write(np.stack([c[group] for c in particles]), targets, self.out_dtype)
-        for spec, group in self.streamed:
+        self._stream(particles, [(spec, g) for spec, g in self.streamed if spec.name in destinations[0].direct], targets)
+        streamed = {spec.name: (spec, group) for spec, group in self.streamed}
+        for c, conversion in enumerate(destinations[0].conversions):  # the same conversions in every slot
+            pending = [streamed[name] for name in conversion.sources if name in streamed]
+            for slot, arena in zip(targets, self._arenas):
+                slot.update(arena.take([(spec.name, spec.shape, self._final_dtype(spec)) for spec, _ in pending]))
+            self._stream(particles, pending, targets)
+            for destination, slot in zip(destinations, targets):
+                destination.conversions[c].apply(slot)
+
+    def _kept_targets(self, destination: Destination) -> dict[str, torch.Tensor]:
+        """Direct targets, plus scratch buffers kept for the in-memory sources of conversions."""
+        targets = dict(destination.direct)
+        for conversion in destination.conversions:
+            for name in conversion.sources:
+                if self.pool.in_memory(name):
+                    if name not in destination.scratch:
+                        spec = self.pool.spec(name)
+                        destination.scratch[name] = torch.empty(
+                            spec.shape, dtype=self._final_dtype(spec), device=self.accumulator.device
+                        )
+                    targets[name] = destination.scratch[name]
+        return targets
+
+    def _stream(self, particles, members: list[tuple[TensorSpec, int]], targets: list[dict[str, torch.Tensor]]) -> None:
+        for spec, group in members:
             write_combinations(
                 self.pool,
                 spec,
@@ -211,6 +247,33 @@ class Materializer:
                 out_dtype=self.out_dtype,
                 accumulator=self.accumulator,
             )
+
+    def _final_dtype(self, spec: TensorSpec) -> torch.dtype:
+        return self.out_dtype or spec.torch_dtype
+
+
+class Arena:
+    """One growing byte buffer carved into scratch tensors that are reused for every conversion."""
+
+    ALIGN = 64
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._buffer = torch.empty(0, dtype=torch.uint8, device=device)
+
+    def take(self, tensors: list[tuple[str, tuple[int, ...], torch.dtype]]) -> dict[str, torch.Tensor]:
+        """Scratch tensors of these names, shapes and dtypes, valid until the next `take`."""
+        offsets, size = [], 0
+        for _, shape, dtype in tensors:
+            offsets.append(size)
+            nbytes = math.prod(shape) * dtype.itemsize
+            size += -(-nbytes // self.ALIGN) * self.ALIGN
+        if size > self._buffer.numel():
+            self._buffer = torch.empty(size, dtype=torch.uint8, device=self.device)
+        return {
+            name: self._buffer[offset : offset + math.prod(shape) * dtype.itemsize].view(dtype).view(shape)
+            for (name, shape, dtype), offset in zip(tensors, offsets)
+        }
 
 
 def combine(

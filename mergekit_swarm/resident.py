@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mergekit_swarm.errors import ExpertError
+from mergekit_swarm.checkpoint_layout import adapter_destination, model_destination
+from mergekit_swarm.errors import ConfigError, ExpertError
 from mergekit_swarm.experts import ExpertPool, LoraPool
-from mergekit_swarm.experts.lora import is_lora_tensor
+from mergekit_swarm.experts.lora import PEFT_PATTERN_WARNING
 from mergekit_swarm.groups import GroupLayout
 from mergekit_swarm.materialize import Materializer, constants
 
@@ -65,46 +66,28 @@ class ResidentModel:
         if isinstance(pool, LoraPool):
             model = _attach_adapter_slots(model, pool, str(model_source), self.slot_names)
         self.model = model.to(device).eval()
-        self._slot_targets = [self._map_targets(name) for name in self.slot_names]
+        shapes = {spec.name: spec.shape for spec in pool.specs}
+        shapes.update((name, tuple(pool.tensor(0, name).shape)) for name in pool.constant_names)
+        if isinstance(pool, LoraPool):
+            self._destinations = [adapter_destination(self.model, slot, shapes) for slot in self.slot_names]
+        else:
+            self._destinations = [model_destination(self.model, shapes)]
         self._materializer = Materializer(pool, layout, dtype=merge_dtype, out_dtype=out_dtype, device=device)
         with torch.no_grad():
             for name, tensor in constants(pool):
-                for targets in self._slot_targets:
-                    targets[name].copy_(tensor)
+                for destination in self._destinations:
+                    if name not in destination.direct:
+                        raise ExpertError(f"tensor {name!r}, the same in every expert, has no counterpart in the resident model")
+                    destination.direct[name].copy_(tensor)
 
     @property
     def slots(self) -> int:
         return len(self.slot_names)
 
     def tensors(self, slot: int = 0) -> dict[str, torch.Tensor]:
-        """The model tensors a particle is written into (checkpoint names), for one slot."""
-        return self._slot_targets[slot]
-
-    def _map_targets(self, slot: str) -> dict[str, torch.Tensor]:
-        """Checkpoint tensor name -> the model tensor (sharing storage) it is written into."""
-        if isinstance(self.pool, LoraPool):
-            from peft import get_peft_model_state_dict
-
-            available = get_peft_model_state_dict(self.model, adapter_name=slot)
-            uncovered = [n for n in available if is_lora_tensor(n) and n not in self.pool.tensor_names]
-            if uncovered:
-                raise ExpertError(f"the adapter slot has {uncovered[0]!r}, which the experts do not provide")
-        else:
-            available = self.model.state_dict()
-        storages = {p.data_ptr() for p in self.model.parameters()} | {b.data_ptr() for b in self.model.buffers()}
-        shapes = {spec.name: spec.shape for spec in self.pool.specs}
-        shapes.update((name, tuple(self.pool.tensor(0, name).shape)) for name in self.pool.constant_names)
-        targets = {}
-        for name, shape in shapes.items():
-            target = available.get(name)
-            if target is None:
-                raise ExpertError(f"tensor {name!r} of the experts has no counterpart in the resident model")
-            if tuple(target.shape) != shape:
-                raise ExpertError(f"tensor {name!r}: experts have shape {list(shape)}, the model {list(target.shape)}")
-            if target.data_ptr() not in storages:
-                raise ExpertError(f"tensor {name!r} does not share storage with the model, so it cannot be written in place")
-            targets[name] = target
-        return targets
+        """The model tensors checkpoint tensors are written into as they are (by checkpoint name), for one slot;
+        tensors transformers or PEFT convert on loading (fused MoE experts) are not among them."""
+        return self._destinations[slot].direct
 
     def load(self, coefficients: np.ndarray) -> None:
         """Write the particle with `coefficients` (groups, experts) into the model (slot 0,
@@ -117,7 +100,7 @@ class ResidentModel:
         returns the names of the slots filled. Slot 0 becomes the active adapter."""
         if not 1 <= len(particles) <= self.slots:
             raise ValueError(f"{len(particles)} particles for {self.slots} slot(s)")
-        self._materializer.write(particles, self._slot_targets[: len(particles)])
+        self._materializer.write(particles, self._destinations[: len(particles)])
         self.activate(0)
         return self.slot_names[: len(particles)]
 
@@ -135,8 +118,18 @@ def _attach_adapter_slots(model, pool: LoraPool, base: str, names: list[str]):
     config = {k: v for k, v in pool.output_config(base).items() if k in fields and k not in ("peft_type", "auto_mapping")}
     with warnings.catch_warnings():  # PEFT calls a transformers API deprecated in v5; not actionable by users
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=PEFT_PATTERN_WARNING, category=RuntimeWarning)
         model = get_peft_model(model, LoraConfig(**config), adapter_name=names[0])
         for name in names[1:]:
             model.add_adapter(name, LoraConfig(**config))
     model.set_adapter(names[0])
+    if len(names) > 1:
+        from peft.tuners.lora import ParamWrapper
+
+        wrapped = next((name for name, module in model.named_modules() if isinstance(module, ParamWrapper)), None)
+        if wrapped is not None:
+            raise ConfigError(
+                f"evaluation: particles_per_batch: {len(names)} needs PEFT mixed-adapter batches, which LoRA on parameters "
+                f"(fused MoE experts, e.g. {wrapped.removeprefix('base_model.model.')}) does not support; set it to 1"
+            )
     return model

@@ -60,6 +60,11 @@ def test_layer_groups_keep_the_blocks_of_two_towers_apart():
     assert group_key("vision_tower.encoder.layers.3.mlp.fc1.weight", "layer") == "vision_tower.encoder.layers.3"
     assert group_key("language_model.model.layers.3.mlp.up_proj.weight", "layer") == "language_model.model.layers.3"
     assert group_key("transformer.h.11.attn.c_attn.weight", "layer") == "transformer.h.11"
+    assert group_key("gpt_neox.layers.4.attention.dense.weight", "layer") == "gpt_neox.layers.4"
+    assert group_key("model.decoder.layers.2.fc1.weight", "layer") == "model.decoder.layers.2"  # OPT
+    assert group_key("model.layers.5.block_sparse_moe.experts.7.w1.weight", "layer") == "model.layers.5"  # MoE experts
+    assert group_key("base_model.model.model.layers.1.mlp.experts.base_layer", "layer") == "base_model.model.model.layers.1"
+    assert group_key("gpt_neox.embed_in.weight", "layer") == "gpt_neox.embed_in.weight"
     assert group_key("model.norm.weight", "layer") == "model.norm.weight"
 
 

@@ -4,25 +4,47 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mergekit_swarm.errors import ExpertError
+from mergekit_swarm.config import MergeRecipe
+from mergekit_swarm.errors import ConfigError, ExpertError
 from mergekit_swarm.experts.full import FullModelPool
 from mergekit_swarm.experts.lora import LoraPool, is_adapter_folder
 from mergekit_swarm.experts.pool import ExpertPool, TensorSpec
 
 
-def open_pool(paths: list[Path], *, allow_pickle: bool = False, names: list[str] | None = None) -> ExpertPool:
+def open_pool(
+    paths: list[Path],
+    *,
+    allow_pickle: bool = False,
+    names: list[str] | None = None,
+    base: Path | None = None,
+    trust_remote_code: bool = False,
+) -> ExpertPool:
     """A LoRA pool if every expert is a PEFT adapter folder, a full-model pool if none is
-    (`names`: how tables and messages call the experts; default: their folder names)."""
+    (`names`: how tables and messages call the experts; default: their folder names; `base`:
+    the base model of LoRA adapters, read for adapters on parameters such as fused MoE experts)."""
     for path in paths:
         if not path.is_dir():
             raise ExpertError(f"expert {path} does not exist or is not a folder")
     adapters = [is_adapter_folder(p) for p in paths]
     if all(adapters):
-        return LoraPool(paths, allow_pickle=allow_pickle, names=names)
+        return LoraPool(paths, allow_pickle=allow_pickle, names=names, base=base, trust_remote_code=trust_remote_code)
     if any(adapters):
         lora, full = paths[adapters.index(True)], paths[adapters.index(False)]
         raise ExpertError(f"experts mix LoRA adapters ({lora}) and full models ({full}); use one kind per swarm")
     return FullModelPool(paths, allow_pickle=allow_pickle, names=names)
 
 
-__all__ = ["ExpertPool", "FullModelPool", "LoraPool", "TensorSpec", "open_pool"]
+def open_recipe_pool(recipe: MergeRecipe, *, allow_pickle: bool = False, trust_remote_code: bool = False) -> ExpertPool:
+    """The pool of a resolved recipe's `models:` (LoRA adapters of its `base_model`, which they require)."""
+    if recipe.base_model is None and any(is_adapter_folder(p) for p in recipe.experts):
+        raise ConfigError(f"{recipe.source}: base_model: is required when the experts are LoRA adapters")
+    return open_pool(
+        list(recipe.experts),
+        allow_pickle=allow_pickle,
+        names=recipe.expert_names(),
+        base=recipe.base_model,
+        trust_remote_code=trust_remote_code,
+    )
+
+
+__all__ = ["ExpertPool", "FullModelPool", "LoraPool", "TensorSpec", "open_pool", "open_recipe_pool"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,9 @@ from mergekit_swarm.experts.pool import ExpertPool, TensorSpec, open_checkpoint
 # base_model.model.<module>.lora_A.weight / .lora_embedding_B (embeddings have no .weight)
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?:embedding_)?(?P<side>[AB])(?:\.weight)?$")
 _PEFT_PREFIX = "base_model.model."
+# PEFT 0.21 checks rank/alpha patterns against module names only, and warns wrongly about those of
+# LoRA on parameters (`.*\.gate_up_proj` of fused MoE experts), which it does apply.
+PEFT_PATTERN_WARNING = ".*_pattern keys did not match any targeted module"
 _UNSUPPORTED = {"use_dora": "DoRA", "lora_bias": "lora_bias", "use_qalora": "QALoRA"}
 
 
@@ -65,18 +69,38 @@ class LoraPool(ExpertPool):
         allow_pickle: bool = False,
         names: list[str] | None = None,
         in_memory_bytes: int = 1 << 30,
+        base: Path | None = None,
+        trust_remote_code: bool = False,
     ):
         super().__init__(paths, names)
         self.configs = [read_adapter_config(p) for p in paths]
         self.files = [open_checkpoint(p, "adapter_model", "adapter", allow_pickle=allow_pickle) for p in paths]
         raw = [{name: f.shape(name) for name in f.names()} for f in self.files]
-        # Rank and scaling of every (expert, module), read from the tensors and configs.
+        # Rank and scaling of every (expert, module), read from the tensors and configs; for LoRA on
+        # (fused MoE) parameters, from the layers PEFT builds for that config (see `_parameter_layers`).
         self._scale: list[dict[str, float]] = []
+        self._experts_of: dict[str, int] = {}  # module -> experts stacked in its lora_A/lora_B (parameter LoRA)
         ranks = []
         for config, path, shapes in zip(self.configs, paths, raw):
-            rank = {m["module"]: shapes[name][0] for name in shapes if (m := _LORA_KEY.match(name)) and m["side"] == "A"}
+            wrapped = _parameter_layers(config, base, trust_remote_code, path) if config.get("target_parameters") else {}
+            rank, scale = {}, {}
+            for name in shapes:
+                if (m := _LORA_KEY.match(name)) and m["side"] == "A":
+                    module = m["module"]
+                    if module in wrapped:
+                        rank[module], experts, scale[module] = wrapped[module]
+                        if shapes[name][0] != rank[module] * experts:
+                            raise ExpertError(
+                                f"adapter {path}: {name!r} has {shapes[name][0]} rows; PEFT expects rank {rank[module]} "
+                                f"x {experts} experts for this config"
+                            )
+                        if self._experts_of.setdefault(module, experts) != experts:
+                            raise ExpertError(f"adapter {path}: {module} spans {experts} experts, other adapters another count")
+                    else:
+                        rank[module] = shapes[name][0]
+                        scale[module] = _scaling(config, module, rank[module], path)
             ranks.append(rank)
-            self._scale.append({module: _scaling(config, module, r, path) for module, r in rank.items()})
+            self._scale.append(scale)
         self.rank = max(max(r.values(), default=0) for r in ranks)
         if self.rank == 0:
             raise ExpertError(f"adapter {paths[0]} has no lora_A/lora_B tensors")
@@ -102,7 +126,7 @@ class LoraPool(ExpertPool):
         if m is None:  # modules_to_save and the like: combined as full tensors
             return shape
         axis = 0 if m["side"] == "A" else 1
-        return shape[:axis] + (self.rank,) + shape[axis + 1 :]
+        return shape[:axis] + (self.rank * self._experts_of.get(m["module"], 1),) + shape[axis + 1 :]
 
     def in_memory(self, name: str) -> bool:
         return self._small and _LORA_KEY.match(name) is not None
@@ -113,10 +137,14 @@ class LoraPool(ExpertPool):
         if m is None:
             return raw
         out = torch.zeros(self._padded_shape(name, tuple(raw.shape)), dtype=torch.float32)
+        # PEFT stacks the experts of parameter LoRA as (experts, rank, in) in lora_A and (out, rank, experts)
+        # in lora_B; padding the rank of every expert keeps each expert's own update.
+        experts = self._experts_of.get(m["module"], 1)
         if m["side"] == "A":
-            out[: raw.shape[0]] = raw
+            out.view(experts, self.rank, -1)[:, : raw.shape[0] // experts] = raw.view(experts, -1, raw.shape[1])
         else:
-            out[:, : raw.shape[1]] = raw.float() * self._scale[expert][m["module"]]
+            scaled = raw.float() * self._scale[expert][m["module"]]
+            out.view(raw.shape[0], self.rank, experts)[:, : raw.shape[1] // experts] = scaled.view(raw.shape[0], -1, experts)
         return out
 
     def unit(self, name: str) -> str:
@@ -141,6 +169,36 @@ class LoraPool(ExpertPool):
             inference_mode=True,
         )
         return config
+
+
+def _parameter_layers(config: dict[str, Any], base: Path | None, trust_remote_code: bool, folder: Path):
+    """module -> (rank, experts, scaling) of the LoRA layers PEFT puts on parameters (`target_parameters`,
+    e.g. fused MoE experts) for this adapter config, read from the layers PEFT itself builds on a
+    shape-only (meta) copy of the base model: which parameter a nested wrapper holds, its rank and
+    alpha patterns and the experts it stacks are PEFT's to decide."""
+    if base is None:
+        raise ExpertError(f"{folder / 'adapter_config.json'}: target_parameters adapters need the base_model to be read")
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.tuners.lora import ParamWrapper
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    fields = set(LoraConfig.__dataclass_fields__)
+    settings = {k: v for k, v in config.items() if k in fields and k not in ("peft_type", "auto_mapping")}
+    settings.update(init_lora_weights=True, inference_mode=True)
+    try:
+        model_config = AutoConfig.from_pretrained(base, trust_remote_code=trust_remote_code)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(model_config, trust_remote_code=trust_remote_code)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=PEFT_PATTERN_WARNING, category=RuntimeWarning)
+            model = inject_adapter_in_model(LoraConfig(**settings), model, adapter_name="probe", low_cpu_mem_usage=True)
+    except Exception as exc:  # PEFT's or transformers' own message says what does not fit
+        raise ExpertError(f"{folder}: cannot place this adapter on {base} ({exc})") from None
+    return {
+        _PEFT_PREFIX + name: (layer.r["probe"], layer.num_experts, float(layer.scaling["probe"]))
+        for name, layer in model.named_modules()
+        if isinstance(layer, ParamWrapper) and "probe" in layer.r
+    }
 
 
 def is_lora_tensor(name: str) -> bool:

@@ -12,6 +12,7 @@ import hashlib
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -134,6 +135,13 @@ class ExpertPool(ABC):
     @property
     def tensor_names(self) -> list[str]:
         return [spec.name for spec in self.specs]
+
+    def spec(self, name: str) -> TensorSpec:
+        return self._spec_index[name]
+
+    @cached_property
+    def _spec_index(self) -> dict[str, TensorSpec]:
+        return {spec.name: spec for spec in self.specs}
 
     @abstractmethod
     def tensor(self, expert: int, name: str) -> torch.Tensor:

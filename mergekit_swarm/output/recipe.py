@@ -34,6 +34,8 @@ _HEADER = {
     "# layer/tensor. `base_model` is the first expert only to make it mergekit's config/tokenizer donor.\n",
     "lora": "# The swarm's winner (LoRA adapters combined as adapters): `mergekit-swarm apply {file} out/`\n"
     "# re-materialises it bit for bit. Stock mergekit can only bake an adapter into its base model.\n",
+    "unplannable": "# The swarm's winner as explicit weights: `mergekit-swarm apply {file} out/` re-materialises it\n"
+    "# bit for bit. Stock mergekit cannot: {problem}.\n",
 }
 
 
@@ -51,14 +53,22 @@ def winner_recipe(
 ) -> str:
     """The YAML text of the recipe that reproduces `coefficients` over `pool`, whose experts
     are named `models` (Hub ids or absolute paths), in pool order; `file` is the name its
-    header tells users to run."""
+    header tells users to run.
+
+    Full-model pools get a vanilla `linear` recipe when stock mergekit plans exactly the
+    experts' tensors; otherwise (LoRA pools, architectures mergekit lacks or defines with other
+    tensor names) a `model_swarms` recipe whose header says why stock mergekit cannot run it.
+    """
     is_lora = isinstance(pool, LoraPool)
-    recipe: dict = {"merge_method": METHOD_NAME if is_lora else "linear"}
+    problem = None if is_lora else stock_plan_problem(pool)
+    vanilla = not is_lora and problem is None
+    recipe: dict = {"merge_method": "linear" if vanilla else METHOD_NAME}
     if is_lora:
         recipe["base_model"] = base_model
     else:
         # A base_model that is not among the models would become an extra input of `linear`.
         recipe["base_model"] = models[0]
+    if vanilla:
         recipe["parameters"] = {"normalize": False}
     for key, value in (("dtype", dtype), ("out_dtype", out_dtype), ("chat_template", chat_template)):
         if value is not None:
@@ -68,40 +78,50 @@ def winner_recipe(
         {"model": name, "parameters": {"weight": _weight(pool.specs, layout, coefficients[:, k], order)}}
         for k, name in enumerate(models)
     ]
-    header = _HEADER["lora" if is_lora else "full"].format(file=file)
-    problem = None if is_lora else stock_plan_problem(pool)
-    if problem:
-        header += f"# Warning: stock mergekit may not reproduce it exactly ({problem}); `mergekit-swarm apply` does.\n"
+    kind = "lora" if is_lora else "full" if vanilla else "unplannable"
+    header = _HEADER[kind].format(file=file, problem=problem)
     return header + yaml.safe_dump(recipe, sort_keys=False, width=1000)
 
 
 def stock_plan_problem(pool: ExpertPool) -> str | None:
     """Why stock mergekit would not plan exactly the pool's tensors, or None if it would.
 
-    mergekit merges the weights its architecture definition lists (with aliases and tied
-    names) and ignores any other tensor; unknown architectures are inferred from the
-    checkpoint itself, which lists exactly its own tensors.
+    Asks mergekit itself (`get_architecture_info`, as `run_merge` does): it merges the weights
+    its architecture definition lists (with aliases and tied names) and ignores any other
+    tensor; an architecture without a definition is inferred, from the tensor names of the
+    transformers class when transformers knows it, else from the checkpoint. Both can name
+    tensors that transformers 5 does not store (Mixtral's fused `mlp.experts.gate_up_proj`,
+    GPT-NeoX's `attention.bias` buffers).
     """
-    from mergekit.architecture import arch_info_for_config
+    from mergekit.architecture import get_architecture_info
+    from mergekit.config import MergeConfiguration
+    from mergekit.options import MergeOptions
     from transformers import AutoConfig
 
+    models = [{"model": str(path), "parameters": {"weight": 1.0}} for path in pool.paths]
     try:
+        plan = MergeConfiguration.model_validate({"merge_method": "linear", "models": models})
+        arch = get_architecture_info(plan, MergeOptions())
         config = AutoConfig.from_pretrained(pool.paths[0])
-        arch = arch_info_for_config(config)
+        weights = arch.all_weights(config)
     except Exception as exc:  # an architecture mergekit cannot read at all
-        return f"mergekit cannot read this architecture: {type(exc).__name__}"
-    if arch is None:
-        return None
-    weights = arch.all_weights(config)
+        return f"mergekit cannot plan this architecture ({type(exc).__name__}: {exc})"
+    defined = "its definition of" if _has_definition(config) else "the layout it infers for"
     names = set(pool.tensor_names)
     known = {n for w in weights for n in (w.name, *(w.aliases or ()), *(w.tied_names or ()))}
     unplanned = sorted(names - known)
     if unplanned:
-        return f"it would drop {unplanned[0]!r}"
+        return f"{defined} {config.architectures[0]} does not include {unplanned[0]!r}, which the experts store"
     for w in weights:
         if not w.optional and not names & {w.name, *(w.aliases or ()), *(w.tied_names or ())}:
-            return f"it expects {w.name!r}, which the experts lack"
+            return f"{defined} {config.architectures[0]} expects {w.name!r}, which the experts do not store"
     return None
+
+
+def _has_definition(config) -> bool:
+    from mergekit.architecture import arch_info_for_config
+
+    return arch_info_for_config(config) is not None
 
 
 def _weight(specs: Sequence, layout: GroupLayout, column: np.ndarray, order: list[int]):
