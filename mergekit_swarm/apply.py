@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mergekit_swarm.config import load_weights_recipe
 from mergekit_swarm.errors import ConfigError
-from mergekit_swarm.experts import LoraPool, open_pool
+from mergekit_swarm.experts import open_recipe_pool
 from mergekit_swarm.options import RunOptions
 from mergekit_swarm.output.card import render_card
 from mergekit_swarm.output.model_folder import write_model_folder
@@ -28,18 +28,17 @@ def apply_recipe(config_file: str | Path, out: str | Path, options: RunOptions |
     recipe = load_weights_recipe(config_file).resolve(allow_pickle=options.allow_pickle, cache_dir=options.cache_dir)
     if options.merge_lora:
         raise ConfigError("--merge-lora is for search runs; apply writes the adapter (bake it with PEFT's merge_and_unload)")
-    pool = open_pool(list(recipe.experts), allow_pickle=options.allow_pickle, names=recipe.expert_names())
-    if isinstance(pool, LoraPool) and recipe.base_model is None:
-        raise ConfigError(f"{recipe.source}: base_model: is required when the models are LoRA adapters")
+    pool = open_recipe_pool(recipe, allow_pickle=options.allow_pickle, trust_remote_code=options.trust_remote_code)
     layout, coefficients = recipe_coefficients(recipe.merge, pool, recipe.source)
     tokenizer = load_tokenizer(tokenizer_folder(recipe, options.trust_remote_code), recipe, options.trust_remote_code)
 
     rundir = RunDirectory(Path(out))
     rundir.open("apply:" + hashlib.sha256(recipe.text.encode()).hexdigest(), resume=False, overwrite=options.overwrite)
-    kind = write_model_folder(rundir.work, recipe, pool, layout, coefficients, options, tokenizer=tokenizer)
-    (rundir.work / RECIPE_FILE).write_text(recipe.text, encoding="utf-8")  # as mergekit does: the recipe as given
-    if options.write_model_card:
-        card = render_card(recipe, title=rundir.out.name, output_kind=kind)
-        (rundir.work / "README.md").write_text(card, encoding="utf-8")
-    rundir.publish()
+    with rundir.writing_outputs(resumable=False):  # disk full: one line, nothing left behind
+        kind = write_model_folder(rundir.work, recipe, pool, layout, coefficients, options, tokenizer=tokenizer)
+        (rundir.work / RECIPE_FILE).write_text(recipe.text, encoding="utf-8")  # as mergekit does: the recipe as given
+        if options.write_model_card:
+            card = render_card(recipe, title=rundir.out.name, output_kind=kind)
+            (rundir.work / "README.md").write_text(card, encoding="utf-8")
+        rundir.publish()
     return rundir.out

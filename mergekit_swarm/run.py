@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from mergekit_swarm import pso
 from mergekit_swarm.config import SwarmRecipe
 from mergekit_swarm.errors import ConfigError, UtilityError
-from mergekit_swarm.experts import ExpertPool, LoraPool, open_pool
+from mergekit_swarm.experts import ExpertPool, LoraPool, open_recipe_pool
 from mergekit_swarm.groups import GroupLayout, group_layout
 from mergekit_swarm.materialize import one_hot
 from mergekit_swarm.options import RunOptions
@@ -31,7 +31,7 @@ from mergekit_swarm.resident import ResidentModel
 from mergekit_swarm.search.evaluator import ParticleEvaluator, open_evaluator
 from mergekit_swarm.search.loop import run_search
 from mergekit_swarm.search.rundir import Checkpoint, RunDirectory
-from mergekit_swarm.tokenizer import load_tokenizer, tokenizer_folder
+from mergekit_swarm.tokenizer import load_tokenizer, tokenizer_folder, vocabulary_note
 from mergekit_swarm.utilities import Utility
 
 __all__ = ["RunOptions", "SearchSetup", "prepare", "run_swarm"]
@@ -61,6 +61,8 @@ def run_swarm(recipe: SwarmRecipe, out: str | Path, options: RunOptions | None =
     # Ray workers build their own utilities: the driver loads no reward or judge model
     setup = prepare(recipe, options, recipe.swarm.granularity, build_utilities=evaluation.backend == "local")
     pool, layout = setup.pool, setup.layout
+    for note in setup.notes:
+        say(f"note: {note}")
     checkpoint = rundir.open(fingerprint, resume=options.resume, overwrite=options.overwrite)
     particles = recipe.swarm.particle_count(len(pool))
     if checkpoint is None:
@@ -80,15 +82,32 @@ def run_swarm(recipe: SwarmRecipe, out: str | Path, options: RunOptions | None =
         checkpoint = run_search(recipe.swarm, evaluator, rundir, checkpoint, fail_fast=options.fail_fast, quiet=options.quiet)
         winner = pso.winner(checkpoint.state)
         expert_test, winner_test = _test_report(evaluator, layout, len(pool), winner, options.fail_fast)
-    state = checkpoint.state
     resident = getattr(evaluator, "resident", None)  # the local backend's; Ray's lived on the workers
     if options.merge_lora and resident is None:
         resident = setup.resident_model(options)
 
-    rundir.clear_outputs()  # files of an earlier, interrupted write (maybe with other options)
     tokenizer = load_tokenizer(setup.tokenizer_source, recipe, options.trust_remote_code)  # as loaded, no pad added
-    kind = write_model_folder(rundir.work, recipe, pool, layout, winner, options, tokenizer=tokenizer, resident=resident)
-    result = SwarmResult(
+    with rundir.writing_outputs(resumable=True):  # disk full: one line, the search is kept for --resume
+        rundir.clear_outputs()  # files of an earlier, interrupted write (maybe with other options)
+        kind = write_model_folder(rundir.work, recipe, pool, layout, winner, options, tokenizer=tokenizer, resident=resident)
+        result = _result(pool, layout, checkpoint, particles, expert_test, winner_test, kind)
+        _write_reports(rundir, result, recipe, card=options.write_model_card)
+        rundir.publish()
+    say(f"wrote {rundir.out}")
+    return result
+
+
+def _result(
+    pool: ExpertPool,
+    layout: GroupLayout,
+    checkpoint: Checkpoint,
+    particles: int,
+    expert_test: list[float | None] | None,
+    winner_test: float | None,
+    kind: str,
+) -> SwarmResult:
+    state, winner = checkpoint.state, pso.winner(checkpoint.state)
+    return SwarmResult(
         experts=pool.names,
         expert_dev=checkpoint.expert_dev or [],
         expert_test=expert_test,
@@ -104,10 +123,6 @@ def run_swarm(recipe: SwarmRecipe, out: str | Path, options: RunOptions | None =
         stop_reason=state.stop_reason or "",
         output_kind=kind,
     )
-    _write_reports(rundir, result, recipe, card=options.write_model_card)
-    rundir.publish()
-    say(f"wrote {rundir.out}")
-    return result
 
 
 @dataclass(frozen=True)
@@ -120,6 +135,7 @@ class SearchSetup:
     dev: Utility | None  # None when built without utilities (the Ray driver)
     test: Utility | None
     tokenizer_source: Path | str
+    notes: tuple[str, ...] = ()  # what the user should know before the search (printed by the run)
 
     @property
     def is_lora(self) -> bool:
@@ -158,14 +174,13 @@ def prepare(recipe: SwarmRecipe, options: RunOptions, granularity: Granularity, 
         dev, test = recipe.utility.build("dev"), recipe.utility.build("test")
         if dev is None:
             raise ConfigError(f"{recipe.source}: utility: nothing to evaluate on the dev side")
-    pool = open_pool(list(recipe.experts), allow_pickle=options.allow_pickle, names=recipe.expert_names())
-    is_lora = isinstance(pool, LoraPool)
-    if is_lora and recipe.base_model is None:
-        raise ConfigError(f"{recipe.source}: base_model: is required when the experts are LoRA adapters")
-    if options.merge_lora and not is_lora:
+    pool = open_recipe_pool(recipe, allow_pickle=options.allow_pickle, trust_remote_code=options.trust_remote_code)
+    if options.merge_lora and not isinstance(pool, LoraPool):
         raise ConfigError("--merge-lora applies to LoRA experts only; these experts are full models")
     tokenizer_source = tokenizer_folder(recipe, options.trust_remote_code)
-    return SearchSetup(recipe, pool, group_layout(pool, granularity), dev, test, tokenizer_source)
+    note = vocabulary_note(recipe, tokenizer_source, options.trust_remote_code)
+    layout = group_layout(pool, granularity)
+    return SearchSetup(recipe, pool, layout, dev, test, tokenizer_source, notes=(note,) if note else ())
 
 
 def _test_report(

@@ -21,7 +21,7 @@ from mergekit_swarm.config import SwarmRecipe
 from mergekit_swarm.options import RunOptions
 from mergekit_swarm.output.recipe import winner_recipe
 from mergekit_swarm.run import SearchSetup, prepare
-from mergekit_swarm.search.rundir import RunDirectory
+from mergekit_swarm.search.rundir import RunDirectory, writing
 
 RECIPES = "recipes"
 
@@ -42,11 +42,12 @@ def run_comparison(
     rundir = RunDirectory(Path(out))
     rundir.open("compare:" + recipe.fingerprint(), resume=False, overwrite=options.overwrite)
     try:
-        board = _compare(recipe, setup, compare, options, rundir.work, say)
+        with writing(rundir.work):  # disk full: one line naming the file
+            board = _compare(recipe, setup, compare, options, rundir.work, say)
+            rundir.publish()
     except BaseException:  # not resumable: an interrupted comparison leaves nothing behind
         shutil.rmtree(rundir.work, ignore_errors=True)
         raise
-    rundir.publish()
     say(f"wrote {rundir.out}")
     return board
 

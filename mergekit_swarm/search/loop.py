@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
 
 from tqdm.auto import tqdm
 
@@ -52,7 +50,7 @@ def run_search(
         bar.update(0)  # redraws at most every `mininterval` seconds, so logs stay readable
 
     show()
-    with rundir.history_path.open("a", encoding="utf-8") as history:
+    with rundir.history() as history:
         while True:
             if not state.evaluated:
                 # evaluated in groups (adapter slots), yielded one by one as they finish
@@ -63,7 +61,7 @@ def run_search(
                     if state.skip[i]:  # evaluation dropout: keep the particle's last utility
                         checkpoint.skipped += 1
                         utilities.append(float(state.utilities[i]))
-                        history.write(json.dumps(_skipped_record(state.iteration, i, utilities[-1])) + "\n")
+                        history.append(_skipped_record(state.iteration, i, utilities[-1]))
                         continue
                     result = next(results)
                     if result.failed:
@@ -71,8 +69,7 @@ def run_search(
                         errors.append(result.error)
                         if fail_fast:
                             raise UtilityError(f"utility failed on particle {i} at iteration {state.iteration}: {result.error}")
-                    history.write(json.dumps(_record(state.iteration, i, result)) + "\n")
-                    history.flush()
+                    history.append(_record(state.iteration, i, result))
                     utilities.append(result.utility)
                 evaluated = particles - int(state.skip.sum())
                 if errors and len(errors) == evaluated:  # systemic: stop, resumable
@@ -83,8 +80,7 @@ def run_search(
                 pso.observe(state, utilities, settings)
                 if state.iteration == 0:
                     checkpoint.expert_dev = [u if math.isfinite(u) else None for u in utilities[: state.shape[2]]]
-                os.fsync(history.fileno())
-                checkpoint.history_bytes = history.tell()
+                checkpoint.history_bytes = history.sync()
                 rundir.save(checkpoint)
                 show()
                 if state.iteration > 0:

@@ -9,9 +9,12 @@ the history cut back to match.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,14 +69,80 @@ class Checkpoint:
             return None
 
 
+# Failures of the storage rather than of the program: the disk is full, the folder is not ours to
+# write, the file system is read-only. They become one line naming the path (`writing`).
+WRITE_FAILURES = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO}
+
+
+@contextmanager
+def writing(path: Path, *, resumable: bool = False) -> Iterator[None]:
+    """Turn a failed write under `path` (disk full, permission denied, read-only file system) into
+    an OutputError naming the file, instead of a traceback (`resumable`: say how to continue)."""
+    folder = os.path.abspath(path if path.is_dir() else path.parent)
+    try:
+        yield
+    except OSError as exc:
+        elsewhere = exc.filename is not None and not os.path.abspath(exc.filename).startswith(folder)
+        if exc.errno not in WRITE_FAILURES or elsewhere:  # not ours: e.g. an expert that cannot be read
+            raise
+        raise OutputError(_failure(exc.filename or path, os.strerror(exc.errno), resumable)) from None
+    except Exception as exc:
+        # safetensors reports I/O errors as its own error type, with no file name
+        if type(exc).__name__ != "SafetensorError" or "while serializing: I/O error: " not in str(exc):
+            raise
+        reason = str(exc).split("I/O error: ", 1)[1].split(" (os error")[0]
+        raise OutputError(_failure(path, reason, resumable)) from None
+
+
+def _failure(path, reason: str, resumable: bool) -> str:
+    hint = "; the search so far is kept: free space (or fix permissions) and continue with --resume" if resumable else ""
+    return f"cannot write {path}: {reason}{hint}"
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write a file so that readers see the old or the new content, never a mix."""
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:  # e.g. disk full: the old file stays, the torn new one goes
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+
+
+class History:
+    """The append-only history file of a run (one JSON line per evaluation); a failed write is an
+    OutputError naming it, and the run stays resumable from its last checkpoint."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        with writing(path, resumable=True):
+            self._handle = path.open("a", encoding="utf-8")
+
+    def append(self, record: dict) -> None:
+        with writing(self.path, resumable=True):
+            self._handle.write(json.dumps(record) + "\n")
+            self._handle.flush()
+
+    def sync(self) -> int:
+        """Make every line durable; returns the file's size (what the next checkpoint covers)."""
+        with writing(self.path, resumable=True):
+            os.fsync(self._handle.fileno())
+            return self._handle.tell()
+
+    def close(self) -> None:
+        with suppress(OSError):  # lines after the last sync are cut on resume anyway
+            self._handle.close()
+
+    def __enter__(self) -> History:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class RunDirectory:
@@ -103,6 +172,10 @@ class RunDirectory:
         here are an interrupted run the user asked to discard (--overwrite without
         --resume) and a partial folder that never reached its first checkpoint.
         """
+        with writing(self.work):  # e.g. a folder the user may not write to: one line
+            return self._open(fingerprint, resume=resume, overwrite=overwrite)
+
+    def _open(self, fingerprint: str, *, resume: bool, overwrite: bool) -> Checkpoint | None:
         self._recover_interrupted_publish()
         if self.out.exists() and not overwrite:
             if self.finished(fingerprint):
@@ -132,6 +205,21 @@ class RunDirectory:
         self.work.mkdir(parents=True)
         return None
 
+    def history(self) -> History:
+        return History(self.history_path)
+
+    @contextmanager
+    def writing_outputs(self, *, resumable: bool) -> Iterator[None]:
+        """Write the output files in the partial folder; if the storage fails, remove what was
+        half-written (resumable runs keep their state and history) and report it in one line."""
+        try:
+            with writing(self.work, resumable=resumable):
+                yield
+        except OutputError:
+            with suppress(OSError):
+                self.clear_outputs() if resumable else shutil.rmtree(self.work)
+            raise
+
     def discard_unstarted(self) -> None:
         """Remove the partial folder of a run that stopped before evaluating anything (e.g. Ray
         workers that could not start): without a checkpoint there is nothing in it to resume."""
@@ -152,7 +240,8 @@ class RunDirectory:
             handle.truncate(size)
 
     def save(self, checkpoint: Checkpoint) -> None:
-        write_atomic(self.work / STATE_FILE, json.dumps(checkpoint.to_dict()))
+        with writing(self.work / STATE_FILE, resumable=True):
+            write_atomic(self.work / STATE_FILE, json.dumps(checkpoint.to_dict()))
 
     @property
     def _replaced(self) -> Path:
