@@ -37,6 +37,44 @@ def tokenizer_folder(recipe: MergeRecipe, trust_remote_code: bool = False) -> Pa
     return folders[0]
 
 
+def vocabulary_note(recipe: MergeRecipe, folder: Path, trust_remote_code: bool = False) -> str | None:
+    """Check the models' own tokenizers against the one the run uses (in `folder`).
+
+    Without `tokenizer_source`, mergekit merges the embedding rows as each model stores them and
+    writes the donor's tokenizer; so does the swarm, and the returned note names the models whose
+    vocabulary differs. With a `tokenizer_source`, mergekit would re-map every model's embedding
+    rows to that tokenizer (embedding surgery), which a swarm cannot do: refused, naming both.
+    """
+    from transformers import AutoTokenizer
+
+    def vocabulary(path: Path) -> dict[str, int]:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code).get_vocab()
+
+    reference = vocabulary(folder)
+    explicit = recipe.merge.tokenizer_source is not None or recipe.merge.tokenizer is not None
+    different = []
+    for path in (recipe.base_model, *recipe.experts):
+        if path is None or path == folder or not has_tokenizer(path):
+            continue
+        own = vocabulary(path)
+        if own == reference:
+            continue
+        token = sorted(set(own.items()) ^ set(reference.items()))[0][0]
+        if explicit:
+            raise ExpertError(
+                f"{recipe.source}: the vocabulary of {path} differs from that of the tokenizer_source {folder} "
+                f"(e.g. {token!r}); mergekit would re-map its embedding rows (embedding surgery), which a swarm cannot "
+                "do; leave tokenizer_source unset to merge the rows as stored"
+            )
+        different.append(f"{path.name} (e.g. {token!r})")
+    if not different:
+        return None
+    return (
+        f"the vocabulary of {', '.join(different)} differs from that of {folder}; as mergekit does without "
+        "tokenizer_source, embedding rows are merged as stored and the winner gets the latter's tokenizer"
+    )
+
+
 def load_tokenizer(folder: Path, recipe: MergeRecipe, trust_remote_code: bool = False):
     """The tokenizer in `folder`, with the recipe's `chat_template` applied as mergekit does."""
     from mergekit.merge import _set_chat_template  # mergekit's own resolution: names, "auto", jinja

@@ -187,12 +187,12 @@ def mark_built(stamp: Path, build_id: dict) -> None:
 
 
 # ---------------------------------------------------------------- training
-def _encode_batch(tokenizer, rows: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded BOS+prompt+answer+EOS ids, with labels only on answer+EOS."""
+def _encode_batch(tokenizer, rows: Sequence[dict], end: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded BOS+prompt+answer+end ids (end: EOS unless given), with labels only on answer+end."""
     seqs, labels = [], []
     for row in rows:
         prompt = tokenizer.encode(row["prompt"])  # BOS + prompt
-        answer = [*tokenizer.encode(row["answer"], add_special_tokens=False), tokenizer.eos_token_id]
+        answer = [*tokenizer.encode(row["answer"], add_special_tokens=False), tokenizer.eos_token_id if end is None else end]
         seqs.append(prompt + answer)
         labels.append([-100] * len(prompt) + answer)
     width = max(len(s) for s in seqs)
@@ -204,8 +204,10 @@ def _encode_batch(tokenizer, rows: Sequence[dict]) -> tuple[torch.Tensor, torch.
     return ids, lab
 
 
-def train_lm(model, tokenizer, rows: Sequence[dict], steps: int, lr: float, seed: int, batch_size: int = 64) -> float:
-    """A few hundred AdamW steps on answer tokens; returns the last loss."""
+def train_lm(
+    model, tokenizer, rows: Sequence[dict], steps: int, lr: float, seed: int, batch_size: int = 64, end: int | None = None
+) -> float:
+    """A few hundred AdamW steps on answer tokens (each followed by `end`, default EOS); returns the last loss."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -213,7 +215,7 @@ def train_lm(model, tokenizer, rows: Sequence[dict], steps: int, lr: float, seed
     model.train()
     loss = torch.tensor(float("nan"))
     for _ in range(steps):
-        ids, lab = _encode_batch(tokenizer, rng.sample(list(rows), min(batch_size, len(rows))))
+        ids, lab = _encode_batch(tokenizer, rng.sample(list(rows), min(batch_size, len(rows))), end)
         loss = model(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long(), labels=lab).loss
         optim.zero_grad()
         loss.backward()

@@ -73,7 +73,7 @@ def generate_for_adapters(
         max_new_tokens=settings.max_new_tokens,
         do_sample=False,
         pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=stop_token_ids(model, tokenizer),
     )
     device = model_device(model)
     texts: list[list[str]] = [[] for _ in adapters]
@@ -86,6 +86,16 @@ def generate_for_adapters(
         for i in range(len(adapters)):
             texts[i] += decoded[i * len(chunk) : (i + 1) * len(chunk)]
     return texts
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """The tokens that end a response: the model's own (its `generation_config`, e.g. `<|im_end|>`
+    or `<|eot_id|>` of chat models, whose tokenizer's EOS may be the end-of-text token) and the
+    tokenizer's EOS, as `pipeline` and `generate` with the model's defaults stop."""
+    ids: list[int] = []
+    for source in (getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer.eos_token_id):
+        ids += [source] if isinstance(source, int) else list(source or [])
+    return sorted(set(ids))
 
 
 # A search evaluates the same prompts thousands of times: each batch is tokenized once. (The
