@@ -80,9 +80,9 @@ def timed_evaluations(evaluator, batch, repeats: int) -> float:
 
 def overhead(resident, layout, utility, repeats: int) -> dict:
     """(a): one evaluation at a time; the share of its time spent outside generate()."""
-    from mergekit_swarm.search.evaluator import Evaluator
+    from mergekit_swarm.search.evaluator import LocalEvaluator
 
-    evaluator = Evaluator(resident, utility)
+    evaluator = LocalEvaluator(resident, utility)
     batch = particles(layout, len(resident.pool), 4, seed=1)
     timer = GenerateTimer(resident.model)
     list(evaluator.evaluate(batch))  # warm-up
@@ -101,7 +101,7 @@ def overhead(resident, layout, utility, repeats: int) -> dict:
 
 def throughput(args, experts, base, tokenizer, config) -> list[dict]:
     """(b): evaluations per second, one particle at a time vs k slots in mixed-adapter batches."""
-    from mergekit_swarm.search.evaluator import Evaluator
+    from mergekit_swarm.search.evaluator import LocalEvaluator
 
     rows = []
     examples = len(config.build("dev").examples)
@@ -112,8 +112,8 @@ def throughput(args, experts, base, tokenizer, config) -> list[dict]:
         utility = config.model_copy(update={"batch_size": prompts_per_batch}).build("dev")
         resident, layout = resident_for(experts, base, "model", tokenizer, args.device, slots=slots)
         batch = particles(layout, len(experts), args.particles)
-        list(Evaluator(resident, utility).evaluate(batch[:slots]))  # warm-up
-        seconds = timed_evaluations(Evaluator(resident, utility), batch, args.repeats)
+        list(LocalEvaluator(resident, utility).evaluate(batch[:slots]))  # warm-up
+        seconds = timed_evaluations(LocalEvaluator(resident, utility), batch, args.repeats)
         rows.append(
             {
                 "particles_per_batch": slots,
@@ -151,11 +151,11 @@ def iteration_vs_evolve_style(args, experts: list[Path], tokenizer, utility) -> 
     from mergekit.options import MergeOptions
     from transformers import AutoModelForCausalLM
 
-    from mergekit_swarm.search.evaluator import Evaluator
+    from mergekit_swarm.search.evaluator import LocalEvaluator
 
     resident, layout = resident_for(experts, None, "model", tokenizer, args.device)
     batch = particles(layout, len(experts), args.particles, seed=2)
-    ours = timed_evaluations(Evaluator(resident, utility), batch, 1)
+    ours = timed_evaluations(LocalEvaluator(resident, utility), batch, 1)
 
     def evolve_style(coefficients) -> float:
         recipe = {

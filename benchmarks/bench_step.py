@@ -69,11 +69,12 @@ def run_ours(args, pool, kind: str) -> dict:
     from mergekit_swarm import pso
     from mergekit_swarm.experts import open_pool
     from mergekit_swarm.groups import group_layout
+    from mergekit_swarm.output.rundir import RunDirectory
     from mergekit_swarm.pso import SwarmState
     from mergekit_swarm.resident import ResidentModel
-    from mergekit_swarm.search.evaluator import Evaluator
+    from mergekit_swarm.search.checkpoint import Checkpoint
+    from mergekit_swarm.search.evaluator import LocalEvaluator
     from mergekit_swarm.search.loop import run_search
-    from mergekit_swarm.search.rundir import Checkpoint, RunDirectory
     from mergekit_swarm.utilities import Utility
 
     class Probe(Utility):
@@ -110,7 +111,7 @@ def run_ours(args, pool, kind: str) -> dict:
         slots=args.particles_per_batch if kind == "lora" else 1,
     )
     setup_seconds = time.perf_counter() - start
-    evaluator = Evaluator(resident, Probe())
+    evaluator = LocalEvaluator(resident, Probe())
     state = pso.initialize(settings, len(expert_pool), len(layout))
     list(evaluator.evaluate(list(state.positions)))  # warm-up: first touch of the memory-mapped experts
     initial = state.to_dict()  # every repeat starts from the same swarm
@@ -122,12 +123,12 @@ def run_ours(args, pool, kind: str) -> dict:
             written = bytes_written()
             with MemorySampler() as memory:
                 start = time.perf_counter()
-                run_search(settings, evaluator, rundir, Checkpoint("bench", SwarmState.from_dict(initial)), quiet=True)
+                run_search(settings, evaluator, rundir.state, Checkpoint("bench", SwarmState.from_dict(initial)), quiet=True)
                 if args.device.startswith("cuda"):
                     torch.cuda.synchronize()
                 seconds = time.perf_counter() - start
             written = bytes_written() - written
-            history = [json.loads(line) for line in rundir.history_path.read_text().splitlines()]
+            history = [json.loads(line) for line in rundir.state.history_path.read_text().splitlines()]
         if best is None or seconds < best[0]:
             best = (seconds, written, memory, history)
     seconds, written, memory, history = best

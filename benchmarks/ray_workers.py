@@ -46,9 +46,10 @@ def main() -> None:
     import torch
 
     from mergekit_swarm.config import load_recipe
-    from mergekit_swarm.run import RunOptions, prepare
+    from mergekit_swarm.options import RunOptions
     from mergekit_swarm.search.evaluator import LocalEvaluator
     from mergekit_swarm.search.ray_backend import EvaluationTask, RayEvaluator
+    from mergekit_swarm.search.setup import prepare
 
     recipe = load_recipe(build.build(quiet=True))
     options = RunOptions(quiet=True, device=args.device)
@@ -96,7 +97,7 @@ def main() -> None:
     rows = [
         measure(
             f"in process ({threads} torch threads)",
-            lambda: LocalEvaluator(setup.resident_model(options), setup.dev, setup.test),
+            lambda: LocalEvaluator.open(setup, options),
         ),
         measure("Ray, 1 worker x 1 CPU", on_ray(1, 1)),
         measure("Ray, 1 worker x 2 CPU", on_ray(1, 2)),

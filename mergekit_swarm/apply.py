@@ -18,14 +18,14 @@ from mergekit_swarm.options import RunOptions
 from mergekit_swarm.output.card import render_card
 from mergekit_swarm.output.model_folder import write_model_folder
 from mergekit_swarm.output.recipe import RECIPE_FILE, recipe_coefficients
-from mergekit_swarm.search.rundir import RunDirectory
+from mergekit_swarm.output.rundir import RunDirectory
 from mergekit_swarm.tokenizer import load_tokenizer, tokenizer_folder
 
 
 def apply_recipe(config_file: str | Path, out: str | Path, options: RunOptions | None = None) -> Path:
     """Write the merge the recipe describes to `out` (published atomically); returns `out`."""
     options = options or RunOptions()
-    recipe = load_weights_recipe(config_file).resolve(allow_pickle=options.allow_pickle, cache_dir=options.cache_dir)
+    recipe = load_weights_recipe(config_file).resolve(options)
     if options.merge_lora:
         raise ConfigError("--merge-lora is for search runs; apply writes the adapter (bake it with PEFT's merge_and_unload)")
     pool = open_recipe_pool(recipe, allow_pickle=options.allow_pickle, trust_remote_code=options.trust_remote_code)

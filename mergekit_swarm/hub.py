@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mergekit_swarm.errors import ExpertError, SwarmError
+from mergekit_swarm.names import STATE_FILE
 
 # Root-level names only: fnmatch's "*" also matches "/", so "*.safetensors" would pull in
 # consolidated.safetensors, original/ and checkpoint-*/ copies of the weights.
@@ -41,7 +42,6 @@ TOKENIZER_FILES = [
     "additional_chat_templates/*.jinja",
 ]
 REMOTE_CODE_FILES = ["*.py"]  # only with --trust-remote-code
-STATE_FILES = ["swarm_state.json"]
 _REPO_ID = re.compile(r"^[\w.\-]+/[\w.\-]+$")
 
 
@@ -238,6 +238,6 @@ def _push_once(api, request: PushRequest) -> str:
         folder_path=request.folder,
         revision=request.revision,
         commit_message=request.commit_message or "Upload Model Swarms winner (mergekit-swarm)",
-        ignore_patterns=["*.tmp", *([] if request.include_state else STATE_FILES)],
+        ignore_patterns=["*.tmp", *([] if request.include_state else [STATE_FILE])],
     )
     return str(getattr(info, "commit_url", info))

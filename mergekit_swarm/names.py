@@ -1,16 +1,21 @@
-"""Names shared by the recipe parser and the mergekit plugin (kept import-light on purpose:
-the plugin is loaded while mergekit itself is being imported)."""
+"""Names shared across the package: the method, the recipe's sections, the files of a run's folder
+(kept import-light on purpose: the mergekit plugin is loaded while mergekit itself is being imported)."""
 
 from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 METHOD_NAME = "model_swarms"
 PRETTY_NAME = "Model Swarms"
 PAPER_URL = "https://arxiv.org/abs/2410.11163"
 SWARM_KEYS = ("swarm", "utility", "evaluation")
+# Files of a run's folder, beside the model: the search's checkpoint and history, and its summary.
+STATE_FILE = "swarm_state.json"
+HISTORY_FILE = "swarm_history.jsonl"
+RESULT_FILE = "swarm_result.json"
 
 
 def is_swarm_recipe(path: str | Path) -> bool:
@@ -27,3 +32,13 @@ def is_swarm_recipe(path: str | Path) -> bool:
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
         return False  # let whoever loads it report the problem
     return isinstance(data, dict) and data.get("merge_method") == METHOD_NAME and any(k in data for k in SWARM_KEYS)
+
+
+def display_names(paths: Sequence[Path], known: Mapping[Path, str] | None = None) -> list[str]:
+    """Short unique names of models for tables and messages: `known[path]` (e.g. a Hub id) where
+    given, else the folder name, with its parent folder when two would collide."""
+    known = known or {}
+    names = [known.get(p) or p.name for p in paths]
+    if len(set(names)) < len(names):
+        names = [known.get(p) or f"{p.parent.name}/{p.name}" for p in paths]
+    return names

@@ -7,34 +7,32 @@ Everything that can be checked is checked before the first evaluation.
 
 from __future__ import annotations
 
-import sys
 from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from mergekit_swarm import pso
 from mergekit_swarm.config import SwarmRecipe
-from mergekit_swarm.errors import ConfigError, UtilityError
-from mergekit_swarm.experts import ExpertPool, LoraPool, open_recipe_pool
-from mergekit_swarm.groups import GroupLayout, group_layout
+from mergekit_swarm.console import printer
+from mergekit_swarm.errors import UtilityError
+from mergekit_swarm.experts import ExpertPool
+from mergekit_swarm.groups import GroupLayout
 from mergekit_swarm.materialize import one_hot
 from mergekit_swarm.options import RunOptions
 from mergekit_swarm.output.card import render_card
 from mergekit_swarm.output.model_folder import write_model_folder
 from mergekit_swarm.output.plot import plot_history, read_history
 from mergekit_swarm.output.result import SwarmResult
-from mergekit_swarm.pso import Granularity
-from mergekit_swarm.resident import ResidentModel
-from mergekit_swarm.search.evaluator import ParticleEvaluator, open_evaluator
+from mergekit_swarm.output.rundir import RunDirectory
+from mergekit_swarm.search.backends import open_evaluator
+from mergekit_swarm.search.checkpoint import Checkpoint
+from mergekit_swarm.search.evaluator import LocalEvaluator, ParticleEvaluator
 from mergekit_swarm.search.loop import run_search
-from mergekit_swarm.search.rundir import Checkpoint, RunDirectory
-from mergekit_swarm.tokenizer import load_tokenizer, tokenizer_folder, vocabulary_note
-from mergekit_swarm.utilities import Utility
+from mergekit_swarm.search.setup import prepare
+from mergekit_swarm.tokenizer import load_tokenizer
 
-__all__ = ["RunOptions", "SearchSetup", "prepare", "run_swarm"]
+__all__ = ["RunOptions", "run_swarm"]
 
 
 def run_swarm(recipe: SwarmRecipe, out: str | Path, options: RunOptions | None = None) -> SwarmResult:
@@ -44,12 +42,10 @@ def run_swarm(recipe: SwarmRecipe, out: str | Path, options: RunOptions | None =
     checkpoint, and a finished one is returned as is.
     """
     options = options or RunOptions()
-    say = _printer(options.quiet)
+    say = printer(options.quiet)
     rundir = RunDirectory(Path(out))
     written = recipe
-    recipe = recipe.resolve(
-        allow_pickle=options.allow_pickle, trust_remote_code=options.trust_remote_code, cache_dir=options.cache_dir
-    )  # Hub models, first
+    recipe = recipe.resolve(options)  # Hub models, first
     fingerprint = recipe.fingerprint()
     if options.resume and rundir.finished(fingerprint):
         say(f"{rundir.out} already holds the finished run of this recipe")
@@ -58,8 +54,9 @@ def run_swarm(recipe: SwarmRecipe, out: str | Path, options: RunOptions | None =
     evaluation = recipe.evaluation
     if options.backend is not None:
         evaluation = evaluation.model_copy(update={"backend": options.backend})
-    # Ray workers build their own utilities: the driver loads no reward or judge model
-    setup = prepare(recipe, options, recipe.swarm.granularity, build_utilities=evaluation.backend == "local")
+    setup = prepare(recipe, options, recipe.swarm.granularity)
+    if evaluation.backend == "local":  # a broken objective fails now, before any output is touched
+        _ = setup.utilities  # (Ray workers build their own: the driver loads no reward or judge model)
     pool, layout = setup.pool, setup.layout
     for note in setup.notes:
         say(f"note: {note}")
@@ -79,12 +76,14 @@ def run_swarm(recipe: SwarmRecipe, out: str | Path, options: RunOptions | None =
         rundir.discard_unstarted()
         raise
     with closing(evaluator):  # Ray: the workers are shut down however the search ends, Ctrl-C included
-        checkpoint = run_search(recipe.swarm, evaluator, rundir, checkpoint, fail_fast=options.fail_fast, quiet=options.quiet)
+        checkpoint = run_search(
+            recipe.swarm, evaluator, rundir.state, checkpoint, fail_fast=options.fail_fast, quiet=options.quiet
+        )
         winner = pso.winner(checkpoint.state)
         expert_test, winner_test = _test_report(evaluator, layout, len(pool), winner, options.fail_fast)
-    resident = getattr(evaluator, "resident", None)  # the local backend's; Ray's lived on the workers
-    if options.merge_lora and resident is None:
-        resident = setup.resident_model(options)
+    resident = None
+    if options.merge_lora:  # the local engine's resident model; Ray's lived on the workers
+        resident = evaluator.resident if isinstance(evaluator, LocalEvaluator) else setup.resident_model(options)
 
     tokenizer = load_tokenizer(setup.tokenizer_source, recipe, options.trust_remote_code)  # as loaded, no pad added
     with rundir.writing_outputs(resumable=True):  # disk full: one line, the search is kept for --resume
@@ -125,64 +124,6 @@ def _result(
     )
 
 
-@dataclass(frozen=True)
-class SearchSetup:
-    """Everything a search needs, checked before any output folder is touched."""
-
-    recipe: SwarmRecipe
-    pool: ExpertPool
-    layout: GroupLayout
-    dev: Utility | None  # None when built without utilities (the Ray driver)
-    test: Utility | None
-    tokenizer_source: Path | str
-    notes: tuple[str, ...] = ()  # what the user should know before the search (printed by the run)
-
-    @property
-    def is_lora(self) -> bool:
-        return isinstance(self.pool, LoraPool)
-
-    def slots(self, particles_per_batch: int) -> int:
-        """Particles one resident model holds and scores together: adapter slots for LoRA pools, else 1."""
-        return particles_per_batch if self.is_lora else 1
-
-    def resident_model(self, options: RunOptions, slots: int = 1) -> ResidentModel:
-        """Load the model particles are written into (the base with adapter slots, or the first expert)."""
-        from mergekit.common import dtype_from_name
-
-        recipe = self.recipe
-        merge_dtype, out_dtype = dtype_from_name(recipe.dtype), dtype_from_name(recipe.out_dtype)
-        return ResidentModel(
-            self.pool,
-            self.layout,
-            model_source=recipe.base_model if self.is_lora else recipe.experts[0],
-            tokenizer=load_tokenizer(self.tokenizer_source, recipe, options.trust_remote_code),
-            model_dtype=merge_dtype if self.is_lora else out_dtype,
-            merge_dtype=merge_dtype,
-            out_dtype=out_dtype,
-            device=options.device,
-            trust_remote_code=options.trust_remote_code,
-            slots=self.slots(slots),
-        )
-
-
-def prepare(recipe: SwarmRecipe, options: RunOptions, granularity: Granularity, *, build_utilities: bool = True) -> SearchSetup:
-    """Open the utilities, the expert pool and its parameter groups of a resolved recipe.
-
-    Without `build_utilities`, `dev` and `test` are None (whoever evaluates builds them)."""
-    dev, test = None, None
-    if build_utilities:
-        dev, test = recipe.utility.build("dev"), recipe.utility.build("test")
-        if dev is None:
-            raise ConfigError(f"{recipe.source}: utility: nothing to evaluate on the dev side")
-    pool = open_recipe_pool(recipe, allow_pickle=options.allow_pickle, trust_remote_code=options.trust_remote_code)
-    if options.merge_lora and not isinstance(pool, LoraPool):
-        raise ConfigError("--merge-lora applies to LoRA experts only; these experts are full models")
-    tokenizer_source = tokenizer_folder(recipe, options.trust_remote_code)
-    note = vocabulary_note(recipe, tokenizer_source, options.trust_remote_code)
-    layout = group_layout(pool, granularity)
-    return SearchSetup(recipe, pool, layout, dev, test, tokenizer_source, notes=(note,) if note else ())
-
-
 def _test_report(
     evaluator: ParticleEvaluator, layout: GroupLayout, experts: int, winner: np.ndarray, fail_fast: bool
 ) -> tuple[list[float | None] | None, float | None]:
@@ -207,7 +148,7 @@ def _write_reports(rundir: RunDirectory, result: SwarmResult, recipe: SwarmRecip
     )
     (work / "swarm.yml").write_text(header + recipe.text, encoding="utf-8")
     best_expert = max((u for u in result.expert_dev if u is not None), default=None)
-    plot_history(read_history(rundir.history_path), best_expert, work / "swarm_history.png")
+    plot_history(read_history(rundir.state.history_path), best_expert, work / "swarm_history.png")
     if card:
         text = render_card(
             recipe,
@@ -218,11 +159,3 @@ def _write_reports(rundir: RunDirectory, result: SwarmResult, recipe: SwarmRecip
             utility_type=recipe.utility.type,
         )
         (work / "README.md").write_text(text, encoding="utf-8")
-
-
-def _printer(quiet: bool):
-    def say(message: str) -> None:
-        if not quiet:
-            tqdm.write(message, file=sys.stderr)
-
-    return say

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from mergekit_swarm import toy
+from mergekit_swarm.testing import toy
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

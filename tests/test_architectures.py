@@ -21,7 +21,6 @@ import pytest
 import torch
 import yaml
 
-from mergekit_swarm import toy
 from mergekit_swarm.apply import apply_recipe
 from mergekit_swarm.config import load_recipe
 from mergekit_swarm.errors import ConfigError, ExpertError
@@ -31,6 +30,7 @@ from mergekit_swarm.materialize import one_hot
 from mergekit_swarm.options import RunOptions
 from mergekit_swarm.resident import ResidentModel
 from mergekit_swarm.run import run_swarm
+from mergekit_swarm.testing import toy
 from mergekit_swarm.testing.architectures import (
     ARCHITECTURES,
     build_base,

@@ -17,7 +17,7 @@ from mergekit_swarm.groups import group_layout
 from mergekit_swarm.materialize import Accumulator, combine, combine_tensor, write_combinations
 from mergekit_swarm.resident import ResidentModel
 from mergekit_swarm.run import RunOptions, run_swarm
-from mergekit_swarm.search.evaluator import Evaluator
+from mergekit_swarm.search.evaluator import LocalEvaluator
 from mergekit_swarm.utilities import Score, Utility, validate_utility
 
 
@@ -145,8 +145,8 @@ def test_batched_mixed_adapter_evaluation_equals_one_at_a_time(zoo, tokenizer, t
         for slots in (1, 4)
     }
     for name, utility in _utilities(zoo, tmp_path / "objective.py").items():
-        one_at_a_time = list(Evaluator(residents[1], utility).evaluate(particles))
-        batched = list(Evaluator(residents[4], utility).evaluate(particles))
+        one_at_a_time = list(LocalEvaluator(residents[1], utility).evaluate(particles))
+        batched = list(LocalEvaluator(residents[4], utility).evaluate(particles))
         assert not any(e.failed for e in one_at_a_time + batched), name
         assert [e.utility for e in batched] == [e.utility for e in one_at_a_time], name
         assert [e.details for e in batched] == [e.details for e in one_at_a_time], name
@@ -174,7 +174,7 @@ def test_a_failing_batch_is_scored_again_particle_by_particle(zoo, tokenizer):
     pool = open_pool(list(zoo.lora))
     layout = group_layout(pool, "model")
     resident = ResidentModel(pool, layout, model_source=zoo.base, tokenizer=tokenizer, model_dtype=None, slots=3)
-    results = list(Evaluator(resident, FailsOnSlot()).evaluate([np.eye(3)[[k]] for k in range(3)]))
+    results = list(LocalEvaluator(resident, FailsOnSlot()).evaluate([np.eye(3)[[k]] for k in range(3)]))
     assert [r.utility for r in results] == [1.0, -np.inf, 0.0]
     assert results[1].error == "ValueError: bad particle" and results[0].details == {"seen": 1.0}
     assert resident.model.active_adapter == "swarm"
@@ -212,5 +212,5 @@ def test_a_batch_with_too_few_scores_is_scored_particle_by_particle(zoo, tokeniz
     pool = open_pool(list(zoo.lora))
     layout = group_layout(pool, "model")
     resident = ResidentModel(pool, layout, model_source=zoo.base, tokenizer=tokenizer, model_dtype=None, slots=3)
-    results = list(Evaluator(resident, ShortBatch()).evaluate([np.eye(3)[[k]] for k in range(3)]))
+    results = list(LocalEvaluator(resident, ShortBatch()).evaluate([np.eye(3)[[k]] for k in range(3)]))
     assert [r.utility for r in results] == [1.0, 0.0, 0.0]

@@ -15,14 +15,14 @@ import subprocess
 import pytest
 from click.testing import CliRunner
 
+from mergekit_swarm import storage
 from mergekit_swarm.apply import apply_recipe
 from mergekit_swarm.cli import main
 from mergekit_swarm.config import load_recipe
 from mergekit_swarm.errors import OutputError
+from mergekit_swarm.names import HISTORY_FILE, STATE_FILE
 from mergekit_swarm.options import RunOptions
 from mergekit_swarm.run import run_swarm
-from mergekit_swarm.search import rundir as rundir_module
-from mergekit_swarm.search.rundir import HISTORY_FILE, STATE_FILE
 
 QUIET = RunOptions(quiet=True)
 SWARM = {"particles": 4, "max_iterations": 3, "patience": 5, "seed": 11}
@@ -125,7 +125,7 @@ def test_a_failed_history_or_checkpoint_write_resumes(recipe_factory, reference,
             raise OSError(code, os.strerror(code))
         real_fsync(fd)
 
-    monkeypatch.setattr(rundir_module.os, "fsync", fsync)
+    monkeypatch.setattr(storage.os, "fsync", fsync)
     recipe, out = _recipe(recipe_factory, "lora", tmp_path), tmp_path / "out"
     with pytest.raises(OutputError) as err:
         run_swarm(load_recipe(recipe), out, QUIET)

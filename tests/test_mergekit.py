@@ -21,12 +21,12 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from mergekit_swarm import toy
 from mergekit_swarm.apply import apply_recipe
 from mergekit_swarm.config import load_recipe
 from mergekit_swarm.errors import ExpertError
 from mergekit_swarm.options import RunOptions
 from mergekit_swarm.run import run_swarm
+from mergekit_swarm.testing import toy
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = RunOptions(quiet=True)

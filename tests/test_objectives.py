@@ -12,11 +12,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
-from mergekit_swarm import toy
 from mergekit_swarm.config import load_recipe
 from mergekit_swarm.errors import UtilityError
 from mergekit_swarm.options import RunOptions
 from mergekit_swarm.run import run_swarm
+from mergekit_swarm.testing import toy
 from mergekit_swarm.utilities import validate_utility
 from mergekit_swarm.utilities.data import load_examples
 from mergekit_swarm.utilities.exact_match import ExactMatch

@@ -28,7 +28,7 @@ from mergekit_swarm.testing.chat import (
     build_chat_model,
     make_examples,
 )
-from mergekit_swarm.toy import write_jsonl
+from mergekit_swarm.testing.toy import write_jsonl
 from tests.conftest import write_recipe
 
 QUIET = RunOptions(quiet=True)

@@ -154,7 +154,7 @@ def test_evaluator_records_failures_instead_of_raising(zoo, tokenizer):
     from mergekit_swarm.groups import group_layout
     from mergekit_swarm.materialize import one_hot
     from mergekit_swarm.resident import ResidentModel
-    from mergekit_swarm.search.evaluator import Evaluator
+    from mergekit_swarm.search.evaluator import LocalEvaluator
 
     pool = open_pool(list(zoo.lora))
     layout = group_layout(pool, "model")
@@ -169,7 +169,7 @@ def test_evaluator_records_failures_instead_of_raising(zoo, tokenizer):
         (lambda m, t: float("nan"), "ValueError: utility returned nan"),
         (lambda m, t: math.inf, "ValueError: utility returned inf"),
     ]:
-        result = Evaluator(resident, utility)(one_hot(layout, 3, 0))
+        result = next(LocalEvaluator(resident, utility).evaluate([one_hot(layout, 3, 0)]))
         assert result.failed and result.utility == -math.inf and result.error == message
-    ok = Evaluator(resident, lambda m, t: 0.25)(one_hot(layout, 3, 1))
+    ok = next(LocalEvaluator(resident, lambda m, t: 0.25).evaluate([one_hot(layout, 3, 1)]))
     assert not ok.failed and ok.utility == 0.25 and ok.seconds > 0

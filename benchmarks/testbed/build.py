@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from mergekit_swarm import toy
+from mergekit_swarm.testing import toy
 
 HERE = Path(__file__).resolve().parent
 EXPERT_SKILLS = ("reverse", "sort", "shift", "add", "count", "lookup", "spell", "balanced")

@@ -40,13 +40,12 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from mergekit_swarm.cli import _silence_library_progress_bars
     from mergekit_swarm.compare import CompareOptions, run_comparison
     from mergekit_swarm.config import load_recipe
-    from mergekit_swarm.options import RunOptions
+    from mergekit_swarm.options import RunOptions, silence_library_progress_bars
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    _silence_library_progress_bars()
+    silence_library_progress_bars()
     start = time.perf_counter()
     root = testbed.build(args.testbed_seed)
     runs = []

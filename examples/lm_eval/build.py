@@ -20,7 +20,7 @@ sys.path.insert(0, str(HERE.parent / "quickstart"))
 
 import build as quickstart  # noqa: E402  (examples/quickstart/build.py)
 
-from mergekit_swarm import toy  # noqa: E402
+from mergekit_swarm.testing import toy  # noqa: E402
 
 TASK = """task: {name}
 dataset_path: json

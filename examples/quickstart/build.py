@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from mergekit_swarm import toy
+from mergekit_swarm.testing import toy
 
 HERE = Path(__file__).resolve().parent
 EXPERTS = {  # skill: (rank, alpha)

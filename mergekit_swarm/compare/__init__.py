@@ -7,8 +7,8 @@ dev-tuned grid) and `search` (budget-matched random search, LoraHub, CMA-ES, and
 itself) -> `leaderboard` (markdown, JSON, bar chart, card).
 """
 
+from mergekit_swarm.compare.comparison import run_comparison
 from mergekit_swarm.compare.leaderboard import Entry, Leaderboard
-from mergekit_swarm.compare.run import run_comparison
-from mergekit_swarm.compare.settings import BASELINES, SEARCH_BASELINES, CompareOptions
+from mergekit_swarm.compare.options import BASELINES, SEARCH_BASELINES, CompareOptions
 
 __all__ = ["BASELINES", "SEARCH_BASELINES", "CompareOptions", "Entry", "Leaderboard", "run_comparison"]

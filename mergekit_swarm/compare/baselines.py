@@ -14,6 +14,7 @@ import numpy as np
 
 from mergekit_swarm.compare.mergekit_methods import GRIDS, NEEDS_BASE, lora_reference, mergekit_recipe
 from mergekit_swarm.compare.scoring import Candidate, MergekitMerge, Mix, Scorer
+from mergekit_swarm.materialize import one_hot
 
 
 @dataclass
@@ -38,7 +39,7 @@ class ExpertScores:
     def values(self) -> list[float]:
         if self._values is None:
             n = self.scorer.experts
-            self._values = [e.utility for e in self.scorer.evaluate([_one_hot(n, k) for k in range(n)])]
+            self._values = [e.utility for e in self.scorer.evaluate([_expert(self.scorer, k) for k in range(n)])]
         return self._values
 
     @property
@@ -55,10 +56,9 @@ class ExpertScores:
         return sorted(range(len(values)), key=lambda k: -values[k])
 
 
-def _one_hot(experts: int, k: int) -> Mix:
-    c = np.zeros((1, experts))
-    c[0, k] = 1.0
-    return Mix(c)
+def _expert(scorer: Scorer, k: int) -> Mix:
+    """Expert `k` itself, as a mix."""
+    return Mix(one_hot(scorer.layout("model"), scorer.experts, k))
 
 
 def _uniform(experts: list[int], n: int) -> Mix:
@@ -69,7 +69,7 @@ def _uniform(experts: list[int], n: int) -> Mix:
 
 def best_expert(scorer: Scorer, experts: ExpertScores) -> Choice:
     k = experts.ranking()[0]
-    return Choice(_one_hot(scorer.experts, k), experts.values()[k], {"expert": scorer.setup.pool.names[k]})
+    return Choice(_expert(scorer, k), experts.values()[k], {"expert": scorer.setup.pool.names[k]})
 
 
 def uniform_soup(scorer: Scorer, experts: ExpertScores) -> Choice:

@@ -10,8 +10,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from mergekit_swarm.console import format_utility
 from mergekit_swarm.names import PAPER_URL
-from mergekit_swarm.output.result import format_utility
 
 LEADERBOARD = "leaderboard"
 
@@ -62,8 +62,8 @@ class Leaderboard:
         rule = "|---:|---|---:|" + ("---:|" if has_test else "") + "---:|---:|---|"
         rows = [head, rule]
         for rank, e in enumerate(self.ranked(), start=1):
-            dev = format_utility(e.dev) if e.dev is not None else "-"
-            test = (format_utility(e.test) if e.test is not None else "-") if has_test else None
+            dev = format_utility(e.dev)
+            test = format_utility(e.test) if has_test else None
             settings = e.note or ", ".join(f"{k}={_short(v)}" for k, v in e.settings.items())
             rows.append(
                 f"| {rank if e.dev is not None else '-'} | {e.title} | {dev} |"

@@ -23,8 +23,8 @@ from mergekit_swarm.errors import ConfigError
 from mergekit_swarm.groups import GroupLayout, group_layout
 from mergekit_swarm.options import RunOptions
 from mergekit_swarm.pso import Granularity
-from mergekit_swarm.run import SearchSetup
-from mergekit_swarm.search.evaluator import Evaluation, Evaluator, LocalEvaluator, call_utility, evaluation_of
+from mergekit_swarm.search.evaluator import Evaluation, LocalEvaluator, evaluation_of
+from mergekit_swarm.search.setup import SearchSetup
 from mergekit_swarm.utilities import Split
 
 
@@ -57,10 +57,9 @@ class Scorer:
         finest = max(granularities, key=_FINENESS.__getitem__, default="model")
         self.setup, self.options, self.work, self.seed = setup, options, work, seed
         self.layouts = {g: group_layout(setup.pool, g) for g in {"model", *granularities}}
-        fine = self.layouts[finest]
-        self._resident = replace(setup, layout=fine).resident_model(options)
-        self._expand = {g: _refinement(fine, layout, setup.pool.tensor_names) for g, layout in self.layouts.items()}
-        self._evaluators = LocalEvaluator(self._resident, setup.dev, setup.test).evaluators
+        self.fine = self.layouts[finest]  # the resident model's: every coarser mix is refined to it
+        self._engine = LocalEvaluator.open(setup, options, layout=self.fine)
+        self._expand = {g: _refinement(self.fine, layout, setup.pool.tensor_names) for g, layout in self.layouts.items()}
         self.evaluations = 0  # dev evaluations so far, of every method
 
     @property
@@ -71,13 +70,13 @@ class Scorer:
         if granularity not in self.layouts:
             self.layouts[granularity] = layout = group_layout(self.setup.pool, granularity)
             self._expand[granularity] = _refinement(
-                self._resident.layout, layout, self.setup.pool.tensor_names
+                self.fine, layout, self.setup.pool.tensor_names
             )  # raises if it is finer than the resident model's
         return self.layouts[granularity]
 
     @property
     def splits(self) -> tuple[Split, ...]:
-        return tuple(self._evaluators)
+        return self._engine.splits
 
     def has_test(self) -> bool:
         return "test" in self.splits
@@ -87,11 +86,10 @@ class Scorer:
 
     def iter_evaluate(self, candidates: Sequence[Candidate], split: Split = "dev") -> Iterator[Evaluation]:
         """One evaluation per candidate, in order (consecutive mixes share adapter-slot passes)."""
-        evaluator = self._evaluators[split]
         i = 0
         while i < len(candidates):
             if isinstance(candidates[i], MergekitMerge):
-                result = self._evaluate_merge(candidates[i], evaluator)
+                result = self._evaluate_merge(candidates[i], split)
                 i += 1
                 self._count(split, 1)
                 yield result
@@ -100,7 +98,7 @@ class Scorer:
             while j < len(candidates) and isinstance(candidates[j], Mix):
                 j += 1
             fine = [self._refine(c) for c in candidates[i:j]]
-            for result in evaluator.evaluate(fine):
+            for result in self._engine.evaluate(fine, split):
                 self._count(split, 1)
                 yield result
             i = j
@@ -118,7 +116,7 @@ class Scorer:
         self.layout(mix.granularity)
         return np.ascontiguousarray(mix.coefficients[self._expand[mix.granularity]])
 
-    def _evaluate_merge(self, merge: MergekitMerge, evaluator: Evaluator) -> Evaluation:
+    def _evaluate_merge(self, merge: MergekitMerge, split: Split) -> Evaluation:
         from transformers import AutoModelForCausalLM
 
         from mergekit_swarm.compare.mergekit_methods import run_mergekit
@@ -130,10 +128,9 @@ class Scorer:
             except Exception as exc:  # a method that cannot merge these experts is that method's failure
                 return evaluation_of(exc, time.perf_counter() - start)
             model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto", trust_remote_code=self.options.trust_remote_code)
-            model = model.to(self.options.device).eval()
-            score = call_utility(evaluator.utility, model, self._resident.tokenizer)
+            result = self._engine.score_model(model.to(self.options.device).eval(), split)
             del model
-        return evaluation_of(score, time.perf_counter() - start)
+        return replace(result, seconds=time.perf_counter() - start)  # the merge's time included
 
 
 class _MixEvaluator:

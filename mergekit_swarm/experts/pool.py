@@ -8,7 +8,6 @@ materialising a particle never holds more than one tensor per expert at a time.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import torch
 from safetensors import safe_open
 
 from mergekit_swarm.errors import ExpertError
+from mergekit_swarm.names import display_names
 
 STORED_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
@@ -125,7 +125,7 @@ class ExpertPool(ABC):
         if len(paths) < 2:
             raise ExpertError("a swarm needs at least 2 experts under models:")
         self.paths = paths
-        self.names = names or _display_names(paths)
+        self.names = names or display_names(paths)
         self.specs: list[TensorSpec] = []
         self.constant_names: list[str] = []
 
@@ -226,30 +226,3 @@ def _weight_map(folder: Path, index: Path) -> dict[str, str]:
     if missing:
         raise ExpertError(f"{index} lists shard {missing[0]!r}, which does not exist")
     return weight_map
-
-
-def folder_identity(folder: Path, sample: int = 1 << 20) -> str:
-    """A cheap fingerprint of a model folder: every JSON file, and for each weights file
-    (safetensors or pickle) its size and its first and last MiB (header and values at both
-    ends), so a retrained or replaced expert is noticed without hashing gigabytes."""
-    digest = hashlib.sha256()
-    for path in sorted(folder.iterdir()):
-        if path.suffix == ".json":
-            digest.update(path.name.encode() + path.read_bytes())
-        elif path.suffix in (".safetensors", ".bin"):
-            size = path.stat().st_size
-            digest.update(f"{path.name}:{size}".encode())
-            with path.open("rb") as handle:
-                digest.update(handle.read(sample))
-                if size > 2 * sample:
-                    handle.seek(-sample, 2)
-                    digest.update(handle.read())
-    return digest.hexdigest()
-
-
-def _display_names(paths: list[Path]) -> list[str]:
-    """Short unique names for tables and messages: folder names, with parents where needed."""
-    names = [p.name for p in paths]
-    if len(set(names)) == len(names):
-        return names
-    return [f"{p.parent.name}/{p.name}" for p in paths]

@@ -9,8 +9,9 @@ from __future__ import annotations
 import yaml
 
 from mergekit_swarm.config import MergeRecipe
+from mergekit_swarm.console import format_utility
 from mergekit_swarm.names import PAPER_URL
-from mergekit_swarm.output.result import SwarmResult, format_utility
+from mergekit_swarm.output.result import SwarmResult
 from mergekit_swarm.pso import SwarmSettings
 
 MERGEKIT_URL = "https://github.com/arcee-ai/mergekit"
@@ -113,9 +114,11 @@ def _result_table(result: SwarmResult) -> str:
     has_test = result.expert_test is not None
     rows = ["| model | dev | test |\n|---|---:|---:|" if has_test else "| model | dev |\n|---|---:|"]
     for name, dev, test in zip(result.experts, result.expert_dev, tests):
-        rows.append(f"| {name} | {format_utility(dev)} |" + (f" {format_utility(test)} |" if has_test else ""))
-    winner = f"| **swarm winner** | **{format_utility(result.winner_dev)}** |"
-    rows.append(winner + (f" **{format_utility(result.winner_test)}** |" if has_test else ""))
+        rows.append(
+            f"| {name} | {format_utility(dev, 'failed')} |" + (f" {format_utility(test, 'failed')} |" if has_test else "")
+        )
+    winner = f"| **swarm winner** | **{format_utility(result.winner_dev, 'failed')}** |"
+    rows.append(winner + (f" **{format_utility(result.winner_test, 'failed')}** |" if has_test else ""))
     return "\n".join(rows)
 
 

@@ -24,7 +24,7 @@ from mergekit_swarm.experts import ExpertPool, LoraPool
 from mergekit_swarm.groups import GroupLayout
 from mergekit_swarm.materialize import combine, constants
 from mergekit_swarm.options import RunOptions
-from mergekit_swarm.output.recipe import RECIPE_FILE, winner_recipe
+from mergekit_swarm.output.recipe import RECIPE_FILE, recipe_of
 from mergekit_swarm.resident import ResidentModel
 
 
@@ -75,16 +75,7 @@ def write_model_folder(
         tokenizer.save_pretrained(folder)  # an explicit tokenizer is written even with --no-copy-tokenizer, as in mergekit
         if (donor / "generation_config.json").exists() and not (folder / "generation_config.json").exists():
             shutil.copyfile(donor / "generation_config.json", folder / "generation_config.json")
-    text = winner_recipe(
-        pool,
-        layout,
-        coefficients,
-        models=[recipe.reference(p) for p in pool.paths],
-        base_model=recipe.reference(recipe.base_model) if recipe.base_model else None,
-        dtype=recipe.dtype,
-        out_dtype=recipe.merge.out_dtype,
-        chat_template=recipe.chat_template,
-    )
+    text = recipe_of(recipe, pool, layout, coefficients)
     (folder / RECIPE_FILE).write_text(text, encoding="utf-8")
     return kind
 

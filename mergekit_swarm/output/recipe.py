@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import yaml
 
+from mergekit_swarm.config import MergeRecipe
 from mergekit_swarm.errors import ConfigError
 from mergekit_swarm.experts import ExpertPool, LoraPool
 from mergekit_swarm.groups import GroupLayout
@@ -81,6 +82,24 @@ def winner_recipe(
     kind = "lora" if is_lora else "full" if vanilla else "unplannable"
     header = _HEADER[kind].format(file=file, problem=problem)
     return header + yaml.safe_dump(recipe, sort_keys=False, width=1000)
+
+
+def recipe_of(
+    recipe: MergeRecipe, pool: ExpertPool, layout: GroupLayout, coefficients: np.ndarray, *, file: str = RECIPE_FILE
+) -> str:
+    """`winner_recipe` for coefficients over the experts of `recipe`: models named as the recipe
+    names them (Hub ids or absolute paths), with its `dtype`, `out_dtype` and `chat_template` as written."""
+    return winner_recipe(
+        pool,
+        layout,
+        coefficients,
+        models=[recipe.reference(p) for p in pool.paths],
+        base_model=recipe.reference(recipe.base_model) if recipe.base_model is not None else None,
+        dtype=recipe.dtype,
+        out_dtype=recipe.merge.out_dtype,
+        chat_template=recipe.chat_template,
+        file=file,
+    )
 
 
 def stock_plan_problem(pool: ExpertPool) -> str | None:

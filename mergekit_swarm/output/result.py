@@ -6,7 +6,8 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-RESULT_FILE = "swarm_result.json"
+from mergekit_swarm.console import format_utility
+from mergekit_swarm.names import RESULT_FILE
 
 
 @dataclass
@@ -42,9 +43,13 @@ class SwarmResult:
         rows = [f"{'model':<{width}}  {'dev':>8}" + (f"  {'test':>8}" if has_test else "")]
         tests = self.expert_test or [None] * len(self.experts)
         for name, dev, test in [*zip(self.experts, self.expert_dev, tests), ("swarm winner", self.winner_dev, self.winner_test)]:
-            rows.append(f"{name:<{width}}  {format_utility(dev):>8}" + (f"  {format_utility(test):>8}" if has_test else ""))
+            rows.append(
+                f"{name:<{width}}  {format_utility(dev, 'failed'):>8}"
+                + (f"  {format_utility(test, 'failed'):>8}" if has_test else "")
+            )
         return "\n".join(rows)
 
 
-def format_utility(value: float | None) -> str:
-    return "failed" if value is None else f"{value:.4f}"
+def shown(value: float | None) -> str:
+    """A utility as the summary and the card show it ("failed" for an evaluation that failed)."""
+    return format_utility(value, missing="failed")

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from mergekit_swarm.config_base import StrictSection
+from mergekit_swarm.schema import StrictSection
 
 Granularity = Literal["model", "layer", "tensor"]
 

@@ -2,8 +2,8 @@
 
 The search talks to a `ParticleEvaluator`: `LocalEvaluator` (the default) holds one resident
 model in this process; `RayEvaluator` (`evaluation: {backend: ray}`) spreads the same work
-over Ray actors that each hold one (see `ray_backend`). Both give the same results in
-particle order.
+over Ray actors that each hold one (see `ray_backend`); `backends.open_evaluator` picks one.
+Both give the same results in particle order.
 
 Particles are evaluated in groups of the resident model's slot count: for LoRA pools a
 group is written into adapter slots in one pass and, when the utility can, scored in
@@ -20,20 +20,17 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 
+from mergekit_swarm.groups import GroupLayout
+from mergekit_swarm.options import RunOptions
 from mergekit_swarm.resident import ResidentModel
+from mergekit_swarm.search.setup import SearchSetup
 from mergekit_swarm.utilities import Score, Split, Utility
 from mergekit_swarm.utilities.text import batches
-
-if TYPE_CHECKING:
-    from mergekit_swarm.config import SwarmRecipe
-    from mergekit_swarm.options import RunOptions
-    from mergekit_swarm.run import SearchSetup
-    from mergekit_swarm.search.settings import EvaluationSettings
 
 
 @dataclass(frozen=True)
@@ -48,27 +45,62 @@ class Evaluation:
         return self.error is not None
 
 
-class Evaluator:
-    """Scores coefficient arrays with one utility on the resident model."""
+class ParticleEvaluator(Protocol):
+    """The one interface the search talks to: scores of coefficient arrays, in the order given.
 
-    def __init__(self, resident: ResidentModel, utility: Utility):
-        self.resident, self.utility = resident, utility
+    `LocalEvaluator` (in process) and `RayEvaluator` (`ray_backend`) implement it; the search
+    loop, the run's test report and `compare` use nothing else.
+    """
 
-    def __call__(self, coefficients: np.ndarray) -> Evaluation:
-        return next(self.evaluate([coefficients]))
+    splits: tuple[Split, ...]  # the utilities it holds: ("dev",) or ("dev", "test")
 
-    def evaluate(self, particles: Sequence[np.ndarray]) -> Iterator[Evaluation]:
-        """One evaluation per particle, in order, each yielded as soon as it is known."""
+    def evaluate(self, particles: Sequence[np.ndarray], split: Split = "dev") -> Iterator[Evaluation]:
+        """One evaluation per particle with the `split` utility, in order, each yielded when known."""
+        ...
+
+    def close(self) -> None:
+        """Release the workers (and their models)."""
+        ...
+
+
+class LocalEvaluator:
+    """The in-process engine: one resident model and the utility of each split."""
+
+    def __init__(self, resident: ResidentModel, dev: Utility, test: Utility | None = None):
+        self.resident = resident
+        self.utilities: dict[Split, Utility] = {"dev": dev, **({"test": test} if test is not None else {})}
+
+    @classmethod
+    def open(cls, setup: SearchSetup, options: RunOptions, slots: int = 1, layout: GroupLayout | None = None) -> LocalEvaluator:
+        """The setup's resident model (with `slots` adapter slots, for particles of `layout`) and utilities."""
+        utilities = setup.utilities
+        return cls(setup.resident_model(options, slots, layout), utilities["dev"], utilities.get("test"))
+
+    @property
+    def splits(self) -> tuple[Split, ...]:
+        return tuple(self.utilities)
+
+    def evaluate(self, particles: Sequence[np.ndarray], split: Split = "dev") -> Iterator[Evaluation]:
+        """One evaluation per particle, in order, in groups of the resident model's slot count."""
+        utility = self.utilities[split]
         for group in batches(particles, self.resident.slots):
-            yield from self._evaluate_group(list(group))
+            yield from self._evaluate_group(list(group), utility)
 
-    def _evaluate_group(self, group: list[np.ndarray]) -> Iterator[Evaluation]:
+    def score_model(self, model, split: Split = "dev") -> Evaluation:
+        """The `split` utility of a model built elsewhere (e.g. by mergekit), with the run's tokenizer."""
+        start = time.perf_counter()
+        return evaluation_of(call_utility(self.utilities[split], model, self.resident.tokenizer), time.perf_counter() - start)
+
+    def close(self) -> None:
+        pass  # the resident model stays usable (e.g. to bake the winner with --merge-lora)
+
+    def _evaluate_group(self, group: list[np.ndarray], utility: Utility) -> Iterator[Evaluation]:
         start = time.perf_counter()
         slots = self.resident.load_many(group)
-        if len(group) > 1 and self.utility.scores_adapter_batches:
+        if len(group) > 1 and utility.scores_adapter_batches:
             try:
                 with torch.no_grad():
-                    scores = self.utility.score_adapters(self.resident.model, self.resident.tokenizer, slots)
+                    scores = utility.score_adapters(self.resident.model, self.resident.tokenizer, slots)
                 if len(scores) != len(group):
                     raise ValueError(f"score_adapters returned {len(scores)} scores for {len(group)} adapters")
             except Exception:  # scored again one by one below, so that each particle gets its own error
@@ -81,58 +113,9 @@ class Evaluator:
         for slot in range(len(group)):
             begin = time.perf_counter()
             self.resident.activate(slot)
-            score = call_utility(self.utility, self.resident.model, self.resident.tokenizer)
+            score = call_utility(utility, self.resident.model, self.resident.tokenizer)
             yield evaluation_of(score, share + time.perf_counter() - begin)
         self.resident.activate(0)
-
-
-class ParticleEvaluator(Protocol):
-    """What the search needs: scores of coefficient arrays, in the order given."""
-
-    splits: tuple[Split, ...]  # the utilities it holds: ("dev",) or ("dev", "test")
-
-    def evaluate(self, particles: Sequence[np.ndarray], split: Split = "dev") -> Iterator[Evaluation]:
-        """One evaluation per particle with the `split` utility, in order."""
-        ...
-
-    def close(self) -> None:
-        """Release the workers (and their models)."""
-        ...
-
-
-class LocalEvaluator:
-    """The in-process backend: one resident model and the dev (and test) utilities."""
-
-    def __init__(self, resident: ResidentModel, dev: Utility, test: Utility | None = None):
-        self.resident = resident
-        self.evaluators: dict[Split, Evaluator] = {"dev": Evaluator(resident, dev)}
-        if test is not None:
-            self.evaluators["test"] = Evaluator(resident, test)
-
-    @property
-    def splits(self) -> tuple[Split, ...]:
-        return tuple(self.evaluators)
-
-    def evaluate(self, particles: Sequence[np.ndarray], split: Split = "dev") -> Iterator[Evaluation]:
-        return self.evaluators[split].evaluate(particles)
-
-    def close(self) -> None:
-        pass  # the resident model stays usable (e.g. to bake the winner with --merge-lora)
-
-
-def open_evaluator(
-    setup: SearchSetup, options: RunOptions, settings: EvaluationSettings, *, recipe: SwarmRecipe, particles: int
-) -> ParticleEvaluator:
-    """The backend `settings` names, ready to evaluate; `close()` it (Ray: shuts the workers down).
-
-    `recipe` is the recipe as written (Hub models not yet downloaded): Ray workers resolve
-    it on their own node. `particles` per iteration bound the workers that can be kept busy.
-    """
-    if settings.backend == "ray":
-        from mergekit_swarm.search.ray_backend import RayEvaluator
-
-        return RayEvaluator(recipe, setup, options, settings, particles=particles)
-    return LocalEvaluator(setup.resident_model(options, settings.particles_per_batch), setup.dev, setup.test)
 
 
 def call_utility(utility: Utility, model, tokenizer) -> float | Score | Exception:

@@ -7,19 +7,16 @@ import math
 from tqdm.auto import tqdm
 
 from mergekit_swarm import pso
+from mergekit_swarm.console import format_utility
 from mergekit_swarm.errors import UtilityError
+from mergekit_swarm.search.checkpoint import Checkpoint, RunState
 from mergekit_swarm.search.evaluator import Evaluation, ParticleEvaluator
-from mergekit_swarm.search.rundir import Checkpoint, RunDirectory
-
-
-def _fmt(value: float) -> str:
-    return f"{value:.4g}" if math.isfinite(value) else "-"
 
 
 def run_search(
     settings: pso.SwarmSettings,
     evaluator: ParticleEvaluator,
-    rundir: RunDirectory,
+    files: RunState,
     checkpoint: Checkpoint,
     *,
     fail_fast: bool = False,
@@ -43,14 +40,14 @@ def run_search(
     )
 
     def show(particle: int | None = None) -> None:
-        postfix = {"best": _fmt(state.global_best_utility), "failed": checkpoint.failed}
+        postfix = {"best": format_utility(state.global_best_utility), "failed": checkpoint.failed}
         if particle is not None:
             postfix["particle"] = f"{particle}/{particles}"
         bar.set_postfix(postfix, refresh=False)
         bar.update(0)  # redraws at most every `mininterval` seconds, so logs stay readable
 
     show()
-    with rundir.history() as history:
+    with files.history() as history:
         while True:
             if not state.evaluated:
                 # evaluated in groups (adapter slots), yielded one by one as they finish
@@ -81,7 +78,7 @@ def run_search(
                 if state.iteration == 0:
                     checkpoint.expert_dev = [u if math.isfinite(u) else None for u in utilities[: state.shape[2]]]
                 checkpoint.history_bytes = history.sync()
-                rundir.save(checkpoint)
+                files.save(checkpoint)
                 show()
                 if state.iteration > 0:
                     bar.update(1)

@@ -20,23 +20,22 @@ import contextlib
 import logging
 import math
 import os
-import sys
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from mergekit_swarm.config import SwarmRecipe
+from mergekit_swarm.config.evaluation import EvaluationSettings
+from mergekit_swarm.console import printer
 from mergekit_swarm.errors import ConfigError, SwarmError, WorkerError
+from mergekit_swarm.extras import require
 from mergekit_swarm.options import RunOptions, silence_library_progress_bars
 from mergekit_swarm.search.evaluator import Evaluation, LocalEvaluator
-from mergekit_swarm.search.settings import EvaluationSettings
+from mergekit_swarm.search.setup import SearchSetup, prepare
 from mergekit_swarm.utilities import Split
 from mergekit_swarm.utilities.text import batches
-
-INSTALL_HINT = "pip install 'mergekit-swarm[ray]'"
 
 
 @dataclass(frozen=True)
@@ -71,22 +70,17 @@ class EvaluationWorker:
         """Resolve the recipe here, check it is the driver's, load the resident model."""
         import torch
 
-        from mergekit_swarm.run import prepare
-
         try:
             torch.set_num_threads(spec.threads)
             silence_library_progress_bars()  # the driver's progress bar is the one to read
             options = spec.options
-            recipe = spec.recipe.resolve(
-                allow_pickle=options.allow_pickle, trust_remote_code=options.trust_remote_code, cache_dir=options.cache_dir
-            )
+            recipe = spec.recipe.resolve(options)
             if recipe.fingerprint() != spec.fingerprint:
                 raise WorkerError(
                     "it sees other experts, base model or utility files than the driver "
                     "(every node needs the same files at the same paths, or the same Hub revisions)"
                 )
-            setup = prepare(recipe, options, spec.granularity)
-            self._evaluator = LocalEvaluator(setup.resident_model(options, spec.slots), setup.dev, setup.test)
+            self._evaluator = LocalEvaluator.open(prepare(recipe, options, spec.granularity), options, spec.slots)
         except (SwarmError, OSError) as exc:  # a node without the files, most often: say which node
             kind = type(exc) if isinstance(exc, SwarmError) else WorkerError
             self._failure = kind(f"Ray worker on {_node()}: {exc}")
@@ -105,10 +99,13 @@ class EvaluationWorker:
 class RayEvaluator:
     """Spreads every iteration's particle groups over Ray workers; results come back in order."""
 
-    def __init__(self, recipe: SwarmRecipe, setup, options: RunOptions, settings: EvaluationSettings, *, particles: int):
+    def __init__(
+        self, recipe: SwarmRecipe, setup: SearchSetup, options: RunOptions, settings: EvaluationSettings, *, particles: int
+    ):
         """`particles` per iteration: the groups they form bound the workers that can be kept busy."""
-        self._ray = _import_ray()
+        self._ray = require("ray", "ray", "evaluation: backend: ray")
         self.settings, self.quiet = settings, options.quiet
+        self._say = printer(options.quiet)
         self.replacements = 0
         self.workers: list = []
         self._started_ray = False
@@ -250,18 +247,6 @@ class RayEvaluator:
         if self._started_ray:
             self._ray.shutdown()
             self._started_ray = False
-
-    def _say(self, message: str) -> None:
-        if not self.quiet:
-            tqdm.write(message, file=sys.stderr)
-
-
-def _import_ray():
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError(f"evaluation: backend: ray needs the 'ray' package: {INSTALL_HINT}") from None
-    return ray
 
 
 def _user_error(exc) -> Exception:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 # Shared shape: 2 layers, hidden 32, 4 heads (2 KV heads), vocabulary 96, BOS 1 / EOS 2 / PAD 0
-# as in the character tokenizer of `mergekit_swarm.toy`.
+# as in the character tokenizer of `mergekit_swarm.testing.toy`.
 _SPECIAL = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
 _DECODER = {
     "vocab_size": 96,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from mergekit_swarm import toy
+from mergekit_swarm.testing import toy
 
 END_OF_TEXT, PAD, IM_START, IM_END = "<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"
 CHATML = (

@@ -17,7 +17,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from mergekit_swarm.config_base import RecipePath, StrictSection
+from mergekit_swarm.schema import RecipePath, StrictSection
+from mergekit_swarm.utilities.data import Example, load_examples
 from mergekit_swarm.utilities.text import NO_ADAPTERS, Adapters, GenerationSettings
 
 Split = Literal["dev", "test"]
@@ -93,8 +94,18 @@ class DatasetUtilityConfig(UtilityConfig):
     test: RecipePath | None = Field(None, description="JSONL reported only, never used by the search.")
     batch_size: int = Field(32, ge=1, description="Examples per forward/generate batch.")
 
+    example_format: ClassVar[dict[str, bool]] = {}  # how this kind reads its JSONL (`load_examples` keywords)
+
     def path(self, split: Split) -> Path | None:
         return self.dev if split == "dev" else self.test
+
+    def build(self, split: Split) -> Utility | None:
+        path = self.path(split)
+        return None if path is None else self.utility_on(load_examples(path, **self.example_format))
+
+    def utility_on(self, examples: list[Example]) -> Utility:
+        """The utility scoring the model on `examples` (one split's)."""
+        raise NotImplementedError
 
 
 class GenerativeUtilityConfig(DatasetUtilityConfig):

@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from mergekit_swarm.utilities.base import AdapterBatchedUtility, GenerativeUtilityConfig, Split, Utility, register_utility
-from mergekit_swarm.utilities.data import Example, load_examples
+from mergekit_swarm.utilities.base import AdapterBatchedUtility, GenerativeUtilityConfig, Utility, register_utility
+from mergekit_swarm.utilities.data import Example
 from mergekit_swarm.utilities.text import Adapters, GenerationSettings, generate_for_adapters
 
 
@@ -38,6 +38,5 @@ class ExactMatch(AdapterBatchedUtility):
 class ExactMatchConfig(GenerativeUtilityConfig):
     type: Literal["exact_match"] = "exact_match"
 
-    def build(self, split: Split) -> Utility | None:
-        path = self.path(split)
-        return None if path is None else ExactMatch(load_examples(path), self.generation())
+    def utility_on(self, examples: list[Example]) -> Utility:
+        return ExactMatch(examples, self.generation())

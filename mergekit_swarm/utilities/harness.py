@@ -26,22 +26,18 @@ from typing import Literal
 
 from pydantic import Field
 
-from mergekit_swarm.config_base import RecipePath
 from mergekit_swarm.errors import UtilityError
+from mergekit_swarm.extras import require
+from mergekit_swarm.schema import RecipePath
 from mergekit_swarm.utilities.base import Score, Split, Utility, UtilityConfig, register_utility
-
-INSTALL_HINT = "pip install 'mergekit-swarm[lm-eval]'"
-
 
 FEWSHOT_SEED = 1234  # lm-eval's default fewshot_random_seed
 
 
 def _import_harness():
-    try:
-        from lm_eval import evaluator
-        from lm_eval.models.huggingface import HFLM
-    except ImportError as exc:
-        raise UtilityError(f"the lm_eval utility needs lm-evaluation-harness ({exc}); install it with: {INSTALL_HINT}") from None
+    require("lm_eval", "lm-eval", "the lm_eval utility", UtilityError)
+    from lm_eval import evaluator
+    from lm_eval.models.huggingface import HFLM
 
     class QuietHFLM(HFLM):
         """HFLM without its per-request progress bars (one evaluation = one particle)."""

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import re
 import string
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from mergekit_swarm.utilities.base import AdapterBatchedUtility, GenerativeUtilityConfig, Score, Split, Utility, register_utility
-from mergekit_swarm.utilities.data import Example, load_examples
+from mergekit_swarm.utilities.base import AdapterBatchedUtility, GenerativeUtilityConfig, Score, Utility, register_utility
+from mergekit_swarm.utilities.data import Example
 from mergekit_swarm.utilities.judge_backends import LocalJudgeConfig, OpenAIJudgeConfig
 from mergekit_swarm.utilities.text import Adapters, GenerationSettings, generate_for_adapters, model_device
 
@@ -89,11 +89,10 @@ class JudgeConfig(GenerativeUtilityConfig):
             )
         return value
 
-    def build(self, split: Split) -> Utility | None:
-        path = self.path(split)
-        if path is None:
-            return None
-        return JudgeUtility(load_examples(path, answers=False), self.generation(), self.template, _connect(self.backend))
+    example_format: ClassVar[dict[str, bool]] = {"answers": False}
+
+    def utility_on(self, examples: list[Example]) -> Utility:
+        return JudgeUtility(examples, self.generation(), self.template, _connect(self.backend))
 
 
 _BACKENDS: dict = {}

@@ -19,8 +19,8 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import Field
 
-from mergekit_swarm.config_base import RecipePath, StrictSection
 from mergekit_swarm.errors import UtilityError
+from mergekit_swarm.schema import RecipePath, StrictSection
 from mergekit_swarm.utilities.text import GenerationSettings, greedy_generate, model_device
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}

@@ -11,12 +11,12 @@ A generation without a valid letter counts as wrong.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from mergekit_swarm.utilities.base import AdapterBatchedUtility, GenerativeUtilityConfig, Split, Utility, register_utility
-from mergekit_swarm.utilities.data import LETTERS, Example, load_examples
+from mergekit_swarm.utilities.base import AdapterBatchedUtility, GenerativeUtilityConfig, Utility, register_utility
+from mergekit_swarm.utilities.data import LETTERS, Example
 from mergekit_swarm.utilities.text import Adapters, GenerationSettings, generate_for_adapters, logprobs_for_adapters
 
 # Most explicit first: "answer is (B)" / "Answer: B", then a leading "B." / "(B)", then "(B)"
@@ -77,9 +77,7 @@ class MultipleChoiceConfig(GenerativeUtilityConfig):
     max_new_tokens: int = Field(8, ge=1, description="Tokens generated per prompt with parse: generate.")
     target_delimiter: str = Field("", description='Put between prompt and choice with parse: loglikelihood (lm-eval: " ").')
 
-    def build(self, split: Split) -> Utility | None:
-        path = self.path(split)
-        if path is None:
-            return None
-        examples = load_examples(path, multiple_choice=True)
+    example_format: ClassVar[dict[str, bool]] = {"multiple_choice": True}
+
+    def utility_on(self, examples: list[Example]) -> Utility:
         return MultipleChoice(examples, self.parse, self.generation(), self.target_delimiter)

@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from mergekit_swarm.config_base import StrictSection
+from mergekit_swarm.schema import StrictSection
 from mergekit_swarm.utilities.base import Score, Split, Utility, UtilityConfig, register_utility, validate_utility
 
 

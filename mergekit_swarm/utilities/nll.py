@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from mergekit_swarm.utilities.base import AdapterBatchedUtility, DatasetUtilityConfig, Split, Utility, register_utility
-from mergekit_swarm.utilities.data import Example, load_examples
+from mergekit_swarm.utilities.base import AdapterBatchedUtility, DatasetUtilityConfig, Utility, register_utility
+from mergekit_swarm.utilities.data import Example
 from mergekit_swarm.utilities.text import Adapters, logprobs_for_adapters
 
 
@@ -30,6 +30,5 @@ class NllConfig(DatasetUtilityConfig):
     def may_be_negative(self) -> bool:
         return True
 
-    def build(self, split: Split) -> Utility | None:
-        path = self.path(split)
-        return None if path is None else NegativeLoss(load_examples(path), self.batch_size)
+    def utility_on(self, examples: list[Example]) -> Utility:
+        return NegativeLoss(examples, self.batch_size)

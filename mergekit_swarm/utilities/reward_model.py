@@ -20,10 +20,10 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import Field, model_validator
 
-from mergekit_swarm.config_base import RecipePath, StrictSection
 from mergekit_swarm.errors import UtilityError
-from mergekit_swarm.utilities.base import AdapterBatchedUtility, GenerativeUtilityConfig, Score, Split, Utility, register_utility
-from mergekit_swarm.utilities.data import Example, load_examples
+from mergekit_swarm.schema import RecipePath, StrictSection
+from mergekit_swarm.utilities.base import AdapterBatchedUtility, GenerativeUtilityConfig, Score, Utility, register_utility
+from mergekit_swarm.utilities.data import Example
 from mergekit_swarm.utilities.text import Adapters, GenerationSettings, batches, generate_for_adapters, model_device
 
 
@@ -130,9 +130,8 @@ class RewardModelConfig(GenerativeUtilityConfig):
         sign = {"none": 0.0, "concise": -1.0, "verbose": 1.0}[self.length_penalty]
         return reward + sign * self.length_weight * min(1.0, length / self.max_new_tokens)
 
-    def build(self, split: Split) -> Utility | None:
-        path = self.path(split)
-        if path is None:
-            return None
+    example_format: ClassVar[dict[str, bool]] = {"answers": False}
+
+    def utility_on(self, examples: list[Example]) -> Utility:
         reward_model = load_reward_model(self.model, self.chat_template, self.batch_size)
-        return RewardUtility(load_examples(path, answers=False), self.generation(), reward_model, self)
+        return RewardUtility(examples, self.generation(), reward_model, self)

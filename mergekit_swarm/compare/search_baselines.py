@@ -18,16 +18,17 @@ import math
 import threading
 import warnings
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
-from mergekit_swarm import pso
+from mergekit_swarm import extras, pso
 from mergekit_swarm.compare.baselines import Choice
 from mergekit_swarm.compare.scoring import Mix, Scorer
-from mergekit_swarm.errors import ConfigError
+from mergekit_swarm.output.rundir import RunDirectory
 from mergekit_swarm.pso import Granularity
+from mergekit_swarm.search.checkpoint import Checkpoint
 from mergekit_swarm.search.loop import run_search
-from mergekit_swarm.search.rundir import Checkpoint, RunDirectory
 
 LORAHUB_BOUND = 1.5
 LORAHUB_L1 = 0.05
@@ -144,7 +145,7 @@ def swarm(scorer: Scorer, settings: pso.SwarmSettings, granularity: Granularity,
     rundir = RunDirectory(folder)
     rundir.open("compare", resume=False, overwrite=True)
     checkpoint = Checkpoint("compare", pso.initialize(settings, scorer.experts, len(layout)))
-    checkpoint = run_search(settings, scorer.mix_evaluator(granularity), rundir, checkpoint, quiet=quiet)
+    checkpoint = run_search(settings, scorer.mix_evaluator(granularity), rundir.state, checkpoint, quiet=quiet)
     rundir.publish()
     state = checkpoint.state
     info = {"granularity": granularity, "groups": len(layout), "particles": state.shape[0], "iterations": state.iteration}
@@ -161,14 +162,7 @@ def _normalise(weights: np.ndarray) -> np.ndarray:
     return np.where(np.abs(sums) > 1e-6, weights / np.where(np.abs(sums) > 1e-6, sums, 1.0), weights)
 
 
-def require(method: str):
+def require(method: str) -> ModuleType | None:
     """The optional package `method` needs (None if it needs none); a clear error if it is missing."""
-    import importlib
-
     module = REQUIRED_PACKAGES.get(method)
-    if module is None:
-        return None
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ConfigError(f"{method} needs the {module!r} package: pip install 'mergekit-swarm[compare]'") from None
+    return None if module is None else extras.require(module, "compare", method)

@@ -18,12 +18,14 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from mergekit_swarm.config_base import format_validation_error, unknown_key_message
+from mergekit_swarm.config.evaluation import EvaluationSettings
 from mergekit_swarm.errors import ConfigError
-from mergekit_swarm.hub import HubModel, looks_like_repo_id
-from mergekit_swarm.names import METHOD_NAME, SWARM_KEYS
+from mergekit_swarm.fingerprints import folder_identity, path_identity
+from mergekit_swarm.hub import HubModel, check_adapter_base, download, looks_like_repo_id
+from mergekit_swarm.names import METHOD_NAME, SWARM_KEYS, display_names
+from mergekit_swarm.options import RunOptions
 from mergekit_swarm.pso.settings import SwarmSettings
-from mergekit_swarm.search.settings import EvaluationSettings
+from mergekit_swarm.schema import format_validation_error, unknown_key_message
 from mergekit_swarm.utilities import UtilityConfig, validate_utility
 
 UNION = "union"
@@ -46,12 +48,10 @@ class MergeRecipe:
     text: str  # the recipe as written
     hub_ids: dict[Path, str]  # snapshot folder -> the Hub model it holds ("org/name" or "org/name@rev")
 
-    def resolve(
-        self, *, allow_pickle: bool = False, trust_remote_code: bool = False, cache_dir: str | None = None
-    ) -> MergeRecipe:
-        """The same recipe with every Hub model downloaded (or found in the cache)."""
-        from mergekit_swarm.hub import check_adapter_base, download
-
+    def resolve(self, options: RunOptions | None = None) -> MergeRecipe:
+        """The same recipe with every Hub model downloaded (or found in the cache), as `options`
+        allow: pickled weights with `allow_pickle`, code files with `trust_remote_code`, into `cache_dir`."""
+        options = options or RunOptions()
         hub_ids = dict(self.hub_ids)
 
         def local(model, where: str):
@@ -60,9 +60,9 @@ class MergeRecipe:
             folder = download(
                 model,
                 where=f"{self.source}: {where}",
-                allow_pickle=allow_pickle,
-                trust_remote_code=trust_remote_code,
-                cache_dir=cache_dir,
+                allow_pickle=options.allow_pickle,
+                trust_remote_code=options.trust_remote_code,
+                cache_dir=options.cache_dir,
             )
             hub_ids[folder] = str(model)
             return folder
@@ -90,10 +90,7 @@ class MergeRecipe:
 
     def expert_names(self) -> list[str]:
         """Short names for tables: the Hub id, or the folder name (with its parent if two collide)."""
-        names = [self.hub_ids.get(p) or p.name for p in self.experts]
-        if len(set(names)) < len(names):
-            names = [self.hub_ids.get(p) or f"{p.parent.name}/{p.name}" for p in self.experts]
-        return names
+        return display_names(self.experts, self.hub_ids)
 
     def hub_models(self) -> list[str]:
         """The Hub ids (without revision) among the base and the experts, base first."""
@@ -125,27 +122,16 @@ class SwarmRecipe(MergeRecipe):
     def fingerprint(self) -> str:
         """Identifies the search (settings, objective files, experts' weights): the same
         fingerprint resumes, a different one is refused. `evaluation:` is not part of it."""
-        from mergekit_swarm.experts.pool import folder_identity
-
         models = [*self.experts, *([self.base_model] if self.base_model else [])]
         payload = {
             "merge": self.merge.model_dump(mode="json"),
             "swarm": self.swarm.model_dump(mode="json"),
             "utility": self.utility.model_dump(mode="json"),
-            "files": {str(p): _identity(p) for p in self.utility.input_files()},
+            "files": {str(p): path_identity(p) for p in self.utility.input_files()},
             # keyed by Hub id or path, not by cache folder: another --transformers-cache resumes
             "models": {self.reference(p): folder_identity(p) for p in models},
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def _identity(path: Path) -> str | None:
-    """Content hash of a data file, cheap identity of a model folder (reward model, judge)."""
-    from mergekit_swarm.experts.pool import folder_identity
-
-    if path.is_file():
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    return folder_identity(path) if path.is_dir() else None
 
 
 def load_recipe(path: str | Path) -> SwarmRecipe:

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from mergekit_swarm.config_base import StrictSection
+from mergekit_swarm.schema import StrictSection
 
 Backend = Literal["local", "ray"]
 

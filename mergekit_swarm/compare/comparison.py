@@ -4,24 +4,24 @@ from __future__ import annotations
 
 import math
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import yaml
-from tqdm.auto import tqdm
 
-from mergekit_swarm.compare import search
+from mergekit_swarm.compare import search_baselines as search
 from mergekit_swarm.compare.baselines import BASELINE_FUNCTIONS, TITLES, Choice, ExpertScores
 from mergekit_swarm.compare.leaderboard import Entry, Leaderboard
+from mergekit_swarm.compare.options import CompareOptions
 from mergekit_swarm.compare.scoring import LORA_CACHE, MergekitMerge, Mix, Scorer
-from mergekit_swarm.compare.settings import CompareOptions
 from mergekit_swarm.config import SwarmRecipe
+from mergekit_swarm.console import format_utility, printer
 from mergekit_swarm.options import RunOptions
-from mergekit_swarm.output.recipe import winner_recipe
-from mergekit_swarm.run import SearchSetup, prepare
-from mergekit_swarm.search.rundir import RunDirectory, writing
+from mergekit_swarm.output.recipe import recipe_of
+from mergekit_swarm.output.rundir import RunDirectory
+from mergekit_swarm.search.setup import SearchSetup, prepare
+from mergekit_swarm.storage import writing
 
 RECIPES = "recipes"
 
@@ -34,10 +34,8 @@ def run_comparison(
     options, compare = options or RunOptions(), compare or CompareOptions()
     for method in compare.search:  # a missing optional package must not wait for the end of the swarm
         search.require(method)
-    say = (lambda _: None) if options.quiet else (lambda text: tqdm.write(text, file=sys.stderr))
-    recipe = recipe.resolve(
-        allow_pickle=options.allow_pickle, trust_remote_code=options.trust_remote_code, cache_dir=options.cache_dir
-    )
+    say = printer(options.quiet)
+    recipe = recipe.resolve(options)
     setup = prepare(recipe, options, recipe.swarm.granularity)
     rundir = RunDirectory(Path(out))
     rundir.open("compare:" + recipe.fingerprint(), resume=False, overwrite=options.overwrite)
@@ -79,7 +77,8 @@ def _compare(
             note=choice.note,
         )
         entries.append(entry)
-        say(f"{title}: dev {_fmt(entry.dev)}, test {_fmt(entry.test)} ({entry.evaluations} evaluations, {seconds:.1f} s)")
+        scores = f"dev {format_utility(entry.dev)}, test {format_utility(entry.test)}"
+        say(f"{title}: {scores} ({entry.evaluations} evaluations, {seconds:.1f} s)")
         return entry
 
     for method in compare.baselines:
@@ -132,22 +131,11 @@ def _write_recipe(folder: Path, method: str, choice: Choice, scorer: Scorer) -> 
         )
     else:
         assert isinstance(candidate, Mix)
-        text = f"# {TITLES.get(method, method)}: its choice of coefficients\n" + winner_recipe(
-            scorer.setup.pool,
-            scorer.layout(candidate.granularity),
-            candidate.coefficients,
-            models=[recipe.reference(p) for p in recipe.experts],
-            base_model=recipe.reference(recipe.base_model) if recipe.base_model is not None else None,
-            dtype=recipe.dtype,
-            out_dtype=recipe.out_dtype,
-            chat_template=recipe.chat_template,
-            file=f"{RECIPES}/{method}.yml",
+        layout = scorer.layout(candidate.granularity)
+        text = f"# {TITLES.get(method, method)}: its choice of coefficients\n" + recipe_of(
+            recipe, scorer.setup.pool, layout, candidate.coefficients, file=f"{RECIPES}/{method}.yml"
         )
     path = folder / RECIPES / f"{method}.yml"
     path.parent.mkdir(exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return f"{RECIPES}/{method}.yml"
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"

@@ -1,0 +1,81 @@
+"""What a search needs, opened from a resolved recipe before any output folder is touched.
+
+`prepare` opens the expert pool, its parameter groups and the tokenizer source, and checks
+what can be checked; `SearchSetup` then loads what the evaluation engines need: the resident
+model (`resident_model`) and the utilities (`utilities`, built once, on first use: the Ray
+driver never builds them, its workers do).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from mergekit_swarm.config import SwarmRecipe
+from mergekit_swarm.errors import ConfigError
+from mergekit_swarm.experts import ExpertPool, LoraPool, open_recipe_pool
+from mergekit_swarm.groups import GroupLayout, group_layout
+from mergekit_swarm.options import RunOptions
+from mergekit_swarm.pso import Granularity
+from mergekit_swarm.resident import ResidentModel
+from mergekit_swarm.tokenizer import load_tokenizer, tokenizer_folder, vocabulary_note
+from mergekit_swarm.utilities import Split, Utility
+
+
+@dataclass(frozen=True)
+class SearchSetup:
+    """A resolved recipe's experts, parameter groups and tokenizer, checked."""
+
+    recipe: SwarmRecipe
+    pool: ExpertPool
+    layout: GroupLayout
+    tokenizer_source: Path | str
+    notes: tuple[str, ...] = ()  # what the user should know before the search (printed by the run)
+
+    @property
+    def is_lora(self) -> bool:
+        return isinstance(self.pool, LoraPool)
+
+    def slots(self, particles_per_batch: int) -> int:
+        """Particles one resident model holds and scores together: adapter slots for LoRA pools, else 1."""
+        return particles_per_batch if self.is_lora else 1
+
+    @cached_property
+    def utilities(self) -> dict[Split, Utility]:
+        """The recipe's utility on each split it has data for ("dev", and "test" if given)."""
+        built = {split: self.recipe.utility.build(split) for split in ("dev", "test")}
+        if built["dev"] is None:
+            raise ConfigError(f"{self.recipe.source}: utility: nothing to evaluate on the dev side")
+        return {split: utility for split, utility in built.items() if utility is not None}
+
+    def resident_model(self, options: RunOptions, slots: int = 1, layout: GroupLayout | None = None) -> ResidentModel:
+        """Load the model particles are written into (the base with adapter slots, or the first
+        expert), for particles of `layout` (default: the setup's)."""
+        from mergekit.common import dtype_from_name
+
+        recipe = self.recipe
+        merge_dtype, out_dtype = dtype_from_name(recipe.dtype), dtype_from_name(recipe.out_dtype)
+        return ResidentModel(
+            self.pool,
+            layout or self.layout,
+            model_source=recipe.base_model if self.is_lora else recipe.experts[0],
+            tokenizer=load_tokenizer(self.tokenizer_source, recipe, options.trust_remote_code),
+            model_dtype=merge_dtype if self.is_lora else out_dtype,
+            merge_dtype=merge_dtype,
+            out_dtype=out_dtype,
+            device=options.device,
+            trust_remote_code=options.trust_remote_code,
+            slots=self.slots(slots),
+        )
+
+
+def prepare(recipe: SwarmRecipe, options: RunOptions, granularity: Granularity) -> SearchSetup:
+    """Open the expert pool, its parameter groups at `granularity` and the tokenizer source of a
+    resolved recipe (`SwarmRecipe.resolve`); refuse what cannot be searched."""
+    pool = open_recipe_pool(recipe, allow_pickle=options.allow_pickle, trust_remote_code=options.trust_remote_code)
+    if options.merge_lora and not isinstance(pool, LoraPool):
+        raise ConfigError("--merge-lora applies to LoRA experts only; these experts are full models")
+    tokenizer_source = tokenizer_folder(recipe, options.trust_remote_code)
+    note = vocabulary_note(recipe, tokenizer_source, options.trust_remote_code)
+    return SearchSetup(recipe, pool, group_layout(pool, granularity), tokenizer_source, notes=(note,) if note else ())
