@@ -17,16 +17,13 @@ Writes benchmarks/results/bench_eval.{json,md}.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT / "examples" / "quickstart"))
+from common import command, header, machine, versions, write_report
 
-from common import command, header, machine, versions, write_report  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class GenerateTimer:
@@ -191,12 +188,11 @@ def main() -> None:
     parser.add_argument("--name", default="bench_eval")
     args = parser.parse_args()
 
-    import build  # examples/quickstart/build.py
-
     from mergekit_swarm.config import load_recipe
+    from mergekit_swarm.testing import quickstart
     from mergekit_swarm.tokenizer import load_tokenizer
 
-    recipe = load_recipe(build.build(quiet=True))
+    recipe = load_recipe(quickstart.build(ROOT / "examples" / "quickstart", quiet=True))
     tokenizer = load_tokenizer(recipe.base_model, recipe, False)
     config = recipe.utility
     utility = config.build("dev")

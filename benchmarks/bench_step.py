@@ -34,9 +34,7 @@ from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import (  # noqa: E402
+from common import (
     RESULTS,
     MemorySampler,
     accumulate_rate,
@@ -48,7 +46,7 @@ from common import (  # noqa: E402
     versions,
     write_report,
 )
-from synthetic import Shape, build_pool  # noqa: E402
+from synthetic import Shape, build_pool
 
 
 def probe_value(model, adapter: str | None = None, module=None) -> float:

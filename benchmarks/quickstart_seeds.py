@@ -21,7 +21,6 @@ from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples" / "quickstart"))
 
 
 def main() -> None:
@@ -31,15 +30,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
 
-    import build  # examples/quickstart/build.py
     import torch
     import transformers
 
     import mergekit_swarm
     from mergekit_swarm.config import load_recipe
     from mergekit_swarm.run import RunOptions, run_swarm
+    from mergekit_swarm.testing import quickstart
 
-    recipe = load_recipe(build.build(quiet=True))
+    recipe = load_recipe(quickstart.build(ROOT / "examples" / "quickstart", quiet=True))
     if args.granularity:
         recipe = replace(recipe, swarm=recipe.swarm.model_copy(update={"granularity": args.granularity}))
     runs = []

@@ -25,12 +25,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import command, header, machine, versions, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples" / "quickstart"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from common import command, header, machine, versions, write_report  # noqa: E402
 
 
 def main() -> None:
@@ -41,7 +38,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
 
-    import build  # examples/quickstart/build.py
     import ray
     import torch
 
@@ -50,8 +46,9 @@ def main() -> None:
     from mergekit_swarm.search.evaluator import LocalEvaluator
     from mergekit_swarm.search.ray_backend import EvaluationTask, RayEvaluator
     from mergekit_swarm.search.setup import prepare
+    from mergekit_swarm.testing import quickstart
 
-    recipe = load_recipe(build.build(quiet=True))
+    recipe = load_recipe(quickstart.build(ROOT / "examples" / "quickstart", quiet=True))
     options = RunOptions(quiet=True, device=args.device)
     setup = prepare(recipe, options, recipe.swarm.granularity)
     particles = recipe.swarm.particle_count(len(setup.pool))

@@ -16,9 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import RESULTS, command, header, machine, versions, write_report  # noqa: E402
+from common import RESULTS, command, header, machine, versions, write_report
 
 HERE = Path(__file__).resolve().parent
 SIZES = {  # all 8 blocks, 32k vocabulary

@@ -15,12 +15,10 @@ import random
 import sys
 from pathlib import Path
 
+from mergekit_swarm.testing import quickstart, toy
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "quickstart"))
-
-import build as quickstart  # noqa: E402  (examples/quickstart/build.py)
-
-from mergekit_swarm.testing import toy  # noqa: E402
+QUICKSTART = HERE.parent / "quickstart"  # its models are built there and shared
 
 TASK = """task: {name}
 dataset_path: json
@@ -55,7 +53,7 @@ def _items(n: int, seed: int) -> list[dict]:
 
 
 def build(*, force: bool = False) -> Path:
-    quickstart.build(force=force)
+    quickstart.build(QUICKSTART, force=force)
     for name, n, seed in (("string_skills", 100, 6000), ("string_skills_test", 300, 6100)):
         toy.write_jsonl(HERE / "data" / f"{name}.jsonl", _items(n, seed))
         (HERE / "tasks").mkdir(exist_ok=True)

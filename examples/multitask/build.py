@@ -13,16 +13,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from mergekit_swarm.testing import quickstart, toy
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "quickstart"))
-
-import build as quickstart  # noqa: E402  (examples/quickstart/build.py)
-
-from mergekit_swarm.testing import toy  # noqa: E402
+QUICKSTART = HERE.parent / "quickstart"  # its models are built there and shared
 
 
 def build(*, force: bool = False) -> Path:
-    quickstart.build(force=force)
+    quickstart.build(QUICKSTART, force=force)
     for skill, seed in (("reverse", 4000), ("sort", 4100)):
         toy.write_jsonl(HERE / "data" / f"{skill}_dev.jsonl", toy.make_examples([skill], 100, seed=seed))
         toy.write_jsonl(HERE / "data" / f"{skill}_test.jsonl", toy.make_examples([skill], 250, seed=seed + 50))

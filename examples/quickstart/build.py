@@ -1,59 +1,21 @@
 """Build the quickstart's tiny models and data (offline, ~1-2 minutes on 2 CPU cores, cached).
 
-* `tiny/base`: a char-level Llama (~89k parameters) briefly pre-trained on a mixture of
-  string skills (copy, reverse, sort, shift, count): it knows the format, and each skill
-  a little;
-* `tiny/experts/<skill>`: one LoRA adapter per skill (reverse, sort, shift, count), a
-  short fine-tune that makes it good at its own skill and worse at the others. Ranks and
-  alphas differ on purpose: the swarm pads and rescales them;
-* `data/{dev,test}.jsonl`: the objective, an even mix of `reverse` and `sort` prompts
-  (200 dev, 500 test, disjoint seeds). No expert is good at both; the swarm searches
-  for a combination that is.
+A char-level Llama base, four LoRA experts (reverse, sort, shift, count) and an objective no
+expert is good at (an even mix of reverse and sort prompts); see `mergekit_swarm.testing.quickstart`.
 
-Run `python examples/quickstart/build.py`, then
-`mergekit-swarm examples/quickstart/swarm.yml quickstart-out/`.
+    python examples/quickstart/build.py
+    mergekit-swarm examples/quickstart/swarm.yml quickstart-out/
 """
-
-from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-import torch
-
-from mergekit_swarm.testing import toy
+from mergekit_swarm.testing.quickstart import build
 
 HERE = Path(__file__).resolve().parent
-EXPERTS = {  # skill: (rank, alpha)
-    "reverse": (4, 8),
-    "sort": (8, 8),
-    "shift": (8, 16),
-    "count": (16, 16),
-}
-OBJECTIVE = ("reverse", "sort")
-BUILD_ID = {"version": 2, "experts": EXPERTS, "objective": OBJECTIVE}
-
-
-def build(root: Path = HERE, *, force: bool = False, quiet: bool = False) -> Path:
-    """Build (or reuse) everything under `root`; returns the path of swarm.yml."""
-    stamp = root / "tiny" / "build.json"
-    if not force and toy.is_built(stamp, BUILD_ID):
-        return root / "swarm.yml"
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    say = (lambda *_: None) if quiet else print
-    say("building the tiny base model ...")
-    base = toy.build_base(root / "tiny" / "base", skills=("copy", *EXPERTS), steps=300, seed=0)
-    for i, (skill, (rank, alpha)) in enumerate(EXPERTS.items()):
-        say(f"training the {skill!r} expert (LoRA r={rank}, alpha={alpha}) ...")
-        toy.build_lora_expert(base, root / "tiny" / "experts" / skill, skill, r=rank, alpha=alpha, steps=150, seed=i)
-    toy.write_jsonl(root / "data" / "dev.jsonl", toy.make_examples(OBJECTIVE, 200, seed=1000))
-    toy.write_jsonl(root / "data" / "test.jsonl", toy.make_examples(OBJECTIVE, 500, seed=2000))
-    toy.mark_built(stamp, BUILD_ID)
-    return root / "swarm.yml"
-
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--force", action="store_true", help="rebuild even if a build is cached")
     args = parser.parse_args()
-    print(f"ready: {build(force=args.force)}")
+    print(f"ready: {build(HERE, force=args.force)}")

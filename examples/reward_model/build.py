@@ -15,19 +15,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from mergekit_swarm.testing import quickstart, toy
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "quickstart"))
-
-import build as quickstart  # noqa: E402  (examples/quickstart/build.py)
-
-from mergekit_swarm.testing import toy  # noqa: E402
+QUICKSTART = HERE.parent / "quickstart"  # its models are built there and shared
 
 SKILLS = ("reverse", "sort", "shift")
 BUILD_ID = {"version": 1, "skills": SKILLS, "quickstart": quickstart.BUILD_ID}
 
 
 def build(*, force: bool = False) -> Path:
-    quickstart.build(force=force)
+    quickstart.build(QUICKSTART, force=force)
     stamp = HERE / "tiny" / "build.json"
     if not force and toy.is_built(stamp, BUILD_ID):
         return HERE / "swarm.yml"

@@ -1,7 +1,7 @@
 """The quality table: every method on every testbed objective, both pools, over several seeds.
 
-    python benchmarks/testbed/quality.py            # full table (builds the testbed first if needed)
-    python benchmarks/testbed/quality.py --quick    # LoRA pool, 3 objectives, 1 seed, swarm per model
+    python benchmarks/quality.py            # full table (builds the testbed first if needed)
+    python benchmarks/quality.py --quick    # LoRA pool, 3 objectives, 1 seed, swarm per model
 
 Writes `benchmarks/results/quality.{json,md}` (or `quality_quick.*`): objectives x methods, dev and
 test mean ± std over the seeds, evaluations used, wall time, with the machine, versions and
@@ -17,16 +17,14 @@ import argparse
 import math
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
+from common import command, header, machine, versions, write_report
 
-import build as testbed  # noqa: E402
-from common import command, header, machine, versions, write_report  # noqa: E402
+from mergekit_swarm.testing import testbed
+
+TESTBED = Path(__file__).resolve().parent / "testbed"  # cache/ (built testbeds) and runs/ (comparison folders)
 
 OBJECTIVES = ("sort", "add", "double", "reverse_shift", "multitask", "reward", "judge")
 QUICK_OBJECTIVES = ("reverse_shift", "multitask", "reward")
@@ -59,14 +57,16 @@ def main() -> None:
     granularities = tuple((args.granularities or ("model" if quick else "model,layer,tensor")).split(","))
 
     start = time.perf_counter()
-    root = testbed.build(args.testbed_seed)  # both pools: one cached build serves --quick and the full table
+    root = testbed.build(
+        args.testbed_seed, root=TESTBED / "cache" / f"seed-{args.testbed_seed}"
+    )  # both pools: one cached build serves --quick and the full table
     build_seconds = time.perf_counter() - start
     runs = []
     for pool in pools:
         for objective in objectives:
             recipe = load_recipe(root / "recipes" / pool / f"{objective}.yml")
             for i, seed in enumerate(seeds):
-                out = HERE / "runs" / f"testbed-{args.testbed_seed}" / pool / objective / f"seed-{seed}"
+                out = TESTBED / "runs" / f"testbed-{args.testbed_seed}" / pool / objective / f"seed-{seed}"
                 print(f"== {pool} / {objective} / seed {seed}", flush=True)
                 settings = CompareOptions(
                     baselines=CompareOptions().baselines if i == 0 else (),

@@ -1,6 +1,6 @@
 """Tune the swarm's defaults on the testbed's dev splits only (test is never read here).
 
-    python benchmarks/testbed/tune.py
+    python benchmarks/tune.py
 
 Runs the swarm alone (granularity model, the testbed's budget) with each candidate setting on
 every objective and pool over the seeds, and ranks the settings by mean dev utility and mean
@@ -14,17 +14,15 @@ import argparse
 import dataclasses
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
+from common import command, header, machine, versions, write_report
+from quality import OBJECTIVES
 
-import build as testbed  # noqa: E402
-from common import command, header, machine, versions, write_report  # noqa: E402
-from quality import OBJECTIVES  # noqa: E402
+from mergekit_swarm.testing import testbed
+
+TESTBED = Path(__file__).resolve().parent / "testbed"  # cache/ (built testbeds) and runs/ (comparison folders)
 
 CANDIDATES = {  # name: swarm settings over the defaults
     "paper (official argparse defaults)": {},
@@ -47,7 +45,7 @@ def main() -> None:
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     silence_library_progress_bars()
     start = time.perf_counter()
-    root = testbed.build(args.testbed_seed)
+    root = testbed.build(args.testbed_seed, root=TESTBED / "cache" / f"seed-{args.testbed_seed}")
     runs = []
     for pool in ("lora", "full"):
         for objective in OBJECTIVES:
@@ -55,7 +53,7 @@ def main() -> None:
             for name, overrides in CANDIDATES.items():
                 tuned = dataclasses.replace(recipe, swarm=recipe.swarm.model_copy(update=overrides), utility=_dev_only(recipe))
                 for seed in args.seeds:
-                    out = HERE / "runs" / "tune" / pool / objective / f"{list(CANDIDATES).index(name)}-seed-{seed}"
+                    out = TESTBED / "runs" / "tune" / pool / objective / f"{list(CANDIDATES).index(name)}-seed-{seed}"
                     options = CompareOptions(baselines=(), granularities=("model",), seed=seed)
                     board = run_comparison(tuned, out, RunOptions(overwrite=True, quiet=True), options)
                     entry = board.entry("swarm_model")
