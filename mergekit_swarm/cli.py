@@ -3,6 +3,9 @@
 `mergekit-swarm swarm.yml out/` is short for `mergekit-swarm run swarm.yml out/`; every
 mergekit merge option is accepted (`mergekit.options.add_merge_options`). The same
 search also runs from stock `mergekit-yaml` (see `mergekit_swarm.mergekit_plugin`).
+
+Each command imports what it runs inside its function, so `--help` and the `mergekit-yaml` hook
+stay light (no torch, transformers or the search until a command needs them).
 """
 
 from __future__ import annotations

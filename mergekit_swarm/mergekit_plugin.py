@@ -46,6 +46,8 @@ def extend_mergekit_yaml(module) -> None:
     """Give `mergekit-yaml` the swarm flags and route swarm recipes to the search."""
     import click
 
+    # here, not at the top: this module is imported while mergekit itself is being imported, and the
+    # CLI imports mergekit's options
     from mergekit_swarm.cli import SWARM_FLAGS, run_recipe_file
 
     command = module.main

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mergekit_swarm.compare.mergekit_methods import run_mergekit
 from mergekit_swarm.errors import ConfigError
 from mergekit_swarm.groups import GroupLayout, group_layout
 from mergekit_swarm.options import RunOptions
@@ -118,8 +119,6 @@ class Scorer:
 
     def _evaluate_merge(self, merge: MergekitMerge, split: Split) -> Evaluation:
         from transformers import AutoModelForCausalLM
-
-        from mergekit_swarm.compare.mergekit_methods import run_mergekit
 
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(dir=self.work, prefix="merge-") as folder:
