@@ -23,7 +23,36 @@ from mergekit_swarm.tokenizer import load_tokenizer, tokenizer_folder
 
 
 def apply_recipe(config_file: str | Path, out: str | Path, options: RunOptions | None = None) -> Path:
-    """Write the merge the recipe describes to `out` (published atomically); returns `out`."""
+    """Write the merge a recipe of explicit weights describes, e.g. a winner's `mergekit_config.yml`.
+
+    Weights are resolved as mergekit resolves them (scalars, or `{filter, value}` lists where the
+    first match wins) and written with the same code as a search's winner, so the result is
+    bit-identical to it; LoRA experts give an adapter folder.
+
+    Args:
+        config_file (`str` or `Path`):
+            A `merge_method: model_swarms` recipe with a `weight` per model, or `linear` with
+            `normalize: false`.
+        out (`str` or `Path`):
+            The output folder, published atomically; an existing one only with `options.overwrite`.
+        options (`RunOptions`, *optional*):
+            Device, output format, `allow_pickle`, `trust_remote_code` (Hub code files), ...
+
+    Returns:
+        `Path`: the output folder.
+
+    Raises:
+        `ConfigError`: not a recipe of explicit weights, or a model without a weight.
+        `ExpertError`: an expert or the base model cannot be used.
+        `OutputError`: `out` exists, or the storage refused a write (nothing is left behind).
+
+    Example:
+
+    ```python
+    >>> from mergekit_swarm import apply_recipe
+    >>> apply_recipe("out/mergekit_config.yml", "winner-again/")
+    ```
+    """
     options = options or RunOptions()
     recipe = load_weights_recipe(config_file).resolve(options)
     if options.merge_lora:

@@ -8,9 +8,13 @@ from types import ModuleType
 from mergekit_swarm.errors import ConfigError
 
 
-def require(module: str, extra: str, purpose: str, error: type[Exception] = ConfigError) -> ModuleType:
-    """Import `module`, or raise `error`: "<purpose> needs the '<module>' package: pip install ..."."""
+def require(
+    module: str, extra: str, purpose: str, error: type[Exception] = ConfigError, *, known_as: str | None = None
+) -> ModuleType:
+    """Import `module`, or raise `error`: "<purpose> needs the '<module>' package: pip install ..."
+    (`known_as`: how users know the package, when its import name says little)."""
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise error(f"{purpose} needs the {module!r} package: pip install 'mergekit-swarm[{extra}]'") from None
+        what = f"{known_as} (the {module!r} package)" if known_as else f"the {module!r} package"
+        raise error(f"{purpose} needs {what}: pip install 'mergekit-swarm[{extra}]'") from None

@@ -183,11 +183,35 @@ def check_push_target(repo_id: str) -> None:
 
 
 def push(request: PushRequest, *, attempts: int = 4, backoff: float = 2.0) -> str:
-    """Create the repo (if needed) and upload the folder; returns the commit URL.
+    """Publish a finished output folder on the Hub: create the repo if needed, upload the folder.
 
-    401/403 stop at once with how to log in; 429, 5xx and connection errors are retried
-    with exponential backoff, then reported with the command to retry. The folder is only
-    read, never changed.
+    The resume state (`swarm_state.json`) is left out unless `request.include_state`. The token
+    comes from huggingface_hub's usual sources (`HF_TOKEN`, `hf auth login`) and is never printed.
+    The folder is only read, never changed.
+
+    Args:
+        request (`PushRequest`):
+            The folder, the repo id (`org/name`), and `private`, `revision`, `commit_message`,
+            `include_state`.
+        attempts (`int`, *optional*, defaults to 4):
+            Tries of an upload on 429, 5xx and connection errors.
+        backoff (`float`, *optional*, defaults to 2.0):
+            Seconds before the first retry; doubles each time.
+
+    Returns:
+        `str`: the URL of the commit.
+
+    Raises:
+        `HubError`: not a finished output folder, an invalid repo id, offline mode, 401/403 (with
+            how to log in), or retries exhausted (with the exact command to retry).
+
+    Example:
+
+    ```python
+    >>> from pathlib import Path
+    >>> from mergekit_swarm.hub import PushRequest, push
+    >>> push(PushRequest(Path("out"), "org/my-swarm-winner", private=True))
+    ```
     """
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled

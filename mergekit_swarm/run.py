@@ -36,10 +36,43 @@ __all__ = ["RunOptions", "run_swarm"]
 
 
 def run_swarm(recipe: SwarmRecipe, out: str | Path, options: RunOptions | None = None) -> SwarmResult:
-    """Search, then write the winner to `out`; returns the run's summary.
+    """Search the experts' weight space for the recipe's utility, then write the winner to `out`.
+
+    The run works in a hidden `.<out>.partial/` folder beside `out`, checkpointed after every
+    iteration; `out` appears (one rename) only when the winner, its recipe, card, history and plot
+    are all written.
+
+    Args:
+        recipe (`SwarmRecipe`):
+            A search recipe, from `load_recipe`. Hub models are downloaded first (`options` say
+            whether pickles and code files may be).
+        out (`str` or `Path`):
+            The output folder. An existing one is refused unless `options.overwrite`.
+        options (`RunOptions`, *optional*):
+            How to run: device, resume/overwrite, output format, backend (`local` or `ray`), ...
+
+    Returns:
+        `SwarmResult`: the experts' and the winner's dev (and test) utilities, the winner's
+        coefficients per parameter group, and the search's counters (also in `out/swarm_result.json`).
+
+    Raises:
+        `ConfigError`: the recipe cannot be searched (e.g. LoRA experts without `base_model`).
+        `ExpertError`: an expert, the base model or a tokenizer cannot be used (names the file and tensor).
+        `UtilityError`: the utility cannot be built, or failed with `options.fail_fast`.
+        `OutputError`: `out` exists, an interrupted run is in the way, or the storage refused a write
+            (the run can then be resumed with `resume=True`).
+        `WorkerError`: Ray workers could not start, or died more often than `max_retries`.
+
+    Example:
+
+    ```python
+    >>> from mergekit_swarm import RunOptions, load_recipe, run_swarm
+    >>> result = run_swarm(load_recipe("swarm.yml"), "out/", RunOptions(resume=True))
+    >>> print(result.summary())
+    ```
 
     With `options.resume`, an interrupted run of the same recipe continues from its last
-    checkpoint, and a finished one is returned as is.
+    checkpoint (same winner, bit for bit), and a finished one is returned as is.
     """
     options = options or RunOptions()
     say = printer(options.quiet)

@@ -25,7 +25,8 @@ def lora_board(zoo, tmp_path_factory):
     """One comparison over the zoo's LoRA experts with every method, and its recipe."""
     root = tmp_path_factory.mktemp("compare")
     utility = {"type": "nll", "dev": str(zoo.dev), "test": str(zoo.test), "batch_size": 16}
-    recipe = write_recipe(root / "recipe", zoo.lora, base=zoo.base, utility=utility, swarm={"particles": 4, "max_iterations": 2})
+    swarm = {"particles": 4, "max_iterations": 2}
+    recipe = write_recipe(root / "recipe", zoo.lora, base=zoo.base, utility=utility, swarm=swarm, dtype="float32")
     out = root / "board"
     args = ["compare", str(recipe), str(out), "--search", "all", "--budget", str(BUDGET), "--granularities", "model,tensor"]
     result = CliRunner().invoke(main, args)
@@ -64,6 +65,9 @@ def test_best_expert_and_swarm_agree_with_a_plain_run(lora_board, tmp_path):
     assert swarm.dev == result.winner_dev and swarm.test == result.winner_test
     assert swarm.evaluations == result.evaluations
     assert _utilities(out / "swarm_model" / "swarm_history.jsonl") == _utilities(tmp_path / "run" / "swarm_history.jsonl")
+    # one way to write a winner's recipe: the comparison's row is the run's mergekit_config.yml (dtypes as written)
+    row = yaml.safe_load((out / swarm.recipe).read_text())
+    assert row == yaml.safe_load((tmp_path / "run" / "mergekit_config.yml").read_text()) and "out_dtype" not in row
 
 
 def _utilities(history) -> list[tuple]:

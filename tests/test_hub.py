@@ -358,3 +358,23 @@ def test_cli_reports_a_missing_repo_in_one_line(hub, zoo, tmp_path):
     assert "models[0]: Hub repo org/missing not found" in result.stderr
     bad = CliRunner().invoke(main, [str(recipe), str(tmp_path / "out"), "--push-to-hub", "not a repo"])
     assert bad.exit_code == 1 and "not a valid Hub repo id" in bad.stderr and not (tmp_path / ".out.partial").exists()
+
+
+def test_every_command_fetches_code_files_only_with_trust_remote_code(hub, zoo, tmp_path):
+    """One resolution of Hub models for run, apply and compare: `apply --trust-remote-code` once
+    ignored the flag and fetched no code files."""
+    from mergekit_swarm.apply import apply_recipe
+
+    for k in range(2):
+        serve(hub, f"org/full{k}", zoo.full[k], **{"modeling_custom.py": b"# custom code\n"})
+    recipe = tmp_path / "weights.yml"
+    models = [{"model": f"org/full{k}", "parameters": {"weight": 0.5}} for k in range(2)]
+    recipe.write_text(yaml.safe_dump({"merge_method": "linear", "parameters": {"normalize": False}, "models": models}))
+
+    def fetched() -> set[str]:
+        return {path.rsplit("/", 1)[1] for path in hub.paths("GET") if "/resolve/" in path}
+
+    apply_recipe(recipe, tmp_path / "plain", RunOptions(quiet=True))
+    assert "modeling_custom.py" not in fetched() and "config.json" in fetched()
+    apply_recipe(recipe, tmp_path / "trusted", RunOptions(quiet=True, trust_remote_code=True))
+    assert "modeling_custom.py" in fetched()

@@ -29,8 +29,41 @@ RECIPES = "recipes"
 def run_comparison(
     recipe: SwarmRecipe, out: str | Path, options: RunOptions | None = None, compare: CompareOptions | None = None
 ) -> Leaderboard:
-    """Run the baselines, the swarm (per granularity) and the budget-matched search baselines
-    on `recipe`'s experts and dev utility; write the leaderboard folder `out` (atomically)."""
+    """Compare the swarm with simpler merges of the same experts, on the same utility.
+
+    Runs the one-shot baselines (best expert, soups, mergekit's task arithmetic, TIES, DARE-TIES,
+    SLERP, Model Stock), the swarm at each granularity, and the search baselines (random search,
+    LoraHub, CMA-ES) with the swarm's number of evaluations; every method chooses on dev, test is
+    only measured. The leaderboard folder is written atomically; a comparison is not resumable.
+
+    Args:
+        recipe (`SwarmRecipe`):
+            The search recipe whose experts and utility are compared, from `load_recipe`.
+        out (`str` or `Path`):
+            The leaderboard folder (leaderboard.md/.json/.png, a card, a recipe per method).
+        options (`RunOptions`, *optional*):
+            Device, overwrite, quiet, ... as for `run_swarm`.
+        compare (`CompareOptions`, *optional*):
+            Which baselines, search baselines and granularities, the budget and the seed.
+
+    Returns:
+        `Leaderboard`: one entry per method (dev, test, evaluations, seconds, settings, recipe).
+
+    Raises:
+        `ConfigError`: an unknown method, or a search baseline whose package is missing
+            (`pip install 'mergekit-swarm[compare]'`).
+        `ExpertError`, `UtilityError`: as for `run_swarm`.
+        `OutputError`: `out` exists, or the storage refused a write (nothing is left behind).
+
+    Example:
+
+    ```python
+    >>> from mergekit_swarm import load_recipe
+    >>> from mergekit_swarm.compare import CompareOptions, run_comparison
+    >>> board = run_comparison(load_recipe("swarm.yml"), "board/", compare=CompareOptions(search=("lorahub",)))
+    >>> print(board.markdown())
+    ```
+    """
     options, compare = options or RunOptions(), compare or CompareOptions()
     for method in compare.search:  # a missing optional package must not wait for the end of the swarm
         search.require(method)

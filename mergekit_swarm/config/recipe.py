@@ -135,7 +135,32 @@ class SwarmRecipe(MergeRecipe):
 
 
 def load_recipe(path: str | Path) -> SwarmRecipe:
-    """Read and validate a search recipe. Every problem raises `ConfigError` naming the file and key."""
+    """Read and validate a search recipe (`merge_method: model_swarms` with `swarm:` and `utility:`).
+
+    mergekit's part is validated by mergekit's own `MergeConfiguration`; `swarm:`, `evaluation:` and
+    `utility:` are strict (an unknown key is an error suggesting the closest one). Relative paths
+    resolve against the recipe's folder; Hub models are only named here (`SwarmRecipe.resolve`
+    downloads them).
+
+    Args:
+        path (`str` or `Path`):
+            The recipe file (YAML).
+
+    Returns:
+        `SwarmRecipe`: the validated recipe, with the text as written (copied into the output folder).
+
+    Raises:
+        `ConfigError`: every problem, in one line naming the file and the key.
+
+    Example:
+
+    ```python
+    >>> from mergekit_swarm import load_recipe
+    >>> recipe = load_recipe("examples/quickstart/swarm.yml")
+    >>> recipe.swarm.granularity
+    'model'
+    ```
+    """
     data, text, base_dir = _read(path)
     return parse_recipe(data, base_dir=base_dir, source=str(path), text=text)
 

@@ -35,7 +35,7 @@ FEWSHOT_SEED = 1234  # lm-eval's default fewshot_random_seed
 
 
 def _import_harness():
-    require("lm_eval", "lm-eval", "the lm_eval utility", UtilityError)
+    require("lm_eval", "lm-eval", "the lm_eval utility", UtilityError, known_as="lm-evaluation-harness")
     from lm_eval import evaluator
     from lm_eval.models.huggingface import HFLM
 
@@ -135,11 +135,11 @@ class LmEvalConfig(UtilityConfig):
     include_path: RecipePath | None = Field(None, description="Folder of local task YAMLs.")
     metric: str = Field("acc,none", description="Result key, metric and filter as lm-eval names it.")
     limit: int | float | None = Field(None, gt=0, description="Examples per task (or a share if < 1).")
-    num_fewshot: int | None = Field(None, ge=0)
-    apply_chat_template: bool = Field(False)
-    batch_size: int = Field(8, ge=1)
+    num_fewshot: int | None = Field(None, ge=0, description="Few-shot examples per prompt (default: the task's).")
+    apply_chat_template: bool = Field(False, description="Wrap prompts in the tokenizer's chat template (lm-eval's option).")
+    batch_size: int = Field(8, ge=1, description="Requests per forward batch (HFLM's batch_size).")
     test_tasks: list[str] | None = Field(None, description="Tasks reported on the test side only.")
-    test_limit: int | float | None = Field(None, gt=0)
+    test_limit: int | float | None = Field(None, gt=0, description="`limit` for test_tasks.")
 
     def build(self, split: Split) -> Utility | None:
         if split == "dev":
