@@ -23,7 +23,7 @@ class SwarmSettings(StrictSection):
     The velocity weights and step length default to the authors' later re-implementation
     (inertia 0.2, cognitive 0.3, social 0.4, repel 0.05, step 0.5), which beat the official
     argparse defaults (0.4, 0.3, 0.3, 0.3, 1.0) on the quality testbed's dev splits
-    (benchmarks/testbed/tune.py); the other defaults are the official ones.
+    (benchmarks/tune.py); the other defaults are the official ones.
     """
 
     section_name = "swarm"

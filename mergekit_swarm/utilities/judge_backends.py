@@ -31,11 +31,13 @@ class JudgeError(RuntimeError):
 
 
 class LocalJudgeConfig(StrictSection):
+    """A local causal LM answers the judge prompts greedily (loaded once per run)."""
+
     section_name: ClassVar[str] = "judge backend"
-    type: Literal["local"] = "local"
+    type: Literal["local"] = Field("local", description="A local model.")
     model: RecipePath = Field(description="Folder of a causal LM used as the judge.")
     max_new_tokens: int = Field(32, ge=1, description="Tokens the judge may write.")
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, description="Judge prompts per generate batch.")
     chat_template: bool = Field(True, description="Use the judge tokenizer's chat template when it has one.")
 
     def connect(self) -> LocalJudge:
@@ -43,8 +45,10 @@ class LocalJudgeConfig(StrictSection):
 
 
 class OpenAIJudgeConfig(StrictSection):
+    """An OpenAI-compatible chat-completions endpoint answers the judge prompts."""
+
     section_name: ClassVar[str] = "judge backend"
-    type: Literal["openai"] = "openai"
+    type: Literal["openai"] = Field("openai", description="An OpenAI-compatible endpoint.")
     base_url: str = Field(description="e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1")
     model: str = Field(description="Model name sent in each request.")
     api_key_env: str | None = Field(None, description="Name of the environment variable holding the API key.")
