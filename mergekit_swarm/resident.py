@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mergekit_swarm.adapter_stack import AdapterStack
 from mergekit_swarm.checkpoint_layout import adapter_destination, model_destination
+from mergekit_swarm.device_memory import HEADROOM
 from mergekit_swarm.errors import ConfigError, ExpertError
-from mergekit_swarm.experts import ExpertPool, LoraPool
+from mergekit_swarm.experts import ExpertPool, FullModelPool, LoraPool
 from mergekit_swarm.experts.lora import PEFT_PATTERN_WARNING
 from mergekit_swarm.groups import GroupLayout
 from mergekit_swarm.materialize import Materializer, constants
@@ -46,6 +48,8 @@ class ResidentModel:
         device: str = "cpu",
         trust_remote_code: bool = False,
         slots: int = 1,
+        fewer_slots: bool = False,
+        hold_experts: bool | None = None,
     ):
         from transformers import AutoModelForCausalLM
 
@@ -64,14 +68,19 @@ class ResidentModel:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if isinstance(pool, LoraPool):
-            model = _attach_adapter_slots(model, pool, str(model_source), self.slot_names)
+            model = _attach_adapter_slots(model, pool, str(model_source), self.slot_names, fewer_slots)
+            self.slot_names = list(model.peft_config)
         self.model = model.to(device).eval()
+        # several slots: their weights stacked, so that a batch mixing them is served in one pass per layer
+        self.stack = AdapterStack(self.model, self.slot_names) if self.slots > 1 else None
         shapes = {spec.name: spec.shape for spec in pool.specs}
         shapes.update((name, tuple(pool.tensor(0, name).shape)) for name in pool.constant_names)
         if isinstance(pool, LoraPool):
             self._destinations = [adapter_destination(self.model, slot, shapes) for slot in self.slot_names]
         else:
             self._destinations = [model_destination(self.model, shapes)]
+        if isinstance(pool, FullModelPool) and _hold(pool, device, hold_experts):
+            pool.hold_on(device)
         self._materializer = Materializer(pool, layout, dtype=merge_dtype, out_dtype=out_dtype, device=device)
         with torch.no_grad():
             for name, tensor in constants(pool):
@@ -110,8 +119,9 @@ class ResidentModel:
             self.model.set_adapter(self.slot_names[slot])
 
 
-def _attach_adapter_slots(model, pool: LoraPool, base: str, names: list[str]):
-    """Wrap the base model in a PeftModel with adapter slots of the pool's common shape."""
+def _attach_adapter_slots(model, pool: LoraPool, base: str, names: list[str], fewer_slots: bool):
+    """Wrap the base model in a PeftModel with adapter slots `names` of the pool's common shape
+    (only the first, with `fewer_slots`, where PEFT cannot batch the adapters)."""
     from peft import LoraConfig, get_peft_model
 
     fields = set(LoraConfig.__dataclass_fields__)
@@ -120,16 +130,34 @@ def _attach_adapter_slots(model, pool: LoraPool, base: str, names: list[str]):
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         warnings.filterwarnings("ignore", message=PEFT_PATTERN_WARNING, category=RuntimeWarning)
         model = get_peft_model(model, LoraConfig(**config), adapter_name=names[0])
+        wrapped = _parameter_lora(model)
+        if wrapped is not None and len(names) > 1:  # PEFT cannot batch LoRA on parameters with other adapters
+            if not fewer_slots:
+                raise ConfigError(
+                    f"evaluation: particles_per_batch: {len(names)} needs PEFT mixed-adapter batches, which LoRA on "
+                    f"parameters (fused MoE experts, e.g. {wrapped}) does not support; set it to 1 (or auto)"
+                )
+            names = names[:1]
         for name in names[1:]:
             model.add_adapter(name, LoraConfig(**config))
     model.set_adapter(names[0])
-    if len(names) > 1:
-        from peft.tuners.lora import ParamWrapper
-
-        wrapped = next((name for name, module in model.named_modules() if isinstance(module, ParamWrapper)), None)
-        if wrapped is not None:
-            raise ConfigError(
-                f"evaluation: particles_per_batch: {len(names)} needs PEFT mixed-adapter batches, which LoRA on parameters "
-                f"(fused MoE experts, e.g. {wrapped.removeprefix('base_model.model.')}) does not support; set it to 1"
-            )
     return model
+
+
+def _parameter_lora(model) -> str | None:
+    """The first module with LoRA on a parameter (PEFT's ParamWrapper), if any."""
+    from peft.tuners.lora import ParamWrapper
+
+    wrapped = (name for name, module in model.named_modules() if isinstance(module, ParamWrapper))
+    return next((name.removeprefix("base_model.model.") for name in wrapped), None)
+
+
+def _hold(pool: FullModelPool, device: str, wanted: bool | None) -> bool:
+    """Whether full experts are held on the device: asked for (`--read-to-gpu`), or on a GPU whose
+    free memory takes them all (they are then read at its bandwidth, not from the page cache)."""
+    if wanted is not None:
+        return wanted
+    if torch.device(device).type != "cuda":
+        return False  # on a CPU, the page cache already holds them
+    free = torch.cuda.mem_get_info(torch.device(device))[0]
+    return pool.nbytes < HEADROOM * free

@@ -76,15 +76,17 @@ def generate_for_adapters(
         eos_token_id=stop_token_ids(model, tokenizer),
     )
     device = model_device(model)
-    texts: list[list[str]] = [[] for _ in adapters]
-    for chunk in batches(prompts, settings.batch_size):
-        encoded = _encode_prompts(tokenizer, tuple(chunk), settings.chat_template)
+    texts: list[list[str]] = [[""] * len(prompts) for _ in adapters]
+    order = _by_length(tokenizer, tuple(prompts), settings.chat_template)  # batches of similar lengths: little padding
+    for chunk in batches(order, settings.batch_size):
+        encoded = _encode_prompts(tokenizer, tuple(prompts[i] for i in chunk), settings.chat_template)
         width = encoded["input_ids"].shape[1]
         inputs = {key: value.repeat(len(adapters), 1).to(device) for key, value in encoded.items()}
         output = model.generate(**inputs, generation_config=config, **_rows_for(adapters, len(chunk)))
         decoded = tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
-        for i in range(len(adapters)):
-            texts[i] += decoded[i * len(chunk) : (i + 1) * len(chunk)]
+        for a in range(len(adapters)):
+            for row, i in enumerate(chunk):  # back in dataset order
+                texts[a][i] = decoded[a * len(chunk) + row]
     return texts
 
 
@@ -100,6 +102,15 @@ def stop_token_ids(model, tokenizer) -> list[int]:
 
 # A search evaluates the same prompts thousands of times: each batch is tokenized once. (The
 # tokenizer is part of the key, by identity; entries are small integer tensors.)
+@functools.lru_cache(maxsize=64)
+def _by_length(tokenizer, prompts: tuple[str, ...], chat_template: bool) -> tuple[int, ...]:
+    """Indices of `prompts` from the shortest to the longest in tokens (stable)."""
+    if chat_template:
+        prompts = tuple(as_chat(tokenizer, p) for p in prompts)
+    lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=not chat_template)["input_ids"]]
+    return tuple(sorted(range(len(prompts)), key=lengths.__getitem__))
+
+
 @functools.lru_cache(maxsize=1024)
 def _encode_prompts(tokenizer, prompts: tuple[str, ...], chat_template: bool) -> dict[str, torch.Tensor]:
     """Left-padded input ids and attention mask of one batch of prompts."""
@@ -129,22 +140,34 @@ def logprobs_for_adapters(
     """`continuation_logprobs` under each of `adapters`, in mixed-adapter batches (see
     `generate_for_adapters`). One list per adapter."""
     device = model_device(model)
-    results: list[list[tuple[float, int]]] = [[] for _ in adapters]
-    for chunk in batches(pairs, batch_size):
-        ids, mask, spans = _encode_pairs(tokenizer, tuple(chunk))
+    results: list[list[tuple[float, int]]] = [[(0.0, 0)] * len(pairs) for _ in adapters]
+    order = _pairs_by_length(tokenizer, tuple(pairs))  # batches of similar lengths: little padding
+    for chunk in batches(order, batch_size):
+        ids, mask, spans = _encode_pairs(tokenizer, tuple(pairs[i] for i in chunk))
         rows, repeat = ids.shape[0], len(adapters)
         logits = model(
             input_ids=ids.repeat(repeat, 1).to(device),
             attention_mask=mask.repeat(repeat, 1).to(device),
             **_rows_for(adapters, rows),
         ).logits
+        sums = []
         for a in range(repeat):
             for i, (start, end) in enumerate(spans):
                 # logits at position t predict token t + 1
                 logprobs = torch.log_softmax(logits[a * rows + i, start - 1 : end - 1].float(), dim=-1)
-                targets = ids[i, start:end].to(device)
-                results[a].append((float(logprobs.gather(-1, targets[:, None]).sum()), end - start))
+                sums.append(logprobs.gather(-1, ids[i, start:end].to(device)[:, None]).sum())
+        values = torch.stack(sums).tolist()  # one transfer per batch, not one per row
+        for a in range(repeat):
+            for row, (i, (start, end)) in enumerate(zip(chunk, spans)):  # back in dataset order
+                results[a][i] = (values[a * rows + row], end - start)
     return results
+
+
+@functools.lru_cache(maxsize=64)
+def _pairs_by_length(tokenizer, pairs: tuple[tuple[str, str], ...]) -> tuple[int, ...]:
+    """Indices of `pairs` from the shortest prompt + continuation to the longest, in tokens (stable)."""
+    lengths = [len(tokenizer(p)["input_ids"]) + len(tokenizer(c, add_special_tokens=False)["input_ids"]) for p, c in pairs]
+    return tuple(sorted(range(len(pairs)), key=lengths.__getitem__))
 
 
 @functools.lru_cache(maxsize=1024)
