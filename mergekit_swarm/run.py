@@ -151,6 +151,7 @@ def _result(
         iterations=state.iteration,
         evaluations=(state.iteration + 1) * particles - checkpoint.skipped,
         failed=checkpoint.failed,
+        fallbacks=checkpoint.fallbacks,
         restarts=state.restarts,
         stop_reason=state.stop_reason or "",
         output_kind=kind,

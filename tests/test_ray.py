@@ -163,7 +163,7 @@ def test_a_worker_asking_for_a_gpu_the_cluster_lacks_is_refused_instead_of_waiti
 
 
 def test_a_worker_that_sees_other_files_refuses_to_start(recipe_file):
-    spec = WorkerSpec(load_recipe(recipe_file), RunOptions(), "model", 1, fingerprint="0" * 64, threads=1)
+    spec = WorkerSpec(load_recipe(recipe_file), RunOptions(), "model", 1, False, fingerprint="0" * 64, threads=1)
     with pytest.raises(WorkerError, match="^Ray worker on .+: it sees other experts, base model or utility files than"):
         EvaluationWorker().start(spec)
 

@@ -59,7 +59,10 @@ class Scorer:
         self.setup, self.options, self.work, self.seed = setup, options, work, seed
         self.layouts = {g: group_layout(setup.pool, g) for g in {"model", *granularities}}
         self.fine = self.layouts[finest]  # the resident model's: every coarser mix is refined to it
-        self._engine = LocalEvaluator.open(setup, options, layout=self.fine)
+        # mixes are scored like a run's particles: as many together as `evaluation: particles_per_batch` says
+        batch = setup.recipe.evaluation.particles_per_batch
+        slots = setup.slots(batch, setup.recipe.swarm.particle_count(len(setup.pool)))
+        self._engine = LocalEvaluator.open(setup, options, slots, layout=self.fine, fewer_slots=batch == "auto")
         self._expand = {g: _refinement(self.fine, layout, setup.pool.tensor_names) for g, layout in self.layouts.items()}
         self.evaluations = 0  # dev evaluations so far, of every method
 

@@ -6,7 +6,7 @@ fingerprint, so an interrupted run can resume with other values (another backend
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -20,13 +20,14 @@ class EvaluationSettings(StrictSection):
 
     section_name = "evaluation"
 
-    particles_per_batch: int = Field(
-        1,
-        ge=1,
+    particles_per_batch: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto",
         description=(
-            "LoRA pools: particles written into adapter slots of one PeftModel in one pass and scored together in "
-            "mixed-adapter batches (batch_size prompts x particles_per_batch rows per forward). Full-model pools: 1. "
-            "Default 1: on CPU with small models, mixed batches measured slower than one particle at a time."
+            "LoRA pools: particles written into adapter slots of the resident model in one pass and scored together "
+            "in one batch (batch_size prompts x particles rows per forward; every LoRA layer serves all slots with "
+            "batched matmuls). `auto`: every particle of an iteration, on a GPU as many as its memory holds "
+            "(measured once; an out-of-memory halves it), 1 where PEFT cannot batch the adapters (LoRA on fused "
+            "MoE parameters). Full-model pools: 1."
         ),
     )
     backend: Backend = Field(

@@ -100,7 +100,7 @@ def _swarm_sections(result: SwarmResult, settings: SwarmSettings) -> list[str]:
         "### Result",
         _result_table(result),
         f"{result.iterations} iterations, {result.evaluations} evaluations ({result.failed} failed), "
-        f"{result.restarts} particle restarts; stopped: {result.stop_reason}.",
+        f"{result.restarts} particle restarts; stopped: {result.stop_reason}." + _fallbacks(result),
         "![search history](swarm_history.png)",
         "### Winner coefficients",
         _coefficient_table(result),
@@ -144,3 +144,12 @@ def _settings_table(settings: SwarmSettings) -> str:
     rows = ["| setting | value |", "|---|---|"]
     rows += [f"| {k} | {v} |" for k, v in settings.model_dump().items()]
     return "\n".join(rows)
+
+
+def _fallbacks(result: SwarmResult) -> str:
+    if not result.fallbacks:
+        return ""
+    return (
+        f" {result.fallbacks} evaluations were scored one particle at a time because the batched scoring of their "
+        "group failed (the error is in each one's `fallback` in swarm_history.jsonl)."
+    )

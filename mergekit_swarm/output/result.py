@@ -28,6 +28,7 @@ class SwarmResult:
     restarts: int
     stop_reason: str
     output_kind: str  # "full" | "lora" | "lora-merged"
+    fallbacks: int = 0  # evaluations scored one at a time because their batched scoring failed
 
     def write(self, folder: Path) -> None:
         (folder / RESULT_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
@@ -48,8 +49,3 @@ class SwarmResult:
                 + (f"  {format_utility(test, 'failed'):>8}" if has_test else "")
             )
         return "\n".join(rows)
-
-
-def shown(value: float | None) -> str:
-    """A utility as the summary and the card show it ("failed" for an evaluation that failed)."""
-    return format_utility(value, missing="failed")

@@ -19,4 +19,5 @@ def open_evaluator(
     """
     if settings.backend == "ray":
         return RayEvaluator(recipe, setup, options, settings, particles=particles)
-    return LocalEvaluator.open(setup, options, setup.slots(settings.particles_per_batch))
+    auto = settings.particles_per_batch == "auto"
+    return LocalEvaluator.open(setup, options, setup.slots(settings.particles_per_batch, particles), fewer_slots=auto)

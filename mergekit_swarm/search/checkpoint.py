@@ -33,6 +33,7 @@ class Checkpoint:
     history_bytes: int = 0  # size of the history file when the state was saved
     failed: int = 0  # failed evaluations so far
     skipped: int = 0  # evaluations skipped by evaluation dropout
+    fallbacks: int = 0  # evaluations scored one at a time because their batched scoring failed
     expert_dev: list[float] | None = None  # the experts' dev utilities (iteration 0)
 
     def to_dict(self) -> dict[str, Any]:
@@ -42,6 +43,7 @@ class Checkpoint:
             "history_bytes": self.history_bytes,
             "failed": self.failed,
             "skipped": self.skipped,
+            "fallbacks": self.fallbacks,
             "expert_dev": self.expert_dev,
             "state": self.state.to_dict(),
         }
@@ -59,6 +61,7 @@ class Checkpoint:
                 history_bytes=data["history_bytes"],
                 failed=data["failed"],
                 skipped=data["skipped"],
+                fallbacks=data.get("fallbacks", 0),  # absent from checkpoints of earlier versions
                 expert_dev=data["expert_dev"],
             )
         except (OSError, ValueError, KeyError, TypeError):

@@ -16,21 +16,24 @@ scored again one particle at a time, so every particle gets its own result or er
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
 import torch
 
+from mergekit_swarm.device_memory import device_memory, particles_that_fit
 from mergekit_swarm.groups import GroupLayout
 from mergekit_swarm.options import RunOptions
 from mergekit_swarm.resident import ResidentModel
 from mergekit_swarm.search.setup import SearchSetup
 from mergekit_swarm.utilities import Score, Split, Utility
-from mergekit_swarm.utilities.text import batches
+
+LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class Evaluation:
     seconds: float  # for a group evaluated together: its share of the group's time
     error: str | None = None
     details: dict[str, float] = field(default_factory=dict)  # a Score's details (components, counts)
+    fallback: str | None = None  # why the batched scoring of its group failed, when it was scored alone
 
     @property
     def failed(self) -> bool:
@@ -64,27 +68,47 @@ class ParticleEvaluator(Protocol):
 
 
 class LocalEvaluator:
-    """The in-process engine: one resident model and the utility of each split."""
+    """The in-process engine: one resident model and the utility of each split.
 
-    def __init__(self, resident: ResidentModel, dev: Utility, test: Utility | None = None):
+    LoRA pools: particles are written into the resident model's adapter slots in groups and,
+    when the utility can, scored together in one mixed-adapter batch (served stacked, see
+    `adapter_stack`). A group whose batched scoring raises is scored again one particle at a
+    time (so that each particle gets its own result or error); that fallback is logged once,
+    counted (`fallbacks`) and marked on each evaluation. On a GPU, the group size is set by
+    measuring one particle's scoring once, and halved on out-of-memory (`device_memory`).
+    """
+
+    def __init__(self, resident: ResidentModel, dev: Utility, test: Utility | None = None, *, memory=None):
         self.resident = resident
         self.utilities: dict[Split, Utility] = {"dev": dev, **({"test": test} if test is not None else {})}
+        self.batch_limit = resident.slots  # particles scored together; lowered to what the device fits
+        self.fallbacks = 0  # evaluations scored alone because their group's batched scoring failed
+        self._memory = memory if memory is not None else device_memory(resident.device)
+        self._measured = self._memory is None
+        self._warned: set[str] = set()
 
     @classmethod
-    def open(cls, setup: SearchSetup, options: RunOptions, slots: int = 1, layout: GroupLayout | None = None) -> LocalEvaluator:
-        """The setup's resident model (with `slots` adapter slots, for particles of `layout`) and utilities."""
+    def open(
+        cls, setup: SearchSetup, options: RunOptions, slots: int = 1, layout: GroupLayout | None = None, *, fewer_slots=False
+    ) -> LocalEvaluator:
+        """The setup's resident model (with `slots` adapter slots, for particles of `layout`) and
+        utilities; `fewer_slots`: the slots are a wish (`particles_per_batch: auto`), not a must."""
         utilities = setup.utilities
-        return cls(setup.resident_model(options, slots, layout), utilities["dev"], utilities.get("test"))
+        resident = setup.resident_model(options, slots, layout, fewer_slots=fewer_slots)
+        return cls(resident, utilities["dev"], utilities.get("test"))
 
     @property
     def splits(self) -> tuple[Split, ...]:
         return tuple(self.utilities)
 
     def evaluate(self, particles: Sequence[np.ndarray], split: Split = "dev") -> Iterator[Evaluation]:
-        """One evaluation per particle, in order, in groups of the resident model's slot count."""
-        utility = self.utilities[split]
-        for group in batches(particles, self.resident.slots):
-            yield from self._evaluate_group(list(group), utility)
+        """One evaluation per particle, in order, in groups of at most `batch_limit` particles."""
+        utility, pending = self.utilities[split], list(particles)
+        if not self._measured and len(pending) > 1 and utility.scores_adapter_batches:
+            yield from self._measure(pending.pop(0), utility)
+        while pending:
+            group, pending = pending[: self.batch_limit], pending[self.batch_limit :]
+            yield from self._evaluate_group(group, utility)
 
     def score_model(self, model, split: Split = "dev") -> Evaluation:
         """The `split` utility of a model built elsewhere (e.g. by mergekit), with the run's tokenizer."""
@@ -94,17 +118,39 @@ class LocalEvaluator:
     def close(self) -> None:
         pass  # the resident model stays usable (e.g. to bake the winner with --merge-lora)
 
+    def _measure(self, particle: np.ndarray, utility: Utility) -> Iterator[Evaluation]:
+        """Score one particle alone while measuring its peak memory; batch as many as fit."""
+        with self._memory.peak() as used:
+            evaluations = list(self._evaluate_group([particle], utility))
+        self._measured = True
+        fit = particles_that_fit(self._memory.free_bytes(), used[0], self.batch_limit)
+        if fit < self.batch_limit:
+            self._note("memory", f"{fit} particles per batch fit in the device's memory (of {self.batch_limit} adapter slots)")
+            self.batch_limit = fit
+        yield from evaluations
+
     def _evaluate_group(self, group: list[np.ndarray], utility: Utility) -> Iterator[Evaluation]:
         start = time.perf_counter()
         slots = self.resident.load_many(group)
+        fallback = None
         if len(group) > 1 and utility.scores_adapter_batches:
             try:
                 with torch.no_grad():
                     scores = utility.score_adapters(self.resident.model, self.resident.tokenizer, slots)
                 if len(scores) != len(group):
                     raise ValueError(f"score_adapters returned {len(scores)} scores for {len(group)} adapters")
-            except Exception:  # scored again one by one below, so that each particle gets its own error
-                pass
+            except torch.cuda.OutOfMemoryError:  # fewer particles per batch; the same scores
+                if self._memory is not None:
+                    self._memory.release()
+                self.batch_limit = max(1, len(group) // 2)
+                self._note("memory", f"out of memory with {len(group)} particles per batch: continuing with {self.batch_limit}")
+                for half in (group[: self.batch_limit], group[self.batch_limit :]):
+                    yield from self._evaluate_group(half, utility)
+                return
+            except Exception as exc:  # scored again one by one below, so that each particle gets its own error
+                fallback = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
+                self.fallbacks += len(group)
+                self._note("fallback", f"batched scoring failed ({fallback}); its particles are scored one at a time")
             else:
                 share = (time.perf_counter() - start) / len(group)
                 yield from (evaluation_of(score, share) for score in scores)
@@ -114,8 +160,14 @@ class LocalEvaluator:
             begin = time.perf_counter()
             self.resident.activate(slot)
             score = call_utility(utility, self.resident.model, self.resident.tokenizer)
-            yield evaluation_of(score, share + time.perf_counter() - begin)
+            yield replace(evaluation_of(score, share + time.perf_counter() - begin), fallback=fallback)
         self.resident.activate(0)
+
+    def _note(self, kind: str, message: str) -> None:
+        """Log `message` once per kind (a fallback in every iteration is said once, counted always)."""
+        if kind not in self._warned:
+            self._warned.add(kind)
+            LOG.warning(message)
 
 
 def call_utility(utility: Utility, model, tokenizer) -> float | Score | Exception:

@@ -61,6 +61,7 @@ def run_search(
                         history.append(_skipped_record(state.iteration, i, utilities[-1]))
                         continue
                     result = next(results)
+                    checkpoint.fallbacks += result.fallback is not None
                     if result.failed:
                         checkpoint.failed += 1
                         errors.append(result.error)
@@ -101,6 +102,8 @@ def _record(iteration: int, particle: int, result: Evaluation) -> dict:
         record["error"] = result.error
     if result.details:
         record["details"] = result.details
+    if result.fallback:
+        record["fallback"] = result.fallback
     return record
 
 

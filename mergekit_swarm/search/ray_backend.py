@@ -55,6 +55,7 @@ class WorkerSpec:
     options: RunOptions
     granularity: str
     slots: int
+    fewer_slots: bool  # `particles_per_batch: auto`: the worker's device and PEFT may lower it
     fingerprint: str  # the driver's: a worker that sees other files refuses to start
     threads: int
 
@@ -80,7 +81,8 @@ class EvaluationWorker:
                     "it sees other experts, base model or utility files than the driver "
                     "(every node needs the same files at the same paths, or the same Hub revisions)"
                 )
-            self._evaluator = LocalEvaluator.open(prepare(recipe, options, spec.granularity), options, spec.slots)
+            setup = prepare(recipe, options, spec.granularity)
+            self._evaluator = LocalEvaluator.open(setup, options, spec.slots, fewer_slots=spec.fewer_slots)
         except (SwarmError, OSError) as exc:  # a node without the files, most often: say which node
             kind = type(exc) if isinstance(exc, SwarmError) else WorkerError
             self._failure = kind(f"Ray worker on {_node()}: {exc}")
@@ -118,18 +120,23 @@ class RayEvaluator:
         self._actor_class = self._ray.remote(EvaluationWorker).options(**self._resources, max_restarts=0)  # we replace
         # Ray makes a worker's GPU(s) its `cuda:0`: any --device cuda:N means "this worker's GPU"
         device = "cuda" if options.device.startswith("cuda") else options.device
-        self._spec = WorkerSpec(
-            recipe,
-            replace(options, device=device, quiet=True),
-            setup.layout.granularity,
-            setup.slots(settings.particles_per_batch),
-            setup.recipe.fingerprint(),
-            max(1, int(settings.cpus_per_worker)),
-        )
+        auto = settings.particles_per_batch == "auto"
+        slots = setup.slots(settings.particles_per_batch, particles)
         try:
             self._connect()
             total = self._ray.cluster_resources()
-            count = self._worker_count(total, max_workers=-(-particles // self._spec.slots))
+            count = self._worker_count(total, max_workers=particles if auto else -(-particles // slots))
+            if auto:  # every worker scores its share of an iteration in one batch
+                slots = min(slots, -(-particles // count))
+            self._spec = WorkerSpec(
+                recipe,
+                replace(options, device=device, quiet=True),
+                setup.layout.granularity,
+                slots,
+                auto,
+                setup.recipe.fingerprint(),
+                max(1, int(settings.cpus_per_worker)),
+            )
             self._say(
                 f"Ray: starting {count} worker(s) with {settings.cpus_per_worker:g} CPU and {gpus:g} GPU each "
                 f"(resources of the cluster: {total.get('CPU', 0):g} CPU, {total.get('GPU', 0):g} GPU, "

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from mergekit_swarm.config import SwarmRecipe
 from mergekit_swarm.errors import ConfigError
@@ -37,9 +38,12 @@ class SearchSetup:
     def is_lora(self) -> bool:
         return isinstance(self.pool, LoraPool)
 
-    def slots(self, particles_per_batch: int) -> int:
-        """Particles one resident model holds and scores together: adapter slots for LoRA pools, else 1."""
-        return particles_per_batch if self.is_lora else 1
+    def slots(self, particles_per_batch: int | Literal["auto"], particles: int) -> int:
+        """Particles one resident model holds and scores together: adapter slots for LoRA pools, else 1
+        (`auto`: all `particles` of an iteration; the device's memory may lower it when scoring)."""
+        if not self.is_lora:
+            return 1
+        return particles if particles_per_batch == "auto" else particles_per_batch
 
     @cached_property
     def utilities(self) -> dict[Split, Utility]:
@@ -49,9 +53,12 @@ class SearchSetup:
             raise ConfigError(f"{self.recipe.source}: utility: nothing to evaluate on the dev side")
         return {split: utility for split, utility in built.items() if utility is not None}
 
-    def resident_model(self, options: RunOptions, slots: int = 1, layout: GroupLayout | None = None) -> ResidentModel:
+    def resident_model(
+        self, options: RunOptions, slots: int = 1, layout: GroupLayout | None = None, *, fewer_slots: bool = False
+    ) -> ResidentModel:
         """Load the model particles are written into (the base with adapter slots, or the first
-        expert), for particles of `layout` (default: the setup's)."""
+        expert), for particles of `layout` (default: the setup's). With `fewer_slots` (`auto`), one
+        slot where PEFT cannot batch the adapters instead of an error."""
         from mergekit.common import dtype_from_name
 
         recipe = self.recipe
@@ -66,7 +73,9 @@ class SearchSetup:
             out_dtype=out_dtype,
             device=options.device,
             trust_remote_code=options.trust_remote_code,
-            slots=self.slots(slots),
+            slots=slots if self.is_lora else 1,
+            fewer_slots=fewer_slots,
+            hold_experts=options.read_to_gpu,
         )
 
 
