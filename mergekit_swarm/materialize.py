@@ -58,17 +58,41 @@ def combine_tensor(
 
 
 class Accumulator:
-    """A reusable float32/float64 scratch buffer of one chunk, per device."""
+    """A reusable float32/float64 scratch buffer of one chunk, per device, and the way chunks of
+    the experts get there."""
 
     def __init__(self, device: str | torch.device = "cpu", elements: int | None = None):
         self.device = torch.device(device)
         self.elements = elements or (GPU_CHUNK_ELEMENTS if self.device.type == "cuda" else CPU_CHUNK_ELEMENTS)
         self._buffers: dict[torch.dtype, torch.Tensor] = {}
+        self._staging: list[torch.Tensor | None] = [None, None]  # pinned host buffers, used in turn
+        self._copied: list = [None, None]  # the CUDA event after each one's last transfer
+        self._turn = 0
 
     def buffer(self, dtype: torch.dtype) -> torch.Tensor:
         if dtype not in self._buffers:
             self._buffers[dtype] = torch.empty(self.elements, dtype=dtype, device=self.device)
         return self._buffers[dtype]
+
+    def upload(self, chunk: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+        """`chunk` of an expert (a memory-mapped view, or a tensor held on the device) on the
+        device, in `dtype`. From the page cache to a GPU it goes through two pinned buffers in
+        turn, so reading one chunk overlaps the transfer of the previous one."""
+        if self.device.type != "cuda" or chunk.device.type != "cpu":
+            return chunk.to(device=self.device, dtype=dtype)
+        turn, self._turn = self._turn, 1 - self._turn
+        nbytes = chunk.numel() * chunk.element_size()
+        staging = self._staging[turn]
+        if staging is None or staging.numel() < nbytes:
+            staging = self._staging[turn] = torch.empty(max(nbytes, 1 << 20), dtype=torch.uint8, pin_memory=True)
+        elif self._copied[turn] is not None:
+            self._copied[turn].synchronize()  # its previous transfer must be done before it is overwritten
+        host = staging[:nbytes].view(chunk.dtype).view(chunk.shape)
+        host.copy_(chunk)
+        on_device = host.to(self.device, non_blocking=True)
+        self._copied[turn] = torch.cuda.Event()
+        self._copied[turn].record()
+        return on_device if dtype is None else on_device.to(dtype)
 
 
 def write_combinations(
@@ -105,7 +129,7 @@ def write_combinations(
         acc = scratch[: rows * (stop - start)].view(rows, stop - start)
         acc.zero_()
         for k, source in enumerate(sources):
-            acc.addcmul_(source[start:stop].to(device=device, dtype=dtype), columns[k])
+            acc.addcmul_(accumulator.upload(source[start:stop], dtype), columns[k])
         for p in range(rows):
             flat[p][start:stop].copy_(acc[p].to(input_dtype).to(final_dtype))
 

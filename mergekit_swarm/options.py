@@ -26,6 +26,7 @@ class RunOptions:
     allow_pickle: bool = False  # read pickled checkpoints (weights_only) and download them from the Hub
     cache_dir: str | None = None  # mergekit's --transformers-cache: where Hub models are stored
     backend: Literal["local", "ray"] | None = None  # --backend: overrides the recipe's `evaluation: backend`
+    read_to_gpu: bool | None = None  # full experts held on the device: None = when they fit (GPU only)
 
     @classmethod
     def from_merge_options(cls, merge_options, **ours) -> RunOptions:
@@ -41,6 +42,7 @@ class RunOptions:
             async_write=merge_options.async_write,
             write_threads=merge_options.write_threads,
             cache_dir=merge_options.transformers_cache,
+            read_to_gpu=True if merge_options.read_to_gpu else None,
             **ours,
         )
 
@@ -50,7 +52,6 @@ NO_EFFECT = {
     "allow_crimes": "experts must align tensor by tensor anyway",
     "lazy_unpickle": "pickles are read with torch.load(weights_only=True), and only with --allow-pickle",
     "low_cpu_memory": "one resident model is used",
-    "read_to_gpu": "experts are read tensor by tensor and moved to --device",
     "multi_gpu": "one resident model is used",
     "clone_tensors": "tensors are written once each",
     "lora_merge_cache": "model+lora experts are not supported; list the adapter folder",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -36,3 +37,15 @@ class FullModelPool(ExpertPool):
 
     def unit(self, name: str) -> str:
         return name
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all experts' tensors together."""
+        return len(self) * sum(spec.torch_dtype.itemsize * math.prod(spec.shape) for spec in self.specs)
+
+    def hold_on(self, device: str | torch.device) -> None:
+        """Keep every expert's tensors on `device` (mergekit's `--read-to-gpu`): a particle is then
+        written at the device's memory bandwidth instead of streamed from the page cache."""
+        for k in range(len(self)):
+            for spec in self.specs:
+                self._views[(k, spec.name)] = self.tensor(k, spec.name).to(device)
