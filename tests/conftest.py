@@ -87,6 +87,16 @@ def _multiple_choice(rows: list[dict]) -> list[dict]:
     return out
 
 
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests run only where CUDA is available."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 def write_recipe(folder: Path, experts, *, base=None, swarm=None, utility=None, **top) -> Path:
     """A recipe file in `folder` (absolute model paths unless given as strings)."""
     folder.mkdir(parents=True, exist_ok=True)
