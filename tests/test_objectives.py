@@ -428,7 +428,7 @@ def test_multitask_is_the_harmonic_mean_of_its_components(lm, zoo, tmp_path):
         model, tokenizer
     )
     parts = {
-        s: ExactMatch(load_examples(tmp_path / f"{s}.jsonl"), GenerationSettings(6, 32))(model, tokenizer)
+        s: ExactMatch(load_examples(tmp_path / f"{s}.jsonl"), GenerationSettings(6, 32))(model, tokenizer).value
         for s in ("reverse", "copy")
     }
     assert all(0 < v < 1 for v in parts.values()), parts  # otherwise the harmonic mean would be trivially 0

@@ -42,7 +42,7 @@ def test_exact_match_scores_the_share_of_generations_containing_the_gold(lm, zoo
     ]
     expected = sum(contains_answer(g, e.answer) for g, e in zip(generations, examples)) / len(examples)
     assert expected == pytest.approx(0.5, abs=1 / len(examples))
-    assert ExactMatch(examples, GenerationSettings(max_new_tokens=6, batch_size=5))(model, tokenizer) == expected
+    assert ExactMatch(examples, GenerationSettings(max_new_tokens=6, batch_size=5))(model, tokenizer).value == expected
 
 
 def test_exact_match_normalises_case_and_whitespace():
@@ -68,7 +68,7 @@ def test_multiple_choice_by_loglikelihood_matches_a_hand_computation(lm, zoo):
     expected = sum(p == e.answer_index for p, e in zip(picks, examples)) / len(examples)
     utility = MultipleChoice(examples, "loglikelihood", GenerationSettings(4, 3))
     assert utility.predictions(model, tokenizer, NO_ADAPTERS) == [picks]
-    assert utility(model, tokenizer) == expected
+    assert utility(model, tokenizer).value == expected
 
 
 def test_multiple_choice_by_generated_letter(monkeypatch):
@@ -81,7 +81,7 @@ def test_multiple_choice_by_generated_letter(monkeypatch):
     examples = [Example(f"q{i}", "x", ("x", "y", "z"), i % 3) for i in range(4)]
     monkeypatch.setattr(mc_module, "generate_for_adapters", lambda *a, **k: [["A", "Answer: B", "C", "nothing"]])
     # predictions 0, 1, 2, None against gold 0, 1, 2, 0
-    assert MultipleChoice(examples, "generate", GenerationSettings(4, 2))(None, None) == 0.75
+    assert MultipleChoice(examples, "generate", GenerationSettings(4, 2))(None, None).value == 0.75
 
 
 def test_multiple_choice_target_delimiter_goes_between_prompt_and_choice(monkeypatch):
@@ -94,7 +94,7 @@ def test_multiple_choice_target_delimiter_goes_between_prompt_and_choice(monkeyp
     monkeypatch.setattr(mc_module, "logprobs_for_adapters", fake_logprobs)
     example = Example("Q: 2+2=?\nA:", "4", ("3", "4"), 1)
     utility = MultipleChoice([example], "loglikelihood", GenerationSettings(4, 2), target_delimiter=" ")
-    assert utility(None, None) == 1.0
+    assert utility(None, None).value == 1.0
     assert seen == [("Q: 2+2=?\nA:", " 3"), ("Q: 2+2=?\nA:", " 4")]
 
 

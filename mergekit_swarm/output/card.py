@@ -11,6 +11,7 @@ import yaml
 from mergekit_swarm.config import MergeRecipe
 from mergekit_swarm.console import format_utility
 from mergekit_swarm.names import PAPER_URL
+from mergekit_swarm.output.emergence import sentence
 from mergekit_swarm.output.result import SwarmResult
 from mergekit_swarm.pso import SwarmSettings
 
@@ -70,7 +71,7 @@ def render_card(
     if result is not None and settings is not None:
         parts += _swarm_sections(result, settings)
     parts += ["## Citation", "```bibtex\n" + CITATION + "\n```"]
-    return "\n\n".join(parts) + "\n"
+    return "\n\n".join(p for p in parts if p) + "\n"
 
 
 def _front_matter(recipe: MergeRecipe, output_kind: str) -> dict:
@@ -101,6 +102,7 @@ def _swarm_sections(result: SwarmResult, settings: SwarmSettings) -> list[str]:
         _result_table(result),
         f"{result.iterations} iterations, {result.evaluations} evaluations ({result.failed} failed), "
         f"{result.restarts} particle restarts; stopped: {result.stop_reason}." + _fallbacks(result),
+        sentence(result.emergence) + (" (per example: `swarm_examples.json`)" if any(result.emergence.values()) else ""),
         "![search history](swarm_history.png)",
         "### Winner coefficients",
         _coefficient_table(result),

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mergekit_swarm.console import format_utility
 from mergekit_swarm.names import RESULT_FILE
+from mergekit_swarm.output.emergence import sentence
 
 
 @dataclass
@@ -29,6 +30,7 @@ class SwarmResult:
     stop_reason: str
     output_kind: str  # "full" | "lora" | "lora-merged"
     fallbacks: int = 0  # evaluations scored one at a time because their batched scoring failed
+    emergence: dict[str, dict[str, int] | None] = field(default_factory=dict)  # per split, see output.emergence
 
     def write(self, folder: Path) -> None:
         (folder / RESULT_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
@@ -48,4 +50,5 @@ class SwarmResult:
                 f"{name:<{width}}  {format_utility(dev, 'failed'):>8}"
                 + (f"  {format_utility(test, 'failed'):>8}" if has_test else "")
             )
-        return "\n".join(rows)
+        found = sentence(self.emergence)
+        return "\n".join(rows) + (f"\n{found}" if found else "")

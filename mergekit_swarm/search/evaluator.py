@@ -43,6 +43,7 @@ class Evaluation:
     error: str | None = None
     details: dict[str, float] = field(default_factory=dict)  # a Score's details (components, counts)
     fallback: str | None = None  # why the batched scoring of its group failed, when it was scored alone
+    per_example: dict[str, tuple[float, ...]] = field(default_factory=dict)  # a Score's, see `utilities.Score`
 
     @property
     def failed(self) -> bool:
@@ -192,4 +193,4 @@ def evaluation_of(result: float | Score | Exception, seconds: float) -> Evaluati
     except Exception as exc:
         message = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500]
         return Evaluation(-math.inf, seconds, message)
-    return Evaluation(value, seconds, details=dict(score.details))
+    return Evaluation(value, seconds, details=dict(score.details), per_example=dict(score.per_example))

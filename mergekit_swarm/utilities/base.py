@@ -27,10 +27,14 @@ Split = Literal["dev", "test"]
 @dataclass(frozen=True)
 class Score:
     """A utility value with details worth keeping (per-component scores, parse failures),
-    which the search records in its history beside the value."""
+    which the search records in its history beside the value, and, for a utility that is a mean
+    over examples, each example's score in dataset order (1/0 when it is right or wrong), keyed
+    by component ("" for a single utility): what the run's correctness report and the quality
+    table's paired bootstrap read."""
 
     value: float
     details: dict[str, float] = field(default_factory=dict)
+    per_example: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
 
 class Utility(ABC):
@@ -84,6 +88,11 @@ class UtilityConfig(StrictSection):
 
     def may_be_negative(self) -> bool:
         """Whether the utility can score below 0 (a harmonic mean needs scores >= 0)."""
+        return False
+
+    def right_or_wrong(self) -> bool:
+        """Whether the utility is the share of examples answered right (each one right or wrong), so
+        that which examples a model solves can be compared (`output.emergence`)."""
         return False
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from mergekit_swarm.utilities.base import AdapterBatchedUtility, GenerativeUtilityConfig, Utility, register_utility
+from mergekit_swarm.utilities.base import AdapterBatchedUtility, GenerativeUtilityConfig, Score, Utility, register_utility
 from mergekit_swarm.utilities.data import Example
 from mergekit_swarm.utilities.text import Adapters, GenerationSettings, generate_for_adapters
 
@@ -26,17 +26,21 @@ class ExactMatch(AdapterBatchedUtility):
     def __init__(self, examples: list[Example], generation: GenerationSettings):
         self.examples, self.generation = examples, generation
 
-    def score_adapters(self, model, tokenizer, adapters: Adapters) -> list[float]:
+    def score_adapters(self, model, tokenizer, adapters: Adapters) -> list[Score]:
         prompts = [e.prompt for e in self.examples]
         return [self.accuracy(g) for g in generate_for_adapters(model, tokenizer, prompts, self.generation, adapters)]
 
-    def accuracy(self, generations: list[str]) -> float:
-        return sum(contains_answer(g, e.answer) for g, e in zip(generations, self.examples)) / len(self.examples)
+    def accuracy(self, generations: list[str]) -> Score:
+        hits = tuple(float(contains_answer(g, e.answer)) for g, e in zip(generations, self.examples))
+        return Score(sum(hits) / len(hits), per_example={"": hits})
 
 
 @register_utility
 class ExactMatchConfig(GenerativeUtilityConfig):
     type: Literal["exact_match"] = "exact_match"
+
+    def right_or_wrong(self) -> bool:
+        return True
 
     def utility_on(self, examples: list[Example]) -> Utility:
         return ExactMatch(examples, self.generation())

@@ -64,7 +64,8 @@ class JudgeUtility(AdapterBatchedUtility):
         unparseable = sum(r is None for r in ratings)
         values = [1.0 if r is None else r for r in ratings]
         mean = sum(values) / len(values)
-        return Score(mean / 10, {"mean_rating": mean, "unparseable": float(unparseable)})
+        details = {"mean_rating": mean, "unparseable": float(unparseable)}
+        return Score(mean / 10, details, {"": tuple(v / 10 for v in values)})
 
 
 @register_utility

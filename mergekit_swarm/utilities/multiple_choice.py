@@ -15,7 +15,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from mergekit_swarm.utilities.base import AdapterBatchedUtility, GenerativeUtilityConfig, Utility, register_utility
+from mergekit_swarm.utilities.base import AdapterBatchedUtility, GenerativeUtilityConfig, Score, Utility, register_utility
 from mergekit_swarm.utilities.data import LETTERS, Example
 from mergekit_swarm.utilities.text import Adapters, GenerationSettings, generate_for_adapters, logprobs_for_adapters
 
@@ -63,11 +63,12 @@ class MultipleChoice(AdapterBatchedUtility):
             predictions.append(max(range(len(totals)), key=totals.__getitem__))  # first on ties
         return predictions
 
-    def score_adapters(self, model, tokenizer, adapters: Adapters) -> list[float]:
-        return [
-            sum(p == e.answer_index for p, e in zip(predictions, self.examples)) / len(self.examples)
-            for predictions in self.predictions(model, tokenizer, adapters)
-        ]
+    def score_adapters(self, model, tokenizer, adapters: Adapters) -> list[Score]:
+        scores = []
+        for predictions in self.predictions(model, tokenizer, adapters):
+            hits = tuple(float(p == e.answer_index) for p, e in zip(predictions, self.examples))
+            scores.append(Score(sum(hits) / len(hits), per_example={"": hits}))
+        return scores
 
 
 @register_utility
@@ -78,6 +79,9 @@ class MultipleChoiceConfig(GenerativeUtilityConfig):
     target_delimiter: str = Field("", description='Put between prompt and choice with parse: loglikelihood (lm-eval: " ").')
 
     example_format: ClassVar[dict[str, bool]] = {"multiple_choice": True}
+
+    def right_or_wrong(self) -> bool:
+        return True
 
     def utility_on(self, examples: list[Example]) -> Utility:
         return MultipleChoice(examples, self.parse, self.generation(), self.target_delimiter)

@@ -74,13 +74,15 @@ class MultiTask(Utility):
 
     def _combine(self, results: list[float | Score]) -> Score:
         details: dict[str, float] = {}
+        per_example: dict[str, tuple[float, ...]] = {}
         values = []
         for name, result in zip(self.names, results):
             score = result if isinstance(result, Score) else Score(float(result))
             values.append(float(score.value))
             details[name] = values[-1]
             details.update({f"{name}/{key}": value for key, value in score.details.items()})
-        return Score(aggregate(values, self.weights, self.how), details)
+            per_example.update({"/".join(filter(None, (name, key))): v for key, v in score.per_example.items()})
+        return Score(aggregate(values, self.weights, self.how), details, per_example)
 
 
 @register_utility
@@ -111,6 +113,9 @@ class MultitaskConfig(UtilityConfig):
         if any(u is None for u in utilities):  # a test score needs every component's test data
             return None
         return MultiTask(self.names(), [c.weight for c in self.components], utilities, self.aggregate)
+
+    def right_or_wrong(self) -> bool:
+        return all(c.utility.right_or_wrong() for c in self.components)
 
     def may_be_negative(self) -> bool:
         return self.aggregate != "harmonic" and any(c.utility.may_be_negative() for c in self.components)

@@ -96,7 +96,7 @@ class RewardUtility(AdapterBatchedUtility):
         lengths = [len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses]
         scores = [self.config.score(reward, length) for reward, length in zip(rewards, lengths)]
         details = {"reward": sum(rewards) / len(rewards), "response_tokens": sum(lengths) / len(lengths)}
-        return Score(sum(scores) / len(scores), details)
+        return Score(sum(scores) / len(scores), details, {"": tuple(scores)})
 
 
 class RewardRange(StrictSection):
