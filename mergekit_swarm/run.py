@@ -21,6 +21,7 @@ from mergekit_swarm.groups import GroupLayout
 from mergekit_swarm.materialize import one_hot
 from mergekit_swarm.options import RunOptions
 from mergekit_swarm.output.card import render_card
+from mergekit_swarm.output.emergence import emergence, write_examples
 from mergekit_swarm.output.model_folder import write_model_folder
 from mergekit_swarm.output.plot import plot_history, read_history
 from mergekit_swarm.output.result import SwarmResult
@@ -28,7 +29,7 @@ from mergekit_swarm.output.rundir import RunDirectory
 from mergekit_swarm.search.backends import open_evaluator
 from mergekit_swarm.search.checkpoint import Checkpoint
 from mergekit_swarm.search.evaluator import LocalEvaluator, ParticleEvaluator
-from mergekit_swarm.search.loop import run_search
+from mergekit_swarm.search.loop import run_search, start_swarm
 from mergekit_swarm.search.setup import prepare
 from mergekit_swarm.tokenizer import load_tokenizer
 
@@ -95,8 +96,8 @@ def run_swarm(recipe: SwarmRecipe, out: str | Path, options: RunOptions | None =
         say(f"note: {note}")
     checkpoint = rundir.open(fingerprint, resume=options.resume, overwrite=options.overwrite)
     particles = recipe.swarm.particle_count(len(pool))
+    known = {}
     if checkpoint is None:
-        checkpoint = Checkpoint(fingerprint, pso.initialize(recipe.swarm, len(pool), len(layout)))
         say(
             f"{len(pool)} {'LoRA adapters' if setup.is_lora else 'full models'}, {particles} particles, "
             f"{len(layout)} parameter group(s) ({layout.granularity}), utility {recipe.utility.type}"
@@ -109,11 +110,14 @@ def run_swarm(recipe: SwarmRecipe, out: str | Path, options: RunOptions | None =
         rundir.discard_unstarted()
         raise
     with closing(evaluator):  # Ray: the workers are shut down however the search ends, Ctrl-C included
+        if checkpoint is None:
+            state, known = start_swarm(recipe.swarm, evaluator, len(pool), layout)
+            checkpoint = Checkpoint(fingerprint, state)
         checkpoint = run_search(
-            recipe.swarm, evaluator, rundir.state, checkpoint, fail_fast=options.fail_fast, quiet=options.quiet
+            recipe.swarm, evaluator, rundir.state, checkpoint, known=known, fail_fast=options.fail_fast, quiet=options.quiet
         )
         winner = pso.winner(checkpoint.state)
-        expert_test, winner_test = _test_report(evaluator, layout, len(pool), winner, options.fail_fast)
+        expert_test, winner_test, examples = _report(evaluator, recipe, layout, len(pool), winner, options.fail_fast)
     resident = None
     if options.merge_lora:  # the local engine's resident model; Ray's lived on the workers
         resident = evaluator.resident if isinstance(evaluator, LocalEvaluator) else setup.resident_model(options)
@@ -123,7 +127,10 @@ def run_swarm(recipe: SwarmRecipe, out: str | Path, options: RunOptions | None =
         rundir.clear_outputs()  # files of an earlier, interrupted write (maybe with other options)
         kind = write_model_folder(rundir.work, recipe, pool, layout, winner, options, tokenizer=tokenizer, resident=resident)
         result = _result(pool, layout, checkpoint, particles, expert_test, winner_test, kind)
+        result.emergence = {split: emergence(e["experts"], e["winner"]) for split, e in examples.items()}
         _write_reports(rundir, result, recipe, card=options.write_model_card)
+        if examples:  # which examples each expert and the winner get right
+            write_examples(rundir.work, pool.names, examples)
         rundir.publish()
     say(f"wrote {rundir.out}")
     return result
@@ -158,19 +165,29 @@ def _result(
     )
 
 
-def _test_report(
-    evaluator: ParticleEvaluator, layout: GroupLayout, experts: int, winner: np.ndarray, fail_fast: bool
-) -> tuple[list[float | None] | None, float | None]:
-    """Test utility of every expert and of the winner (reported only, never searched on)."""
-    if "test" not in evaluator.splits:
-        return None, None
+def _report(
+    evaluator: ParticleEvaluator, recipe: SwarmRecipe, layout: GroupLayout, experts: int, winner: np.ndarray, fail_fast: bool
+) -> tuple[list[float | None] | None, float | None, dict]:
+    """The test utility of every expert and of the winner (reported only, never searched on) and,
+    for a utility that is a share of examples answered right, which dev and test examples each of
+    them gets right (the dev ones evaluated again here, for the report only)."""
     particles = [one_hot(layout, experts, k) for k in range(experts)] + [winner]
+    splits = [s for s in ("dev", "test") if s in evaluator.splits and (s == "test" or recipe.utility.right_or_wrong())]
     scores: list[float | None] = []
-    for i, result in enumerate(evaluator.evaluate(particles, "test")):
-        if result.failed and fail_fast:
-            raise UtilityError(f"test utility failed on {f'expert {i}' if i < experts else 'the winner'}: {result.error}")
-        scores.append(None if result.failed else result.utility)
-    return scores[:experts], scores[experts]
+    examples: dict[str, dict] = {}
+    for split in splits:
+        results = list(evaluator.evaluate(particles, split))
+        for i, result in enumerate(results):
+            if result.failed and fail_fast:
+                who = f"expert {i}" if i < experts else "the winner"
+                raise UtilityError(f"{split} utility failed on {who}: {result.error}")
+        if split == "test":
+            scores = [None if r.failed else r.utility for r in results]
+        if recipe.utility.right_or_wrong() and all(r.per_example for r in results):
+            examples[split] = {"experts": [r.per_example for r in results[:experts]], "winner": results[experts].per_example}
+    if "test" not in splits:
+        return None, None, examples
+    return scores[:experts], scores[experts], examples
 
 
 def _write_reports(rundir: RunDirectory, result: SwarmResult, recipe: SwarmRecipe, *, card: bool) -> None:

@@ -264,3 +264,56 @@ def test_a_reused_utility_never_improves_a_best():
 def test_drop_k_must_leave_some_evaluations():
     with pytest.raises(ValueError, match="drop_k .* must be smaller than drop_n"):
         SwarmSettings(drop_k=2, drop_n=2)
+
+
+def test_initial_merges_start_where_the_simple_merges_are():
+    settings = SwarmSettings(particles=12, initial="merges", seed=3)
+    utilities = [0.2, 0.7, float("-inf"), 0.5, 0.1]  # best: expert 1, then 3, then 0; expert 2 failed
+    state = pso.initialize(settings, 5, 2, utilities)
+    positions = state.positions[:, 0]
+    np.testing.assert_array_equal(positions[:5], np.eye(5))
+    np.testing.assert_allclose(positions[5], np.full(5, 0.2))  # the uniform soup
+    for row, t in zip(positions[6:9], (0.5, 0.25, 0.75)):  # the best two, t on the best
+        np.testing.assert_allclose(row, t * np.eye(5)[1] + (1 - t) * np.eye(5)[3])
+    np.testing.assert_allclose(positions[9], (np.eye(5)[1] + np.eye(5)[3] + np.eye(5)[0]) / 3)
+    assert np.allclose(state.positions.sum(-1), 1) and np.array_equal(state.positions[:, 0], state.positions[:, 1])
+    # crossovers fill the rest, from the same draws as the paper's initialisation makes for them
+    paper = pso.initialize(SwarmSettings(particles=12, seed=3), 5, 2)
+    assert not np.allclose(positions[10:], paper.positions[10:, 0])
+    with pytest.raises(ValueError, match="needs the experts' utilities"):
+        pso.initialize(settings, 5, 2)
+
+
+def test_initial_merges_fit_a_small_swarm_and_experts_mode_ignores_utilities():
+    small = pso.initialize(SwarmSettings(particles=4, initial="merges"), 3, 1, [0.1, 0.3, 0.2])
+    np.testing.assert_allclose(small.positions[3, 0], np.full(3, 1 / 3))  # only the first merge fits
+    a = pso.initialize(SwarmSettings(seed=5), 4, 2)
+    b = pso.initialize(SwarmSettings(seed=5), 4, 2, [0.1, 0.9, 0.3, 0.2])
+    np.testing.assert_array_equal(a.positions, b.positions)
+    np.testing.assert_array_equal(a.velocities, b.velocities)
+
+
+def test_start_swarm_evaluates_the_experts_once():
+    from mergekit_swarm.groups import GroupLayout
+    from mergekit_swarm.search.evaluator import Evaluation
+    from mergekit_swarm.search.loop import start_swarm
+
+    class Recorder:
+        splits = ("dev",)
+
+        def __init__(self):
+            self.seen = []
+
+        def evaluate(self, particles, split="dev"):
+            for p in particles:
+                self.seen.append(p.copy())
+                yield Evaluation(float(p[0] @ np.arange(1, 4)), 0.0)
+
+    layout = GroupLayout("model", ("model",), ())
+    recorder = Recorder()
+    state, known = start_swarm(SwarmSettings(particles=6, initial="merges"), recorder, 3, layout)
+    assert len(recorder.seen) == 3 and sorted(known) == [0, 1, 2]
+    assert [known[k].utility for k in range(3)] == [1.0, 2.0, 3.0]
+    np.testing.assert_allclose(state.positions[4, 0], [0, 0.5, 0.5])  # the best two: experts 2 and 1
+    state, known = start_swarm(SwarmSettings(particles=6), recorder, 3, layout)
+    assert known == {} and len(recorder.seen) == 3  # the paper's start evaluates nothing up front

@@ -285,3 +285,14 @@ def test_dropout_runs_resume_exactly(zoo, recipe_factory, tmp_path, monkeypatch)
     resumed = run_swarm(recipe, tmp_path / "out", RunOptions(quiet=True, resume=True))
     assert resumed.coefficients == reference.coefficients
     assert evaluations(tmp_path / "out") == evaluations(tmp_path / "reference")
+
+
+def test_initial_merges_run_evaluates_each_particle_once_per_iteration(recipe_factory, tmp_path):
+    out = tmp_path / "out"
+    recipe = recipe_factory("lora", swarm={"particles": 6, "max_iterations": 2, "initial": "merges"})
+    result = run_swarm(load_recipe(recipe), out, RunOptions(quiet=True))
+    lines = [json.loads(line) for line in (out / "swarm_history.jsonl").read_text().splitlines()]
+    first = [line for line in lines if line["iteration"] == 0]
+    assert [line["particle"] for line in first] == list(range(6))  # experts, merges, crossovers: once each
+    assert result.evaluations == len(lines) == 6 * (result.iterations + 1)
+    assert result.expert_dev == [line["utility"] for line in first[:3]]

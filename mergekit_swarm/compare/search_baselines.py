@@ -28,7 +28,7 @@ from mergekit_swarm.compare.scoring import Mix, Scorer
 from mergekit_swarm.output.rundir import RunDirectory
 from mergekit_swarm.pso import Granularity
 from mergekit_swarm.search.checkpoint import Checkpoint
-from mergekit_swarm.search.loop import run_search
+from mergekit_swarm.search.loop import run_search, start_swarm
 
 LORAHUB_BOUND = 1.5
 LORAHUB_L1 = 0.05
@@ -144,8 +144,9 @@ def swarm(scorer: Scorer, settings: pso.SwarmSettings, granularity: Granularity,
     layout = scorer.layout(granularity)
     rundir = RunDirectory(folder)
     rundir.open("compare", resume=False, overwrite=True)
-    checkpoint = Checkpoint("compare", pso.initialize(settings, scorer.experts, len(layout)))
-    checkpoint = run_search(settings, scorer.mix_evaluator(granularity), rundir.state, checkpoint, quiet=quiet)
+    evaluator = scorer.mix_evaluator(granularity)
+    state, known = start_swarm(settings, evaluator, scorer.experts, layout)
+    checkpoint = run_search(settings, evaluator, rundir.state, Checkpoint("compare", state), known=known, quiet=quiet)
     rundir.publish()
     state = checkpoint.state
     info = {"granularity": granularity, "groups": len(layout), "particles": state.shape[0], "iterations": state.iteration}

@@ -7,7 +7,8 @@ fixed order, so a state restored from disk continues bit for bit:
 
 1. `initialize`: per crossover child, `a, b = rng.choice(k, 2, replace=False)` then
    `t = rng.uniform(0, 2)`; then, for `starting_velocity: random`, per particle
-   `j = rng.integers(particles - 1)` (skipping i itself).
+   `j = rng.integers(particles - 1)` (skipping i itself). With `initial: merges` the
+   merges take the places after the experts and draw nothing.
 2. `step`: one `rng.random((particles, groups, 4))` draw (r_v, r_p, r_g, r_w per
    particle and group), even when `random_factors` is off, so that switching it
    does not change later draws; then, only with evaluation dropout on,
@@ -32,8 +33,9 @@ from mergekit_swarm.pso.settings import SwarmSettings
 from mergekit_swarm.pso.state import SwarmState
 
 
-def initialize(settings: SwarmSettings, experts: int, groups: int) -> SwarmState:
-    """Particles start as the experts, grown by crossover to `settings.particles`."""
+def initialize(settings: SwarmSettings, experts: int, groups: int, expert_utilities: Sequence[float] | None = None) -> SwarmState:
+    """Particles start as the experts (and, with `initial: merges`, the simple merges of them, which
+    need the experts' utilities), grown by crossover to `settings.particles`."""
     if experts < 2:
         raise ValueError("a swarm needs at least 2 experts")
     if groups < 1:
@@ -44,7 +46,14 @@ def initialize(settings: SwarmSettings, experts: int, groups: int) -> SwarmState
     positions = np.zeros((count, groups, experts))
     for i in range(experts):
         positions[i, :, i] = 1.0
-    for i in range(experts, count):
+    seeded = experts
+    if settings.initial == "merges":
+        if expert_utilities is None or len(expert_utilities) != experts:
+            raise ValueError("initial: merges needs the experts' utilities")
+        for mix in merges(expert_utilities)[: count - experts]:
+            positions[seeded] = mix  # the same mix for every group
+            seeded += 1
+    for i in range(seeded, count):
         a, b = rng.choice(i, size=2, replace=False)
         t = rng.uniform(0.0, 2.0)  # half interpolation, half extrapolation
         positions[i] = t * positions[a] + (1.0 - t) * positions[b]
@@ -70,6 +79,26 @@ def initialize(settings: SwarmSettings, experts: int, groups: int) -> SwarmState
         rng=rng,
         step_length=settings.step_length,
     )
+
+
+def merges(expert_utilities: Sequence[float]) -> list[np.ndarray]:
+    """The points the simple merges of `initial: merges` start from, as coefficient vectors over the
+    experts, most promising first: the uniform soup, the best two experts mixed at t = 0.5, 0.25 and
+    0.75 (t on the best one), and the best three averaged. Failed experts (-inf, NaN) rank last."""
+    n = len(expert_utilities)
+    values = [u if np.isfinite(u) else -np.inf for u in expert_utilities]
+    ranked = sorted(range(n), key=lambda k: -values[k])  # stable: ties keep expert order
+    points = [np.full(n, 1.0 / n)]
+    best, second = ranked[0], ranked[1]
+    for t in (0.5, 0.25, 0.75):
+        mix = np.zeros(n)
+        mix[best], mix[second] = t, 1.0 - t
+        points.append(mix)
+    if n >= 4:  # with three experts the best three are the uniform soup
+        mix = np.zeros(n)
+        mix[ranked[:3]] = 1.0 / 3
+        points.append(mix)
+    return points
 
 
 def observe(state: SwarmState, utilities: Sequence[float], settings: SwarmSettings) -> None:

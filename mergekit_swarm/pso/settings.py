@@ -43,6 +43,15 @@ class SwarmSettings(StrictSection):
     restart_patience: float = Field(
         0.5, gt=0, description="Restart a particle at its personal best after restart_patience * patience stale iterations."
     )
+    initial: Literal["experts", "merges"] = Field(
+        "experts",
+        description=(
+            "experts: particles start as the experts, crossovers fill the swarm (the paper). merges: after the "
+            "experts, the simple merges the baselines find: the uniform soup, mixes of the best two experts "
+            "(t = 0.25, 0.5, 0.75) and the uniform mix of the best three; crossovers fill the rest. It needs the "
+            "experts' dev utilities first (their evaluations, which are not repeated)."
+        ),
+    )
     starting_velocity: Literal["random", "zero", "best"] = Field(
         "random", description="random: towards another particle; zero; best: towards the global best."
     )

@@ -9,8 +9,21 @@ from tqdm.auto import tqdm
 from mergekit_swarm import pso
 from mergekit_swarm.console import format_utility
 from mergekit_swarm.errors import UtilityError
+from mergekit_swarm.groups import GroupLayout
+from mergekit_swarm.materialize import one_hot
 from mergekit_swarm.search.checkpoint import Checkpoint, RunState
 from mergekit_swarm.search.evaluator import Evaluation, ParticleEvaluator
+
+
+def start_swarm(
+    settings: pso.SwarmSettings, evaluator: ParticleEvaluator, experts: int, layout: GroupLayout
+) -> tuple[pso.SwarmState, dict[int, Evaluation]]:
+    """The initial swarm, and the evaluations of iteration 0 already made: with `initial: merges`
+    the experts are evaluated first (the merges need their utilities), and not again."""
+    if settings.initial != "merges":
+        return pso.initialize(settings, experts, len(layout)), {}
+    results = list(evaluator.evaluate([one_hot(layout, experts, k) for k in range(experts)]))
+    return pso.initialize(settings, experts, len(layout), [r.utility for r in results]), dict(enumerate(results))
 
 
 def run_search(
@@ -19,14 +32,17 @@ def run_search(
     files: RunState,
     checkpoint: Checkpoint,
     *,
+    known: dict[int, Evaluation] | None = None,
     fail_fast: bool = False,
     quiet: bool = False,
 ) -> Checkpoint:
     """Drive the swarm in `checkpoint` to the end, saving after every iteration.
 
     History lines (one per evaluation) are appended as evaluations finish; the checkpoint
-    records how many bytes of history belong to the saved state.
+    records how many bytes of history belong to the saved state. `known`: evaluations of
+    iteration 0 already made (`start_swarm`), by particle.
     """
+    known = dict(known or {}) if checkpoint.state.iteration == 0 and not checkpoint.state.evaluated else {}
     state = checkpoint.state
     particles = state.shape[0]
     bar = tqdm(
@@ -51,7 +67,8 @@ def run_search(
         while True:
             if not state.evaluated:
                 # evaluated in groups (adapter slots), yielded one by one as they finish
-                results = evaluator.evaluate([state.positions[i] for i in range(particles) if not state.skip[i]])
+                pending = [state.positions[i] for i in range(particles) if not state.skip[i] and i not in known]
+                results = evaluator.evaluate(pending)
                 utilities, errors = [], []
                 for i in range(particles):
                     show(i + 1)
@@ -60,7 +77,7 @@ def run_search(
                         utilities.append(float(state.utilities[i]))
                         history.append(_skipped_record(state.iteration, i, utilities[-1]))
                         continue
-                    result = next(results)
+                    result = known.pop(i) if i in known else next(results)
                     checkpoint.fallbacks += result.fallback is not None
                     if result.failed:
                         checkpoint.failed += 1
