@@ -3,7 +3,7 @@
     python .ci/check_winner.py RECIPE OUT
 
 Loads OUT with `from_pretrained` (full models) or `PeftModel.from_pretrained(base, OUT)` (adapters), with
-the tokenizer written beside it, scores it with the recipe's dev utility, and compares with
+the tokenizer written beside it, scores it with the recipe's dev utility (`mergekit_swarm.rescore`), and compares with
 `winner_dev` in OUT/swarm_result.json (to 1e-6: the same weights and greedy decoding give the same
 figure). Also checks that every expert and the winner have a test utility. Exits 1 on any mismatch.
 """
@@ -15,25 +15,13 @@ import sys
 from pathlib import Path
 
 from mergekit_swarm.config import load_recipe
-from mergekit_swarm.tokenizer import load_tokenizer
+from mergekit_swarm.rescore import score_folder
 
 
 def main(recipe_file: str, out: str) -> None:
-    from transformers import AutoModelForCausalLM
-
     folder = Path(out)
     result = json.loads((folder / "swarm_result.json").read_text())
-    recipe = load_recipe(recipe_file).resolve()
-    model = AutoModelForCausalLM.from_pretrained(recipe.base_model or folder, dtype="auto")
-    if (folder / "adapter_config.json").exists():
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, folder)
-    tokenizer = load_tokenizer(folder, recipe)
-    if tokenizer.pad_token is None:  # as the run's resident model does
-        tokenizer.pad_token = tokenizer.eos_token
-    score = recipe.utility.build("dev")(model.eval(), tokenizer)
-    value = float(getattr(score, "value", score))
+    value = score_folder(load_recipe(recipe_file).resolve(), folder, "dev").value
     print(f"{out}: recorded winner dev {result['winner_dev']:.6f}, reloaded {value:.6f}; test {result['winner_test']}")
     problems = []
     if abs(value - result["winner_dev"]) > 1e-6:

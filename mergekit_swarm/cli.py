@@ -139,6 +139,13 @@ def _names(value: str | None) -> tuple[str, ...] | None:
     "--granularities", default=None, metavar="LIST", help="Run the swarm at these granularities (default: the recipe's)."
 )
 @click.option("--seed", type=int, default=None, help="Seed of the swarm, the search baselines and DARE (default: swarm.seed).")
+@click.option(
+    "--long-swarm",
+    type=int,
+    default=None,
+    metavar="K",
+    help="Also run the swarm with K times its max_iterations and patience (a larger-budget row).",
+)
 @_with([_SEARCH[1], _SEARCH[4]])
 @add_merge_options
 def compare(
@@ -150,6 +157,7 @@ def compare(
     budget: int | None,
     granularities: str | None,
     seed: int | None,
+    long_swarm: int | None,
     overwrite: bool,
     allow_pickle: bool,
 ) -> None:
@@ -174,6 +182,7 @@ def compare(
             granularities=_names(granularities),
             budget=budget,
             seed=seed,
+            long_swarm=long_swarm,
         )
         return run_comparison(load_recipe(config_file), out_path, options, settings)
 

@@ -9,11 +9,15 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from mergekit.config import MergeConfiguration
+from mergekit.scripts.run_yaml import main as mergekit_yaml
 
 from mergekit_swarm.cli import main
 from mergekit_swarm.compare import BASELINES, SEARCH_BASELINES, CompareOptions, Leaderboard, run_comparison
+from mergekit_swarm.compare.curves import Trace
 from mergekit_swarm.config import load_recipe
 from mergekit_swarm.options import RunOptions
+from mergekit_swarm.output.emergence import emergence
+from mergekit_swarm.rescore import score_folder
 from mergekit_swarm.run import run_swarm
 from tests.conftest import write_recipe
 
@@ -134,3 +138,102 @@ def test_an_interrupted_comparison_leaves_nothing_behind(zoo, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_comparison(load_recipe(recipe), out, RunOptions(quiet=True))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe"]  # neither board/ nor .board.partial/
+
+
+@pytest.fixture(scope="module")
+def exact_match_board(zoo, tmp_path_factory):
+    """A comparison on exact match (each example right or wrong), with a 2x longer swarm and random search."""
+    root = tmp_path_factory.mktemp("compare-em")
+    utility = {"type": "exact_match", "dev": str(zoo.dev), "test": str(zoo.test), "batch_size": 8, "max_new_tokens": 6}
+    swarm = {"particles": 4, "max_iterations": 2, "patience": 2}
+    recipe = write_recipe(root / "recipe", zoo.lora, base=zoo.base, utility=utility, swarm=swarm, dtype="float32")
+    out = root / "board"
+    baselines = "best_expert,uniform_soup"
+    args = [
+        "compare",
+        str(recipe),
+        str(out),
+        "--baselines",
+        baselines,
+        "--search",
+        "random-search",
+        "--long-swarm",
+        "2",
+        "--quiet",
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    return recipe, out
+
+
+def test_trace_keeps_improvements_and_tests_evenly_spaced_incumbents():
+    trace = Trace()
+    for k, utility in enumerate([0.1, 0.3, 0.2, float("nan"), 0.3, 0.5, 0.4, 0.4, 0.6, 0.1, 0.1, 0.1]):
+        trace.offer(f"c{k}", utility)
+    assert [(used, dev) for used, dev, _ in trace.improvements] == [(1, 0.1), (2, 0.3), (6, 0.5), (9, 0.6)]
+    assert trace.tested(points=4) == [1, 2, 3]  # incumbents after 3, 6, 9 and 12 evaluations (the last two agree)
+    curve = trace.curve(lambda candidates: [float(c[1:]) for c in candidates])
+    assert curve == [
+        {"evaluations": 1, "dev": 0.1, "test": None},
+        {"evaluations": 2, "dev": 0.3, "test": 1.0},
+        {"evaluations": 6, "dev": 0.5, "test": 5.0},
+        {"evaluations": 9, "dev": 0.6, "test": 8.0},
+    ]
+    assert all(p["test"] is None for p in trace.curve(None))
+
+
+def test_budget_curves_of_a_comparison(exact_match_board):
+    _, out = exact_match_board
+    board = Leaderboard.read(out)
+    assert [e.method for e in board.entries] == ["best_expert", "uniform_soup", "swarm_model", "swarm_model_x2", "random_search"]
+    for entry in board.entries:
+        if entry.family == "baseline":
+            assert entry.curve == []
+            continue
+        evaluations, devs = [p["evaluations"] for p in entry.curve], [p["dev"] for p in entry.curve]
+        assert evaluations[0] == 1 and evaluations == sorted(set(evaluations)) and evaluations[-1] <= entry.evaluations
+        assert devs == sorted(set(devs)) and devs[-1] == entry.dev  # the final incumbent is the method's choice
+        assert entry.curve[-1]["test"] == entry.test
+        assert 1 <= sum(p["test"] is not None for p in entry.curve) <= 6
+    short, long = board.entry("swarm_model"), board.entry("swarm_model_x2")
+    assert long.settings["iterations"] > short.settings["iterations"] and long.evaluations > short.evaluations
+    assert long.dev >= short.dev  # the same seed: the longer run continues the shorter one
+    assert board.entry("random_search").evaluations == short.evaluations
+    assert (out / "budget_curves.png").stat().st_size > 0 and "budget_curves.png" in (out / "README.md").read_text()
+
+
+def test_comparison_reports_emergence_against_the_experts(exact_match_board):
+    _, out = exact_match_board
+    board = Leaderboard.read(out)
+    examples = json.loads((out / "test_examples.json").read_text())
+    experts = list(examples["experts"].values())
+    assert list(examples["experts"]) == board.experts and len(experts[0][""]) == 9
+    for entry in board.entries:
+        counts = emergence(experts, examples["methods"][entry.method])
+        assert entry.emergence == counts and counts["winner_solves"] / 9 == entry.test
+    best = board.entry("best_expert").emergence
+    assert best["new"] == 0 and best["lost"] == best["experts_solve"] - best["winner_solves"]  # an expert adds nothing
+    assert "test: new / lost" in (out / "leaderboard.md").read_text()
+
+
+def test_every_recipe_reproduces_its_row(lora_board, tmp_path):
+    """Each recipes/<method>.yml, run as its header says (mergekit-yaml or mergekit-swarm apply) and
+    loaded as a user loads it, scores its leaderboard row's dev utility exactly (NLL: any weight
+    that differs shows)."""
+    recipe_file, out, _ = lora_board
+    recipe = load_recipe(recipe_file).resolve()
+    board = Leaderboard.read(out)
+    assert all(e.recipe for e in board.entries)
+    for entry in board.entries:
+        path, merged = out / entry.recipe, tmp_path / entry.method
+        command = path.read_text().splitlines()[0].split("`")[1].split()  # "# title: `command` reproduces it"
+        program, args = (command[0], command[1:]) if command[0] == "mergekit-yaml" else (command[:2], command[2:])
+        assert args[:2] == [entry.recipe, "out/"], command
+        if program == "mergekit-yaml":
+            cache = ["--lora-merge-cache", str(tmp_path / "lora-cache")]
+            result = CliRunner().invoke(mergekit_yaml, [str(path), str(merged), *args[2:], *cache])
+        else:
+            assert program == ["mergekit-swarm", "apply"] and args[2:] == [], command
+            result = CliRunner().invoke(main, ["apply", str(path), str(merged), "--quiet"])
+        assert result.exit_code == 0, (entry.method, result.output)
+        assert score_folder(recipe, merged, "dev").value == entry.dev, entry.method

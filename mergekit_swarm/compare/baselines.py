@@ -39,7 +39,7 @@ class ExpertScores:
     def values(self) -> list[float]:
         if self._values is None:
             n = self.scorer.experts
-            self._values = [e.utility for e in self.scorer.evaluate([_expert(self.scorer, k) for k in range(n)])]
+            self._values = [e.utility for e in self.scorer.evaluate([expert_mix(self.scorer, k) for k in range(n)])]
         return self._values
 
     @property
@@ -56,7 +56,7 @@ class ExpertScores:
         return sorted(range(len(values)), key=lambda k: -values[k])
 
 
-def _expert(scorer: Scorer, k: int) -> Mix:
+def expert_mix(scorer: Scorer, k: int) -> Mix:
     """Expert `k` itself, as a mix."""
     return Mix(one_hot(scorer.layout("model"), scorer.experts, k))
 
@@ -69,7 +69,7 @@ def _uniform(experts: list[int], n: int) -> Mix:
 
 def best_expert(scorer: Scorer, experts: ExpertScores) -> Choice:
     k = experts.ranking()[0]
-    return Choice(_expert(scorer, k), experts.values()[k], {"expert": scorer.setup.pool.names[k]})
+    return Choice(expert_mix(scorer, k), experts.values()[k], {"expert": scorer.setup.pool.names[k]})
 
 
 def uniform_soup(scorer: Scorer, experts: ExpertScores) -> Choice:

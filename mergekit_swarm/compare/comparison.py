@@ -2,28 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import yaml
 
 from mergekit_swarm.compare import search_baselines as search
-from mergekit_swarm.compare.baselines import BASELINE_FUNCTIONS, TITLES, Choice, ExpertScores
+from mergekit_swarm.compare.baselines import BASELINE_FUNCTIONS, TITLES, Choice, ExpertScores, expert_mix
+from mergekit_swarm.compare.curves import CURVES_PLOT, plot_budget_curves
 from mergekit_swarm.compare.leaderboard import Entry, Leaderboard
 from mergekit_swarm.compare.options import CompareOptions
-from mergekit_swarm.compare.scoring import LORA_CACHE, MergekitMerge, Mix, Scorer
+from mergekit_swarm.compare.scoring import LORA_CACHE, Candidate, MergekitMerge, Mix, Scorer
 from mergekit_swarm.config import SwarmRecipe
 from mergekit_swarm.console import format_utility, printer
 from mergekit_swarm.options import RunOptions
+from mergekit_swarm.output.emergence import emergence
 from mergekit_swarm.output.recipe import recipe_of
 from mergekit_swarm.output.rundir import RunDirectory
+from mergekit_swarm.search.evaluator import Evaluation
 from mergekit_swarm.search.setup import SearchSetup, prepare
 from mergekit_swarm.storage import writing
 
 RECIPES = "recipes"
+TEST_EXAMPLES = "test_examples.json"  # each method's (and expert's) score on every test example
+BUDGETED = ("swarm", "search")  # families whose methods get a budget curve
 
 
 def run_comparison(
@@ -90,26 +97,33 @@ def _compare(
     granularities = compare.granularities if compare.granularities is not None else (recipe.swarm.granularity,)
     seed = compare.seed if compare.seed is not None else recipe.swarm.seed
     scorer = Scorer(setup, options, work, [*granularities, *(["layer"] if "cma_es" in compare.search else [])], seed)
-    experts = ExpertScores(scorer)
+    experts, tests = ExpertScores(scorer), _TestScores(scorer)
+    per_example = recipe.utility.right_or_wrong() and scorer.has_test()  # emergence: which test examples are new
     entries: list[Entry] = []
+    examples: dict[str, dict] = {}  # method -> its choice's per-example test scores
 
     def record(method: str, title: str, family: str, run: Callable[[], Choice]) -> Entry:
         start, before = time.perf_counter(), scorer.evaluations
-        choice = run()
+        with scorer.tracing() if family in BUDGETED else contextlib.nullcontext() as trace:
+            choice = run()
         seconds = time.perf_counter() - start
+        test = tests.of([choice.candidate])[0] if choice.candidate is not None else None
         entry = Entry(
             method,
             title,
             family,
             dev=choice.dev if math.isfinite(choice.dev) else None,
-            test=_test(scorer, choice),
+            test=_value(test),
             evaluations=scorer.evaluations - before + choice.extra_evaluations,
             seconds=round(seconds, 2),
             settings=choice.settings,
-            recipe=_write_recipe(work, method, choice, scorer),
+            recipe=_write_recipe(work, method, title, choice, scorer),
             note=choice.note,
+            curve=trace.curve(tests.values if scorer.has_test() else None) if trace else [],
+            emergence=emergence(tests.experts(), test.per_example) if per_example and test else None,
         )
         entries.append(entry)
+        examples[method] = dict(test.per_example) if test else {}
         scores = f"dev {format_utility(entry.dev)}, test {format_utility(entry.test)}"
         say(f"{title}: {scores} ({entry.evaluations} evaluations, {seconds:.1f} s)")
         return entry
@@ -126,6 +140,18 @@ def _compare(
             lambda g=granularity: search.swarm(scorer, swarm_settings, g, work / f"swarm_{g}", options.quiet),
         )
         first_swarm = first_swarm or entry
+    if compare.long_swarm:  # the same search, `long_swarm` times longer: does more budget pay off?
+        k, g = compare.long_swarm, (granularities or (recipe.swarm.granularity,))[0]
+        longer = swarm_settings.model_copy(
+            update={"max_iterations": swarm_settings.max_iterations * k, "patience": swarm_settings.patience * k}
+        )
+        folder = work / f"swarm_{g}_x{k}"
+        record(
+            folder.name,
+            f"Model Swarms ({g}, {k}x iterations)",
+            "swarm",
+            lambda: search.swarm(scorer, longer, g, folder, options.quiet),
+        )
     budget = compare.budget or (first_swarm.evaluations if first_swarm else None)
     for method in compare.search:
         record(method, TITLES[method], "search", lambda m=method: search.SEARCH_FUNCTIONS[m](scorer, budget, seed))
@@ -140,32 +166,73 @@ def _compare(
         entries,
     )
     board.write(work)
+    curves = {e.title: e.curve for e in entries if e.curve}
+    if curves:
+        plot_budget_curves(recipe.utility.type, curves, work / CURVES_PLOT)
+    if scorer.has_test():
+        tests.write(work / TEST_EXAMPLES, examples, setup.pool.names if per_example else ())
     header = f"# Recipe of this comparison, copied from {Path(recipe.source).name}\n"
     (work / "swarm.yml").write_text(header + recipe.text, encoding="utf-8")
     return board
 
 
-def _test(scorer: Scorer, choice: Choice) -> float | None:
-    if choice.candidate is None or not scorer.has_test():
-        return None
-    result = scorer.evaluate([choice.candidate], "test")[0]
-    return None if result.failed else result.utility
+class _TestScores:
+    """Test evaluations, for the report only: each distinct candidate is scored once (a budget
+    curve's final point is the method's choice; the best expert is an expert)."""
+
+    def __init__(self, scorer: Scorer):
+        self.scorer = scorer
+        self._done: dict[object, Evaluation] = {}
+
+    def of(self, candidates: Sequence[Candidate]) -> list[Evaluation | None]:
+        if not self.scorer.has_test():
+            return [None] * len(candidates)
+        keys = [_key(c) for c in candidates]
+        new = {k: c for k, c in zip(keys, candidates) if k not in self._done}
+        self._done.update(zip(new, self.scorer.evaluate(list(new.values()), "test")))
+        return [self._done[k] for k in keys]
+
+    def values(self, candidates: Sequence[Candidate]) -> list[float | None]:
+        return [_value(e) for e in self.of(candidates)]
+
+    def experts(self) -> list[dict]:
+        return [e.per_example for e in self.of([expert_mix(self.scorer, k) for k in range(self.scorer.experts)])]
+
+    def write(self, path: Path, methods: dict[str, dict], experts: Sequence[str]) -> None:
+        """Each method's per-example test scores (and the experts', when emergence was measured):
+        what a paired bootstrap of two methods' difference needs."""
+        data = {
+            "methods": {method: found for method, found in methods.items() if found},
+            "experts": dict(zip(experts, self.experts())) if experts else {},
+        }
+        path.write_text(json.dumps(data) + "\n", encoding="utf-8")
 
 
-def _write_recipe(folder: Path, method: str, choice: Choice, scorer: Scorer) -> str | None:
+def _key(candidate: Candidate) -> object:
+    if isinstance(candidate, Mix):
+        return ("mix", candidate.granularity, candidate.coefficients.shape, candidate.coefficients.tobytes())
+    return ("mergekit", json.dumps(candidate.config, sort_keys=True, default=str))
+
+
+def _value(result: Evaluation | None) -> float | None:
+    return None if result is None or result.failed else result.utility
+
+
+def _write_recipe(folder: Path, method: str, title: str, choice: Choice, scorer: Scorer) -> str | None:
     """The method's choice as a recipe file in `folder/recipes/`; returns its relative path."""
     candidate = choice.candidate
     if candidate is None:
         return None
     recipe = scorer.setup.recipe
     if isinstance(candidate, MergekitMerge):
-        text = f"# {TITLES.get(method, method)}: `mergekit-yaml {RECIPES}/{method}.yml out/` reproduces it\n" + yaml.safe_dump(
+        seed = f" --random-seed {scorer.seed}" if "dare" in method else ""  # DARE's random drops
+        text = f"# {title}: `mergekit-yaml {RECIPES}/{method}.yml out/{seed}` reproduces it\n" + yaml.safe_dump(
             candidate.published, sort_keys=False
         )
     else:
         assert isinstance(candidate, Mix)
         layout = scorer.layout(candidate.granularity)
-        text = f"# {TITLES.get(method, method)}: its choice of coefficients\n" + recipe_of(
+        text = f"# {title}: `mergekit-swarm apply {RECIPES}/{method}.yml out/` reproduces it\n" + recipe_of(
             recipe, scorer.setup.pool, layout, candidate.coefficients, file=f"{RECIPES}/{method}.yml"
         )
     path = folder / RECIPES / f"{method}.yml"

@@ -10,6 +10,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from mergekit_swarm.compare.curves import CURVES_PLOT
 from mergekit_swarm.console import format_utility
 from mergekit_swarm.names import PAPER_URL
 
@@ -30,6 +31,8 @@ class Entry:
     settings: dict = field(default_factory=dict)
     recipe: str | None = None  # file in the output folder that reproduces it
     note: str = ""
+    curve: list[dict] = field(default_factory=list)  # budget curve: [{evaluations, dev, test}] at improvements
+    emergence: dict | None = None  # test examples solved that no expert solves (`new`), or lost (`lost`)
 
 
 @dataclass
@@ -58,16 +61,21 @@ class Leaderboard:
 
     def table(self) -> str:
         has_test = any(e.test is not None for e in self.entries)
-        head = "| rank | method | dev |" + (" test |" if has_test else "") + " evaluations | seconds | chosen settings |"
-        rule = "|---:|---|---:|" + ("---:|" if has_test else "") + "---:|---:|---|"
+        has_emergence = any(e.emergence for e in self.entries)
+        head = (
+            "| rank | method | dev |"
+            + (" test |" if has_test else "")
+            + (" test: new / lost |" if has_emergence else "")
+            + " evaluations | seconds | chosen settings |"
+        )
+        rule = "|---:|---|---:|" + ("---:|" if has_test else "") + ("---:|" if has_emergence else "") + "---:|---:|---|"
         rows = [head, rule]
         for rank, e in enumerate(self.ranked(), start=1):
-            dev = format_utility(e.dev)
-            test = format_utility(e.test) if has_test else None
             settings = e.note or ", ".join(f"{k}={_short(v)}" for k, v in e.settings.items())
             rows.append(
-                f"| {rank if e.dev is not None else '-'} | {e.title} | {dev} |"
-                + (f" {test} |" if has_test else "")
+                f"| {rank if e.dev is not None else '-'} | {e.title} | {format_utility(e.dev)} |"
+                + (f" {format_utility(e.test)} |" if has_test else "")
+                + (f" {_new_and_lost(e.emergence)} |" if has_emergence else "")
                 + f" {e.evaluations} | {e.seconds:.1f} | {settings} |"
             )
         return "\n".join(rows)
@@ -90,6 +98,24 @@ class Leaderboard:
 
     def card(self) -> str:
         recipes = [f"* {e.title}: `{e.recipe}`" for e in self.ranked() if e.recipe]
+        curves = (
+            [
+                "## Budget curves",
+                "Best dev utility so far against dev evaluations for each method with a budget, and the test "
+                "utility of its best candidate at a few points (measured for this report only).",
+                f"![budget curves]({CURVES_PLOT})",
+            ]
+            if any(e.curve for e in self.entries)
+            else []
+        )
+        emergence = (
+            [
+                "**test: new / lost**: test examples the method's choice solves that no expert solves, and "
+                "examples some expert solves that it misses."
+            ]
+            if any(e.emergence for e in self.entries)
+            else []
+        )
         parts = [
             "---\ntags: [mergekit, model-swarms, leaderboard]\n---",
             f"# Model Swarms vs. model-composition baselines: `{self.utility}`",
@@ -98,7 +124,9 @@ class Leaderboard:
             "Experts: " + ", ".join(f"`{name}`" for name in self.experts) + ".",
             "## Leaderboard",
             self.table(),
+            *emergence,
             f"![leaderboard]({LEADERBOARD}.png)",
+            *curves,
             "## Reproduce a row",
             "Each method's choice as a recipe (`mergekit-yaml` for mergekit methods and full-model mixes; "
             "`mergekit-swarm apply` for LoRA mixes):\n\n" + "\n".join(recipes),
@@ -122,7 +150,11 @@ METHOD_NOTES = """\
   nevergrad `NGOpt` over one coefficient per expert with LoraHub's L1 term; CMA-ES over one weight per layer
   group and expert like mergekit-evolve's genome.
 * **Model Swarms** at each granularity: the recipe's `swarm:` settings, one coefficient vector per model,
-  per layer or per tensor."""
+  per layer or per tensor; with `--long-swarm K`, once more with K times the iterations and patience."""
+
+
+def _new_and_lost(counts: dict | None) -> str:
+    return f"+{counts['new']} / -{counts['lost']}" if counts else "-"
 
 
 def _short(value) -> str:

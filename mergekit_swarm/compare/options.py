@@ -29,6 +29,8 @@ class CompareOptions:
     `granularities`: the swarm is run once per granularity (None: the recipe's own).
     `budget`: utility evaluations per search baseline (None: as many as the first swarm run used).
     `seed`: seeds the swarm runs, the search baselines and DARE's random drops (None: the recipe's `swarm.seed`).
+    `long_swarm`: also run the first granularity's swarm with this many times its `max_iterations` and
+    `patience` (a larger-budget row; None: not).
     """
 
     baselines: tuple[str, ...] = BASELINES
@@ -36,6 +38,7 @@ class CompareOptions:
     granularities: tuple[str, ...] | None = None
     budget: int | None = None
     seed: int | None = None
+    long_swarm: int | None = None
 
     def __post_init__(self):
         for kind, names, valid in (
@@ -48,5 +51,7 @@ class CompareOptions:
                 raise ConfigError(f"unknown {kind} {unknown[0]!r}; choose from {', '.join(valid)}")
         if self.budget is not None and self.budget < 1:
             raise ConfigError(f"--budget must be at least 1, not {self.budget}")
+        if self.long_swarm is not None and self.long_swarm < 2:
+            raise ConfigError(f"--long-swarm must be at least 2 (times the iterations), not {self.long_swarm}")
         if self.search and self.budget is None and self.granularities == ():
             raise ConfigError("search baselines need --budget when no swarm is run")

@@ -11,6 +11,7 @@ loaded, scored and deleted.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mergekit_swarm.compare.curves import Trace
 from mergekit_swarm.compare.mergekit_methods import run_mergekit
 from mergekit_swarm.errors import ConfigError
 from mergekit_swarm.groups import GroupLayout, group_layout
@@ -65,6 +67,7 @@ class Scorer:
         self._engine = LocalEvaluator.open(setup, options, slots, layout=self.fine, fewer_slots=batch == "auto")
         self._expand = {g: _refinement(self.fine, layout, setup.pool.tensor_names) for g, layout in self.layouts.items()}
         self.evaluations = 0  # dev evaluations so far, of every method
+        self._trace: Trace | None = None
 
     @property
     def experts(self) -> int:
@@ -85,6 +88,15 @@ class Scorer:
     def has_test(self) -> bool:
         return "test" in self.splits
 
+    @contextlib.contextmanager
+    def tracing(self) -> Iterator[Trace]:
+        """Offer every dev evaluation made inside to a new `Trace` (a method's budget curve)."""
+        self._trace = trace = Trace()
+        try:
+            yield trace
+        finally:
+            self._trace = None
+
     def evaluate(self, candidates: Sequence[Candidate], split: Split = "dev") -> list[Evaluation]:
         return list(self.iter_evaluate(candidates, split))
 
@@ -94,16 +106,16 @@ class Scorer:
         while i < len(candidates):
             if isinstance(candidates[i], MergekitMerge):
                 result = self._evaluate_merge(candidates[i], split)
+                self._count(split, candidates[i], result)
                 i += 1
-                self._count(split, 1)
                 yield result
                 continue
             j = i
             while j < len(candidates) and isinstance(candidates[j], Mix):
                 j += 1
             fine = [self._refine(c) for c in candidates[i:j]]
-            for result in self._engine.evaluate(fine, split):
-                self._count(split, 1)
+            for candidate, result in zip(candidates[i:j], self._engine.evaluate(fine, split)):
+                self._count(split, candidate, result)
                 yield result
             i = j
 
@@ -112,9 +124,11 @@ class Scorer:
         self.layout(granularity)
         return _MixEvaluator(self, granularity)
 
-    def _count(self, split: Split, n: int) -> None:
+    def _count(self, split: Split, candidate: Candidate, result: Evaluation) -> None:
         if split == "dev":
-            self.evaluations += n
+            self.evaluations += 1
+            if self._trace is not None:
+                self._trace.offer(candidate, result.utility)
 
     def _refine(self, mix: Mix) -> np.ndarray:
         self.layout(mix.granularity)

@@ -6,14 +6,15 @@ Deterministic from `--seed`, cached (a second call with the same arguments is in
   and objectives' skills), so it knows each format a little;
 * `lora/<skill>/`, `full/<skill>/`: one expert per skill in `--skills`, fine-tuned on that
   skill only, as a PEFT LoRA adapter and as a full fine-tune;
-* `data/<objective>/{dev,test}.jsonl`: 200 dev and 500 test examples from disjoint seeds;
+* `data/<objective>/{dev,test}.jsonl`: 200 dev and 2000 test examples (no test prompt is a dev prompt);
 * `reward_model/`, `judge/`: a tiny reward model and a tiny judge, trained locally to like
   responses whose letters are in alphabetical order;
 * `recipes/{lora,full}/<objective>.yml`: one swarm recipe per pool and objective.
 
 Objectives (`--objectives`, each `name=skill[+skill...]`, an even exact-match mix of those
-skills; a skill no expert was trained on tests composition) plus two fixed ones: `multitask`
-(harmonic mean of reverse and sort exact match), `reward` (reward model) and `judge`.
+skills; a skill no expert was trained on, or a mix of several experts' skills, tests composition)
+plus three fixed ones: `multitask` (harmonic mean of reverse and sort exact match), `reward`
+(reward model) and `judge`.
 
     python benchmarks/testbed/build.py --seed 0
     python benchmarks/testbed/build.py --seed 1 --skills reverse,sort,shift,add,count,lookup,spell,balanced \\
@@ -37,13 +38,15 @@ OBJECTIVES = {  # name: skills (exact match on an even mix)
     "add": ("add",),
     "double": ("double",),  # no expert; related to copying
     "reverse_shift": ("reverse_shift",),  # no expert; a composition of reverse and shift
+    "mix_reverse_add": ("reverse", "add"),  # even mixes of trained skills: no one expert has them all
+    "mix_sort_shift_count": ("sort", "shift", "count"),
 }
 MULTITASK = ("reverse", "sort")
 PREFERENCE_SKILLS = ("sort", "reverse", "shift")  # prompts of the reward and judge objectives
 JUDGE_TEMPLATE = "q {prompt} a {response}\n"
-DEV, TEST = 200, 500
+DEV, TEST = 200, 2000  # 2000 test examples: a cell's standard error ~0.01, not ~0.02
 SWARM = {"particles": 10, "max_iterations": 8, "patience": 5}  # near the authors' later defaults (10 iterations)
-VERSION = 2
+VERSION = 3
 
 
 def build(
@@ -97,8 +100,14 @@ def build(
 
 
 def _splits(folder: Path, skills: tuple[str, ...], seed: int) -> None:
-    toy.write_jsonl(folder / "dev.jsonl", toy.make_examples(skills, DEV, seed))
-    toy.write_jsonl(folder / "test.jsonl", toy.make_examples(skills, TEST, seed + 500))
+    """Dev and test drawn i.i.d. from the same mix; test prompts that are also dev prompts are left out."""
+    dev = toy.make_examples(skills, DEV, seed)
+    seen = {row["prompt"] for row in dev}
+    drawn = toy.make_examples(skills, 3 * TEST, seed + 500)  # round-robin over the skills
+    by_skill = [[row for row in drawn[k :: len(skills)] if row["prompt"] not in seen] for k in range(len(skills))]
+    test = [by_skill[i % len(skills)][i // len(skills)] for i in range(TEST)]  # still an even mix
+    toy.write_jsonl(folder / "dev.jsonl", dev)
+    toy.write_jsonl(folder / "test.jsonl", test)
 
 
 def _exact_match(name: str) -> dict:
