@@ -8,11 +8,11 @@ Everything that can be checked is checked before the first evaluation.
 from __future__ import annotations
 
 from contextlib import closing
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from mergekit_swarm import pso
 from mergekit_swarm.config import SwarmRecipe
 from mergekit_swarm.console import printer
 from mergekit_swarm.errors import UtilityError
@@ -30,6 +30,7 @@ from mergekit_swarm.search.backends import open_evaluator
 from mergekit_swarm.search.checkpoint import Checkpoint
 from mergekit_swarm.search.evaluator import LocalEvaluator, ParticleEvaluator
 from mergekit_swarm.search.loop import run_search, start_swarm
+from mergekit_swarm.search.selection import Selection, select_winner
 from mergekit_swarm.search.setup import prepare
 from mergekit_swarm.tokenizer import load_tokenizer
 
@@ -116,8 +117,9 @@ def run_swarm(recipe: SwarmRecipe, out: str | Path, options: RunOptions | None =
         checkpoint = run_search(
             recipe.swarm, evaluator, rundir.state, checkpoint, known=known, fail_fast=options.fail_fast, quiet=options.quiet
         )
-        winner = pso.winner(checkpoint.state)
-        expert_test, winner_test, examples = _report(evaluator, recipe, layout, len(pool), winner, options.fail_fast)
+        selection = select_winner(checkpoint.state, recipe.swarm, evaluator)
+        winner = selection.coefficients
+        report = _report(evaluator, recipe, layout, len(pool), winner, options.fail_fast)
     resident = None
     if options.merge_lora:  # the local engine's resident model; Ray's lived on the workers
         resident = evaluator.resident if isinstance(evaluator, LocalEvaluator) else setup.resident_model(options)
@@ -126,11 +128,11 @@ def run_swarm(recipe: SwarmRecipe, out: str | Path, options: RunOptions | None =
     with rundir.writing_outputs(resumable=True):  # disk full: one line, the search is kept for --resume
         rundir.clear_outputs()  # files of an earlier, interrupted write (maybe with other options)
         kind = write_model_folder(rundir.work, recipe, pool, layout, winner, options, tokenizer=tokenizer, resident=resident)
-        result = _result(pool, layout, checkpoint, particles, expert_test, winner_test, kind)
-        result.emergence = {split: emergence(e["experts"], e["winner"]) for split, e in examples.items()}
-        _write_reports(rundir, result, recipe, card=options.write_model_card)
-        if examples:  # which examples each expert and the winner get right
-            write_examples(rundir.work, pool.names, examples)
+        result = _result(pool, layout, checkpoint, particles, selection, report, kind)
+        result.emergence = {split: emergence(e["experts"], e["winner"]) for split, e in report.examples.items()}
+        _write_reports(rundir, result, recipe, checkpoint.expert_dev or [], card=options.write_model_card)
+        if report.examples:  # which examples each expert and the winner get right
+            write_examples(rundir.work, pool.names, report.examples)
         rundir.publish()
     say(f"wrote {rundir.out}")
     return result
@@ -141,56 +143,77 @@ def _result(
     layout: GroupLayout,
     checkpoint: Checkpoint,
     particles: int,
-    expert_test: list[float | None] | None,
-    winner_test: float | None,
+    selection: Selection,
+    report: Report,
     kind: str,
 ) -> SwarmResult:
-    state, winner = checkpoint.state, pso.winner(checkpoint.state)
+    """With a holdout, dev utilities are over all of dev (measured by `_report`); without one
+    they are the search's own."""
+    state = checkpoint.state
+    holdout = selection.report()
     return SwarmResult(
         experts=pool.names,
-        expert_dev=checkpoint.expert_dev or [],
-        expert_test=expert_test,
-        winner_dev=state.global_best_utility,
-        winner_test=winner_test,
+        expert_dev=report.expert_dev if holdout else checkpoint.expert_dev or [],
+        expert_test=report.expert_test,
+        winner_dev=report.winner_dev if holdout else selection.utility,
+        winner_test=report.winner_test,
         groups=list(layout.names),
-        coefficients=winner.tolist(),
+        coefficients=selection.coefficients.tolist(),
         granularity=layout.granularity,
         iterations=state.iteration,
-        evaluations=(state.iteration + 1) * particles - checkpoint.skipped,
+        evaluations=(state.iteration + 1) * particles - checkpoint.skipped + len(selection.candidates),
         failed=checkpoint.failed,
         fallbacks=checkpoint.fallbacks,
         restarts=state.restarts,
         stop_reason=state.stop_reason or "",
         output_kind=kind,
+        selection={"winner_search_dev": selection.utility, **holdout} if holdout else None,
     )
+
+
+@dataclass
+class Report:
+    """Utilities measured after the search, for the report only: test, and dev where the search
+    saw only part of it (holdout) or per-example scores are wanted; None where not measured."""
+
+    expert_dev: list[float | None] | None = None
+    winner_dev: float | None = None
+    expert_test: list[float | None] | None = None
+    winner_test: float | None = None
+    examples: dict = field(default_factory=dict)  # split -> which examples the experts and the winner get right
 
 
 def _report(
     evaluator: ParticleEvaluator, recipe: SwarmRecipe, layout: GroupLayout, experts: int, winner: np.ndarray, fail_fast: bool
-) -> tuple[list[float | None] | None, float | None, dict]:
-    """The test utility of every expert and of the winner (reported only, never searched on) and,
-    for a utility that is a share of examples answered right, which dev and test examples each of
-    them gets right (the dev ones evaluated again here, for the report only)."""
+) -> Report:
+    """The test utility of every expert and of the winner (reported only, never searched on), their
+    utility on all of dev when the search held part of it out, and, for a utility that is a share
+    of examples answered right, which dev and test examples each of them gets right."""
     particles = [one_hot(layout, experts, k) for k in range(experts)] + [winner]
-    splits = [s for s in ("dev", "test") if s in evaluator.splits and (s == "test" or recipe.utility.right_or_wrong())]
-    scores: list[float | None] = []
-    examples: dict[str, dict] = {}
-    for split in splits:
+    per_example = recipe.utility.right_or_wrong()
+    dev_wanted = per_example or bool(recipe.swarm.holdout)
+    report = Report()
+    for split in [s for s in ("dev", "test") if s in evaluator.splits and (s == "test" or dev_wanted)]:
         results = list(evaluator.evaluate(particles, split))
         for i, result in enumerate(results):
             if result.failed and fail_fast:
                 who = f"expert {i}" if i < experts else "the winner"
                 raise UtilityError(f"{split} utility failed on {who}: {result.error}")
-        if split == "test":
-            scores = [None if r.failed else r.utility for r in results]
-        if recipe.utility.right_or_wrong() and all(r.per_example for r in results):
-            examples[split] = {"experts": [r.per_example for r in results[:experts]], "winner": results[experts].per_example}
-    if "test" not in splits:
-        return None, None, examples
-    return scores[:experts], scores[experts], examples
+        values = [None if r.failed else r.utility for r in results]
+        setattr(report, f"expert_{split}", values[:experts])
+        setattr(report, f"winner_{split}", values[experts])
+        if per_example and all(r.per_example for r in results):
+            report.examples[split] = {
+                "experts": [r.per_example for r in results[:experts]],
+                "winner": results[experts].per_example,
+            }
+    return report
 
 
-def _write_reports(rundir: RunDirectory, result: SwarmResult, recipe: SwarmRecipe, *, card: bool) -> None:
+def _write_reports(
+    rundir: RunDirectory, result: SwarmResult, recipe: SwarmRecipe, searched_expert_dev: list[float | None], *, card: bool
+) -> None:
+    """`searched_expert_dev`: the experts' utilities on what the search saw, to compare with its history."""
     work = rundir.work
     result.write(work)
     header = (  # the file's name only: this folder may be published, the user's directory layout need not be
@@ -198,7 +221,7 @@ def _write_reports(rundir: RunDirectory, result: SwarmResult, recipe: SwarmRecip
         "# (relative paths below are relative to that file's folder)\n"
     )
     (work / "swarm.yml").write_text(header + recipe.text, encoding="utf-8")
-    best_expert = max((u for u in result.expert_dev if u is not None), default=None)
+    best_expert = max((u for u in searched_expert_dev if u is not None), default=None)
     plot_history(read_history(rundir.state.history_path), best_expert, work / "swarm_history.png")
     if card:
         text = render_card(

@@ -97,16 +97,21 @@ class Scorer:
         finally:
             self._trace = None
 
-    def evaluate(self, candidates: Sequence[Candidate], split: Split = "dev") -> list[Evaluation]:
-        return list(self.iter_evaluate(candidates, split))
+    def evaluate(self, candidates: Sequence[Candidate], split: Split = "dev", *, counted: bool = True) -> list[Evaluation]:
+        return list(self.iter_evaluate(candidates, split, counted=counted))
 
-    def iter_evaluate(self, candidates: Sequence[Candidate], split: Split = "dev") -> Iterator[Evaluation]:
-        """One evaluation per candidate, in order (consecutive mixes share adapter-slot passes)."""
+    def iter_evaluate(
+        self, candidates: Sequence[Candidate], split: Split = "dev", *, counted: bool = True
+    ) -> Iterator[Evaluation]:
+        """One evaluation per candidate, in order (consecutive mixes share adapter-slot passes).
+        Evaluations on dev (or its parts) are `counted` against the method's budget, unless they
+        are for the report only."""
         i = 0
         while i < len(candidates):
             if isinstance(candidates[i], MergekitMerge):
                 result = self._evaluate_merge(candidates[i], split)
-                self._count(split, candidates[i], result)
+                if counted:
+                    self._count(split, candidates[i], result)
                 i += 1
                 yield result
                 continue
@@ -115,7 +120,8 @@ class Scorer:
                 j += 1
             fine = [self._refine(c) for c in candidates[i:j]]
             for candidate, result in zip(candidates[i:j], self._engine.evaluate(fine, split)):
-                self._count(split, candidate, result)
+                if counted:
+                    self._count(split, candidate, result)
                 yield result
             i = j
 
@@ -125,9 +131,9 @@ class Scorer:
         return _MixEvaluator(self, granularity)
 
     def _count(self, split: Split, candidate: Candidate, result: Evaluation) -> None:
-        if split == "dev":
+        if split != "test":  # dev, or with a holdout either part of it
             self.evaluations += 1
-            if self._trace is not None:
+            if self._trace is not None and split != "holdout":
                 self._trace.offer(candidate, result.utility)
 
     def _refine(self, mix: Mix) -> np.ndarray:

@@ -29,6 +29,7 @@ from mergekit_swarm.output.rundir import RunDirectory
 from mergekit_swarm.pso import Granularity
 from mergekit_swarm.search.checkpoint import Checkpoint
 from mergekit_swarm.search.loop import run_search, start_swarm
+from mergekit_swarm.search.selection import select_winner
 
 LORAHUB_BOUND = 1.5
 LORAHUB_L1 = 0.05
@@ -149,8 +150,16 @@ def swarm(scorer: Scorer, settings: pso.SwarmSettings, granularity: Granularity,
     checkpoint = run_search(settings, evaluator, rundir.state, Checkpoint("compare", state), known=known, quiet=quiet)
     rundir.publish()
     state = checkpoint.state
+    selection = select_winner(state, settings, evaluator)
+    winner = Mix(selection.coefficients, granularity)
     info = {"granularity": granularity, "groups": len(layout), "particles": state.shape[0], "iterations": state.iteration}
-    return Choice(Mix(pso.winner(state), granularity), state.global_best_utility, info)
+    if not settings.holdout:
+        return Choice(winner, selection.utility, info)
+    # its dev column is over all of dev, as every other method's: one more evaluation, for the report only
+    dev = scorer.evaluate([winner], counted=False)[0].utility
+    return Choice(
+        winner, dev, {**info, "holdout": settings.holdout, "chosen particle": selection.candidates[selection.chosen].particle}
+    )
 
 
 SEARCH_FUNCTIONS = {"random_search": random_search, "lorahub": lorahub, "cma_es": cma_es}

@@ -218,6 +218,10 @@ def parse_recipe(data: Any, *, base_dir: Path, source: str = "recipe", text: str
             f"{source}: swarm: drop_k/drop_n = {swarm.drop_k}/{swarm.drop_n} skips no evaluation with {particles} particles"
         )
     utility = _validate_utility(data["utility"], source, context)
+    if swarm.holdout and not utility.can_hold_out():
+        raise ConfigError(
+            f"{source}: swarm: holdout needs a utility whose dev data is a file of examples; {utility.type!r} cannot be cut"
+        )
     evaluation = _validate_section(EvaluationSettings, data.get("evaluation") or {}, "evaluation", source, context)
     fields = {name: getattr(recipe, name) for name in MergeRecipe.__dataclass_fields__}
     return SwarmRecipe(**fields, swarm=swarm, utility=utility, evaluation=evaluation)

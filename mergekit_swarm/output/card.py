@@ -102,6 +102,7 @@ def _swarm_sections(result: SwarmResult, settings: SwarmSettings) -> list[str]:
         _result_table(result),
         f"{result.iterations} iterations, {result.evaluations} evaluations ({result.failed} failed), "
         f"{result.restarts} particle restarts; stopped: {result.stop_reason}." + _fallbacks(result),
+        _selection(result, settings),
         sentence(result.emergence) + (" (per example: `swarm_examples.json`)" if any(result.emergence.values()) else ""),
         "![search history](swarm_history.png)",
         "### Winner coefficients",
@@ -145,6 +146,24 @@ def _coefficient_table(result: SwarmResult) -> str:
 def _settings_table(settings: SwarmSettings) -> str:
     rows = ["| setting | value |", "|---|---|"]
     rows += [f"| {k} | {v} |" for k, v in settings.model_dump().items()]
+    return "\n".join(rows)
+
+
+def _selection(result: SwarmResult, settings: SwarmSettings) -> str:
+    """How the winner was chosen, when part of dev was held out."""
+    if not result.selection:
+        return ""
+    candidates, chosen = result.selection["candidates"], result.selection["chosen"]
+    rows = [
+        f"The search saw {1 - settings.holdout:.0%} of the dev examples; the winner is the personal best that scored "
+        f"best on the other {settings.holdout:.0%} among the {len(candidates)} best ones (dev above is over all of dev).",
+        "",
+        "| particle | dev, searched part | dev, held out | |",
+        "|---:|---:|---:|---|",
+    ]
+    for i, c in enumerate(candidates):
+        mark = " ".join(filter(None, ("**winner**" if i == chosen else "", "(global best)" if i == 0 else "")))
+        rows.append(f"| {c['particle']} | {format_utility(c['search'])} | {format_utility(c['holdout'], 'failed')} | {mark} |")
     return "\n".join(rows)
 
 

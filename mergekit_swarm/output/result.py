@@ -31,6 +31,9 @@ class SwarmResult:
     output_kind: str  # "full" | "lora" | "lora-merged"
     fallbacks: int = 0  # evaluations scored one at a time because their batched scoring failed
     emergence: dict[str, dict[str, int] | None] = field(default_factory=dict)  # per split, see output.emergence
+    # with swarm.holdout: the personal bests compared on the held-out dev examples and which won
+    # (dev utilities above are then over all of dev; `winner_search_dev` over the searched part)
+    selection: dict | None = None
 
     def write(self, folder: Path) -> None:
         (folder / RESULT_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")

@@ -52,6 +52,17 @@ class SwarmSettings(StrictSection):
             "experts' dev utilities first (their evaluations, which are not repeated)."
         ),
     )
+    holdout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description=(
+            "Share of the dev examples the search never sees (0: none, the paper). The winner is then chosen "
+            "among the `holdout_candidates` best personal bests by their utility on those examples, rather than "
+            "being the global best: a guard against a winner that only fits the rest of dev."
+        ),
+    )
+    holdout_candidates: int = Field(5, ge=2, description="Personal bests compared on the held-out dev examples.")
     starting_velocity: Literal["random", "zero", "best"] = Field(
         "random", description="random: towards another particle; zero; best: towards the global best."
     )
@@ -72,6 +83,11 @@ class SwarmSettings(StrictSection):
         if self.drop_k >= self.drop_n:
             raise ValueError(f"drop_k ({self.drop_k}) must be smaller than drop_n ({self.drop_n}); some evaluations must run")
         return self
+
+    @property
+    def search_split(self) -> Literal["dev", "search"]:
+        """The utility split the particles are scored on: all of dev, or its part not held out."""
+        return "search" if self.holdout else "dev"
 
     def skipped_per_iteration(self, particles: int) -> int:
         """How many particle evaluations evaluation dropout skips in each iteration after the first."""

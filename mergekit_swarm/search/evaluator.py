@@ -57,7 +57,7 @@ class ParticleEvaluator(Protocol):
     loop, the run's test report and `compare` use nothing else.
     """
 
-    splits: tuple[Split, ...]  # the utilities it holds: ("dev",) or ("dev", "test")
+    splits: tuple[Split, ...]  # the utilities it holds: ("dev",), ("dev", "test"), and "search", "holdout"
 
     def evaluate(self, particles: Sequence[np.ndarray], split: Split = "dev") -> Iterator[Evaluation]:
         """One evaluation per particle with the `split` utility, in order, each yielded when known."""
@@ -79,9 +79,12 @@ class LocalEvaluator:
     measuring one particle's scoring once, and halved on out-of-memory (`device_memory`).
     """
 
-    def __init__(self, resident: ResidentModel, dev: Utility, test: Utility | None = None, *, memory=None):
+    def __init__(
+        self, resident: ResidentModel, dev: Utility, test: Utility | None = None, *, parts: dict | None = None, memory=None
+    ):
+        """`parts`: the utility on the two parts of dev with `swarm.holdout` ("search", "holdout")."""
         self.resident = resident
-        self.utilities: dict[Split, Utility] = {"dev": dev, **({"test": test} if test is not None else {})}
+        self.utilities: dict[Split, Utility] = {"dev": dev, **({"test": test} if test is not None else {}), **(parts or {})}
         self.batch_limit = resident.slots  # particles scored together; lowered to what the device fits
         self.fallbacks = 0  # evaluations scored alone because their group's batched scoring failed
         self._memory = memory if memory is not None else device_memory(resident.device)
@@ -96,7 +99,8 @@ class LocalEvaluator:
         utilities; `fewer_slots`: the slots are a wish (`particles_per_batch: auto`), not a must."""
         utilities = setup.utilities
         resident = setup.resident_model(options, slots, layout, fewer_slots=fewer_slots)
-        return cls(resident, utilities["dev"], utilities.get("test"))
+        parts = {split: utilities[split] for split in ("search", "holdout") if split in utilities}
+        return cls(resident, utilities["dev"], utilities.get("test"), parts=parts)
 
     @property
     def splits(self) -> tuple[Split, ...]:

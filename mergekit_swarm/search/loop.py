@@ -22,7 +22,7 @@ def start_swarm(
     the experts are evaluated first (the merges need their utilities), and not again."""
     if settings.initial != "merges":
         return pso.initialize(settings, experts, len(layout)), {}
-    results = list(evaluator.evaluate([one_hot(layout, experts, k) for k in range(experts)]))
+    results = list(evaluator.evaluate([one_hot(layout, experts, k) for k in range(experts)], settings.search_split))
     return pso.initialize(settings, experts, len(layout), [r.utility for r in results]), dict(enumerate(results))
 
 
@@ -68,7 +68,7 @@ def run_search(
             if not state.evaluated:
                 # evaluated in groups (adapter slots), yielded one by one as they finish
                 pending = [state.positions[i] for i in range(particles) if not state.skip[i] and i not in known]
-                results = evaluator.evaluate(pending)
+                results = evaluator.evaluate(pending, settings.search_split)
                 utilities, errors = [], []
                 for i in range(particles):
                     show(i + 1)

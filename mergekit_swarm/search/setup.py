@@ -47,8 +47,11 @@ class SearchSetup:
 
     @cached_property
     def utilities(self) -> dict[Split, Utility]:
-        """The recipe's utility on each split it has data for ("dev", and "test" if given)."""
-        built = {split: self.recipe.utility.build(split) for split in ("dev", "test")}
+        """The recipe's utility on each split it has data for: "dev", "test" if given, and with
+        `swarm.holdout` the two parts of dev ("search", "holdout")."""
+        holdout = self.recipe.swarm.holdout
+        splits = ("dev", "test", *(("search", "holdout") if holdout else ()))
+        built = {split: self.recipe.utility.build(split, holdout) for split in splits}
         if built["dev"] is None:
             raise ConfigError(f"{self.recipe.source}: utility: nothing to evaluate on the dev side")
         return {split: utility for split, utility in built.items() if utility is not None}

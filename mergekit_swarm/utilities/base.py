@@ -15,13 +15,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 from pydantic import Field
 
+from mergekit_swarm.errors import ConfigError
 from mergekit_swarm.schema import RecipePath, StrictSection
 from mergekit_swarm.utilities.data import Example, load_examples
 from mergekit_swarm.utilities.text import NO_ADAPTERS, Adapters, GenerationSettings
 
-Split = Literal["dev", "test"]
+Split = Literal["dev", "test", "search", "holdout"]
+"""`dev` is searched on and `test` only reported; with `swarm.holdout`, dev is cut in two: the search
+sees `search` and the winner is chosen on `holdout` (see `UtilityConfig.build`)."""
+HOLDOUT_SEED = 0  # which dev examples are held out depends on the data only, not on the swarm's seed
 
 
 @dataclass(frozen=True)
@@ -77,9 +82,14 @@ class UtilityConfig(StrictSection):
     section_name: ClassVar[str] = "utility"
     type: str
 
-    def build(self, split: Split) -> Utility | None:
-        """The utility on `split`, or None when the recipe gives no data for it."""
+    def build(self, split: Split, holdout: float = 0.0) -> Utility | None:
+        """The utility on `split`, or None when the recipe gives no data for it. `search` and
+        `holdout` are the two parts of dev when a `holdout` share of its examples is held out."""
         raise NotImplementedError
+
+    def can_hold_out(self) -> bool:
+        """Whether dev is a list of examples that `swarm.holdout` can cut in two."""
+        return False
 
     def input_files(self) -> list[Path]:
         """Files and model folders that define the objective (part of the run's fingerprint),
@@ -106,11 +116,19 @@ class DatasetUtilityConfig(UtilityConfig):
     example_format: ClassVar[dict[str, bool]] = {}  # how this kind reads its JSONL (`load_examples` keywords)
 
     def path(self, split: Split) -> Path | None:
-        return self.dev if split == "dev" else self.test
+        return self.test if split == "test" else self.dev
 
-    def build(self, split: Split) -> Utility | None:
+    def build(self, split: Split, holdout: float = 0.0) -> Utility | None:
         path = self.path(split)
-        return None if path is None else self.utility_on(load_examples(path, **self.example_format))
+        if path is None:
+            return None
+        examples = load_examples(path, **self.example_format)
+        if split in ("search", "holdout"):
+            examples = dev_part(examples, holdout, split, path)
+        return self.utility_on(examples)
+
+    def can_hold_out(self) -> bool:
+        return True
 
     def utility_on(self, examples: list[Example]) -> Utility:
         """The utility scoring the model on `examples` (one split's)."""
@@ -125,6 +143,17 @@ class GenerativeUtilityConfig(DatasetUtilityConfig):
 
     def generation(self) -> GenerationSettings:
         return GenerationSettings(self.max_new_tokens, self.batch_size, self.chat_template)
+
+
+def dev_part(examples: list[Example], share: float, part: Split, source: Path) -> list[Example]:
+    """The `search` or `holdout` part of dev when `share` of its examples is held out: a fixed
+    random subset (`HOLDOUT_SEED`), in file order."""
+    n = len(examples)
+    k = round(n * share)
+    if not 0 < k < n:
+        raise ConfigError(f"{source}: holding out {share} of its {n} examples leaves an empty part")
+    held = set(np.random.default_rng(HOLDOUT_SEED).permutation(n)[:k].tolist())
+    return [example for i, example in enumerate(examples) if (i in held) == (part == "holdout")]
 
 
 UTILITIES: dict[str, type[UtilityConfig]] = {}

@@ -26,7 +26,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from mergekit_swarm.errors import UtilityError
+from mergekit_swarm.errors import ConfigError, UtilityError
 from mergekit_swarm.extras import require
 from mergekit_swarm.schema import RecipePath
 from mergekit_swarm.utilities.base import Score, Split, Utility, UtilityConfig, register_utility
@@ -141,7 +141,9 @@ class LmEvalConfig(UtilityConfig):
     test_tasks: list[str] | None = Field(None, description="Tasks reported on the test side only.")
     test_limit: int | float | None = Field(None, gt=0, description="`limit` for test_tasks.")
 
-    def build(self, split: Split) -> Utility | None:
+    def build(self, split: Split, holdout: float = 0.0) -> Utility | None:
+        if split not in ("dev", "test"):
+            raise ConfigError(f"an lm_eval utility has no {split} part (swarm.holdout needs a utility of examples)")
         if split == "dev":
             return HarnessUtility(self, self.tasks, self.limit)
         return None if not self.test_tasks else HarnessUtility(self, self.test_tasks, self.test_limit)

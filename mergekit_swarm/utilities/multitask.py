@@ -108,14 +108,17 @@ class MultitaskConfig(UtilityConfig):
     def names(self) -> list[str]:
         return [c.name or f"{i}:{c.utility.type}" for i, c in enumerate(self.components)]
 
-    def build(self, split: Split) -> Utility | None:
-        utilities = [c.utility.build(split) for c in self.components]
+    def build(self, split: Split, holdout: float = 0.0) -> Utility | None:
+        utilities = [c.utility.build(split, holdout) for c in self.components]
         if any(u is None for u in utilities):  # a test score needs every component's test data
             return None
         return MultiTask(self.names(), [c.weight for c in self.components], utilities, self.aggregate)
 
     def right_or_wrong(self) -> bool:
         return all(c.utility.right_or_wrong() for c in self.components)
+
+    def can_hold_out(self) -> bool:
+        return all(c.utility.can_hold_out() for c in self.components)
 
     def may_be_negative(self) -> bool:
         return self.aggregate != "harmonic" and any(c.utility.may_be_negative() for c in self.components)

@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from mergekit_swarm.errors import UtilityError
+from mergekit_swarm.errors import ConfigError, UtilityError
 from mergekit_swarm.utilities.base import Split, Utility, UtilityConfig, register_utility
 
 
@@ -84,6 +84,8 @@ class PythonConfig(UtilityConfig):
     def may_be_negative(self) -> bool:
         return True  # unknown: refused under a harmonic mean rather than failing every evaluation
 
-    def build(self, split: Split) -> Utility | None:
+    def build(self, split: Split, holdout: float = 0.0) -> Utility | None:
+        if split not in ("dev", "test"):
+            raise ConfigError(f"a python utility has no {split} part (swarm.holdout needs a utility of examples)")
         spec = self.function if split == "dev" else self.test_function
         return None if spec is None else PythonUtility(load_function(spec))
