@@ -96,7 +96,9 @@ def run_ours(args, pool, kind: str) -> dict:
     experts = pool.full if kind == "full" else pool.lora
     expert_pool = open_pool(experts)
     layout = group_layout(expert_pool, args.granularity)
-    settings = pso.SwarmSettings(particles=args.particles, max_iterations=args.iterations, patience=10**6, seed=0)
+    settings = pso.SwarmSettings(
+        particles=args.particles, max_iterations=args.iterations, patience=10**6, seed=0, initial="experts"
+    )  # the timed loop drives initialize/observe/step itself
     settings = settings.model_copy(update={"granularity": args.granularity})
     start = time.perf_counter()
     resident = ResidentModel(

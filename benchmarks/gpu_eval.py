@@ -88,7 +88,8 @@ def quickstart(args) -> dict:
     recipe = load_recipe(built.build(ROOT / "examples" / "quickstart", quiet=True)).resolve()
     options = RunOptions(device=args.device, quiet=True)
     setup = prepare(recipe, options, recipe.swarm.granularity)
-    particles = list(pso.initialize(recipe.swarm, len(setup.pool), len(setup.layout)).positions)
+    start = recipe.swarm.model_copy(update={"initial": "experts"})  # positions only: no utilities needed
+    particles = list(pso.initialize(start, len(setup.pool), len(setup.layout)).positions)
     return compare_ways(lambda slots: LocalEvaluator.open(setup, options, slots), particles, args.repeats)
 
 
@@ -191,7 +192,7 @@ def lora_pool(args, base: Path, tokenizer, data: Path) -> dict:
         experts.append(folder)
     pool = open_pool(experts)
     layout = group_layout(pool, "model")
-    settings = SwarmSettings(particles=args.particles, seed=0)
+    settings = SwarmSettings(particles=args.particles, seed=0, initial="experts")  # positions only: no utilities
     particles = list(pso.initialize(settings, len(pool), len(layout)).positions)
     utility = validate_utility(
         {"type": "exact_match", "dev": str(data), "batch_size": args.prompts, "max_new_tokens": args.new_tokens}

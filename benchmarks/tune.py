@@ -1,110 +1,171 @@
-"""Tune the swarm's defaults on the testbed's dev splits only (test is never read here).
+"""Choose the swarm's defaults on the testbed's dev splits only (test is never read here).
 
-    python benchmarks/tune.py
+    python benchmarks/tune.py                    # every objective, both pools, testbeds 0 and 1
+    python benchmarks/tune.py --quick            # LoRA pool, testbed 0, search seed 0
 
-Runs the swarm alone (granularity model, the testbed's budget) with each candidate setting on
-every objective and pool over the seeds, and ranks the settings by mean dev utility and mean
-dev rank. Writes `benchmarks/results/tune.{json,md}`. The granularity is compared in the
-quality table (`quality.py`), on dev as well.
+Each dev file is cut in two fixed parts (`dev_part`, 75% / 25%): the search and every candidate
+setting see the first ("dev A"); the second ("dev B") is scored once per candidate's winner and
+is what tells the candidates apart: held-out evidence, without touching test. The candidates
+run on one resident model per objective and seed (`compare`'s scorer), granularity model, with
+the testbed's budget. Writes `benchmarks/results/tune.{json,md}` (or `tune_quick.*`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import statistics
 import time
 from pathlib import Path
 
 from common import command, header, machine, versions, write_report
-from quality import OBJECTIVES
+from quality import OBJECTIVES, QUICK_OBJECTIVES, TESTBED
 
 from mergekit_swarm.testing import testbed
 
-TESTBED = Path(__file__).resolve().parent / "testbed"  # cache/ (built testbeds) and runs/ (comparison folders)
-
 CANDIDATES = {  # name: swarm settings over the defaults
-    "paper (official argparse defaults)": {},
-    "re-implementation defaults": {"inertia": 0.2, "cognitive": 0.3, "social": 0.4, "repel": 0.05, "step_length": 0.5},
+    "experts (the paper's start)": {"initial": "experts"},
+    "initial: merges": {"initial": "merges"},
+    "holdout 0.25 (5 candidates)": {"initial": "experts", "holdout": 0.25},
+    "initial: merges + holdout 0.25": {"initial": "merges", "holdout": 0.25},
 }
+HOLDOUT = 0.25  # the candidates' recipe carries it so that the scorer has the search/holdout parts
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--testbed-seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="LoRA pool, 3 objectives, testbed 0, search seed 0")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="search seeds (default 0 1; quick: 0)")
+    parser.add_argument("--testbed-seeds", type=int, nargs="+", default=None, help="default 0 1 (quick: 0)")
+    parser.add_argument("--pools", nargs="+", default=None, choices=("lora", "full"))
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from mergekit_swarm.compare import CompareOptions, run_comparison
-    from mergekit_swarm.config import load_recipe
-    from mergekit_swarm.options import RunOptions, silence_library_progress_bars
+    from mergekit_swarm.options import silence_library_progress_bars
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     silence_library_progress_bars()
+    quick = args.quick
+    seeds = args.seeds or ([0] if quick else [0, 1])
+    testbeds = args.testbed_seeds or ([0] if quick else [0, 1])
+    pools = tuple(args.pools or (("lora",) if quick else ("lora", "full")))
+    objectives = QUICK_OBJECTIVES if quick else OBJECTIVES
     start = time.perf_counter()
-    root = testbed.build(args.testbed_seed, root=TESTBED / "cache" / f"seed-{args.testbed_seed}")
     runs = []
-    for pool in ("lora", "full"):
-        for objective in OBJECTIVES:
-            recipe = load_recipe(root / "recipes" / pool / f"{objective}.yml")
-            for name, overrides in CANDIDATES.items():
-                tuned = dataclasses.replace(recipe, swarm=recipe.swarm.model_copy(update=overrides), utility=_dev_only(recipe))
-                for seed in args.seeds:
-                    out = TESTBED / "runs" / "tune" / pool / objective / f"{list(CANDIDATES).index(name)}-seed-{seed}"
-                    options = CompareOptions(baselines=(), granularities=("model",), seed=seed)
-                    board = run_comparison(tuned, out, RunOptions(overwrite=True, quiet=True), options)
-                    entry = board.entry("swarm_model")
-                    runs.append({"pool": pool, "objective": objective, "setting": name, "seed": seed, "dev": entry.dev})
-                    print(f"{pool} / {objective} / {name} / seed {seed}: dev {entry.dev}", flush=True)
+    for testbed_seed in testbeds:
+        root = testbed.build(testbed_seed, root=TESTBED / "cache" / f"seed-{testbed_seed}", quiet=True)
+        data = TESTBED / "runs" / "tune" / f"testbed-{testbed_seed}" / "data"
+        for pool in pools:
+            for objective in objectives:
+                recipe = _on_dev_parts(root / "recipes" / pool / f"{objective}.yml", data / objective)
+                for seed in seeds:
+                    work = TESTBED / "runs" / "tune" / f"testbed-{testbed_seed}" / pool / objective / f"seed-{seed}"
+                    for name, dev, unseen, evaluations in tune_cell(recipe, seed, work):
+                        cell = {"testbed": testbed_seed, "pool": pool, "objective": objective, "seed": seed}
+                        runs.append({**cell, "setting": name, "dev_a": dev, "dev_b": unseen, "evaluations": evaluations})
+                        print(f"{cell} {name}: dev A {dev:.4f}, dev B {unseen:.4f} ({evaluations} evaluations)", flush=True)
     report = {
         "command": command(),
         "machine": machine(),
         "versions": versions(),
         "candidates": CANDIDATES,
-        "seeds": args.seeds,
+        "seeds": seeds,
+        "testbeds": testbeds,
+        "pools": pools,
+        "objectives": objectives,
         "swarm": testbed.SWARM,
         "total_seconds": round(time.perf_counter() - start, 1),
         "runs": runs,
     }
-    write_report("tune", report, markdown(report))
+    write_report("tune_quick" if quick else "tune", report, markdown(report))
 
 
-def _dev_only(recipe):
-    """The recipe's utility without its test split: tuning must not even compute test scores."""
+def _on_dev_parts(recipe_file: Path, data: Path):
+    """The testbed recipe with each dev file replaced by its 75% part (dev) and its 25% part (test)."""
+    from mergekit_swarm.config import load_recipe
+    from mergekit_swarm.testing import toy
+    from mergekit_swarm.utilities.base import dev_part
+
+    recipe = load_recipe(recipe_file)
+
+    def cut(utility, name: str):
+        rows = [json.loads(line) for line in utility.dev.read_text(encoding="utf-8").splitlines() if line.strip()]
+        paths = {}
+        for part, split in (("search", "dev"), ("holdout", "test")):
+            paths[split] = data / name / f"{split}.jsonl"
+            toy.write_jsonl(paths[split], dev_part(rows, HOLDOUT, part, utility.dev))
+        return utility.model_copy(update=paths)
+
     utility = recipe.utility
     if utility.type == "multitask":
-        components = [c.model_copy(update={"utility": c.utility.model_copy(update={"test": None})}) for c in utility.components]
-        return utility.model_copy(update={"components": components})
-    return utility.model_copy(update={"test": None})
+        components = [c.model_copy(update={"utility": cut(c.utility, c.name)}) for c in utility.components]
+        utility = utility.model_copy(update={"components": components})
+    else:
+        utility = cut(utility, "data")
+    return dataclasses.replace(recipe, utility=utility, swarm=recipe.swarm.model_copy(update={"holdout": HOLDOUT}))
+
+
+def tune_cell(recipe, seed: int, work: Path) -> list[tuple[str, float, float, int]]:
+    """Every candidate on one resident model: (name, dev A of its winner, dev B of its winner, evaluations)."""
+    import shutil
+
+    from mergekit_swarm.compare import search_baselines as search
+    from mergekit_swarm.compare.scoring import Scorer
+    from mergekit_swarm.options import RunOptions
+    from mergekit_swarm.search.setup import prepare
+
+    options = RunOptions(overwrite=True, quiet=True)
+    recipe = recipe.resolve(options)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    scorer = Scorer(prepare(recipe, options, "model"), options, work, ["model"], seed)
+    found = []
+    for i, (name, overrides) in enumerate(CANDIDATES.items()):
+        settings = recipe.swarm.model_copy(update={"seed": seed, "holdout": 0.0, **overrides})
+        before = scorer.evaluations
+        choice = search.swarm(scorer, settings, "model", work / f"candidate-{i}", quiet=True)
+        unseen = scorer.evaluate([choice.candidate], "test")[0].utility
+        found.append((name, choice.dev, unseen, scorer.evaluations - before))
+    return found
 
 
 def markdown(report: dict) -> str:
     runs = report["runs"]
-    cells: dict[tuple, dict[str, float]] = {}
+    names = list(report["candidates"])
+    cells: dict[tuple, dict[str, list[dict]]] = {}
     for r in runs:
-        cells.setdefault((r["pool"], r["objective"]), {}).setdefault(r["setting"], []).append(r["dev"])
-    ranks: dict[str, list[float]] = {}
-    means: dict[str, list[float]] = {}
-    for per_setting in cells.values():
-        mean = {s: statistics.mean(v) for s, v in per_setting.items()}
-        order = sorted(mean, key=lambda s: -mean[s])
-        for s in mean:
-            ranks.setdefault(s, []).append(order.index(s) + 1)
-            means.setdefault(s, []).append(mean[s])
-    lines = header("Tuning the swarm's defaults on dev", report)
+        cells.setdefault((r["testbed"], r["pool"], r["objective"]), {}).setdefault(r["setting"], []).append(r)
+    lines = header("Choosing the swarm's defaults on dev", report)
     lines += [
-        f"Swarm alone, granularity model, {report['swarm']}, seeds {report['seeds']}, every testbed objective "
-        f"and both pools; dev utility only. {report['total_seconds'] / 60:.1f} min.",
+        f"Swarm alone, granularity model, {report['swarm']}; testbeds {report['testbeds']}, pools "
+        f"{', '.join(report['pools'])}, {len(report['objectives'])} objectives, search seeds {report['seeds']}: "
+        f"{len(cells)} cells. Each dev file is cut in two fixed parts: every candidate searches on dev A (75%, "
+        "of which the holdout candidates hide a further 25% from the search) and is judged on dev B (the other "
+        f"25%), which no search saw. Test is never read. {report['total_seconds'] / 60:.1f} min.",
         "",
-        "| setting | overrides | mean dev rank | mean dev utility |",
-        "|---|---|---:|---:|",
+        "| setting | overrides | mean dev A | mean dev B | mean dev B rank | dev B vs the first row: better / equal / worse "
+        "cells | evaluations |",
+        "|---|---|---:|---:|---:|---|---:|",
     ]
-    for s in sorted(ranks, key=lambda s: statistics.mean(ranks[s])):
+    reference = names[0]
+    for name in names:
+        a, b, ranks, evaluations, versus = [], [], [], [], [0, 0, 0]
+        for per_setting in cells.values():
+            if name not in per_setting:
+                continue
+            mean_b = {s: statistics.mean(r["dev_b"] for r in rows) for s, rows in per_setting.items()}
+            a.append(statistics.mean(r["dev_a"] for r in per_setting[name]))
+            b.append(mean_b[name])
+            ranks.append(1 + sum(v > mean_b[name] for v in mean_b.values()))
+            evaluations += [r["evaluations"] for r in per_setting[name]]
+            diff = mean_b[name] - mean_b[reference]
+            versus[0 if diff > 1e-9 else 2 if diff < -1e-9 else 1] += 1
         lines.append(
-            f"| {s} | {report['candidates'][s] or '-'} | {statistics.mean(ranks[s]):.2f} | {statistics.mean(means[s]):.4f} |"
+            f"| {name} | {report['candidates'][name]} | {statistics.mean(a):.4f} | {statistics.mean(b):.4f} | "
+            f"{statistics.mean(ranks):.2f} | {versus[0]} / {versus[1]} / {versus[2]} | {statistics.mean(evaluations):.0f} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -180,22 +180,25 @@ def test_a_failing_batch_is_scored_again_particle_by_particle(zoo, tokenizer):
     assert resident.model.active_adapter == "swarm"
 
 
-def test_particles_per_batch_does_not_change_the_search(recipe_factory, tmp_path, zoo):
+@pytest.mark.parametrize("batch", [3, "auto"])
+def test_particles_per_batch_does_not_change_the_search(recipe_factory, tmp_path, zoo, batch):
+    """Particles scored together (3 per batch, or `auto`: every particle of an iteration) give the
+    search of one at a time, bit for bit, with no fallback."""
     utility = {"type": "exact_match", "dev": str(zoo.dev), "test": str(zoo.test), "batch_size": 8, "max_new_tokens": 6}
     runs = {}
-    for batch in (1, 3):
+    for size in (1, batch):
         recipe = recipe_factory(
             "lora",
             swarm={"particles": 5},
             utility=utility,
-            evaluation={"particles_per_batch": batch},
-            folder=tmp_path / f"r{batch}",
+            evaluation={"particles_per_batch": size},
+            folder=tmp_path / f"r{size}",
         )
-        result = run_swarm(load_recipe(recipe), tmp_path / f"out{batch}", RunOptions(quiet=True))
-        lines = (tmp_path / f"out{batch}" / "swarm_history.jsonl").read_text().splitlines()
+        result = run_swarm(load_recipe(recipe), tmp_path / f"out{size}", RunOptions(quiet=True))
+        lines = (tmp_path / f"out{size}" / "swarm_history.jsonl").read_text().splitlines()
         history = [{k: v for k, v in json.loads(line).items() if k != "wall_time"} for line in lines]
-        runs[batch] = (result.coefficients, result.winner_dev, result.expert_test, result.winner_test, history)
-    assert runs[1] == runs[3]
+        runs[size] = (result.coefficients, result.winner_dev, result.expert_test, result.winner_test, result.fallbacks, history)
+    assert runs[1] == runs[batch] and runs[batch][4] == 0
 
 
 class ShortBatch(FailsOnSlot):

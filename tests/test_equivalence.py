@@ -107,7 +107,14 @@ def test_engine_matches_weight_space_swarm_over_20_iterations_with_restarts(expe
         return -sum(float(((w[k].double() - target[k].double()) ** 2).mean()) for k in target)
 
     s = pso.SwarmSettings(
-        particles=7, max_iterations=24, patience=40, restart_patience=0.075, step_length=0.8, seed=5, granularity="model"
+        particles=7,
+        max_iterations=24,
+        patience=40,
+        restart_patience=0.075,
+        step_length=0.8,
+        seed=5,
+        granularity="model",
+        initial="experts",  # the paper's initialisation
     )  # restart after 3 stale iterations
     pool = FullModelPool(paths)
     layout = group_layout(pool, "model")

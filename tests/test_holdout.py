@@ -81,7 +81,9 @@ def test_compare_reports_the_holdout_swarm_like_a_run(holdout_run, tmp_path):
     from mergekit_swarm.compare import CompareOptions, run_comparison
 
     recipe, result, _ = holdout_run
-    board = run_comparison(recipe, tmp_path / "board", QUIET, CompareOptions(baselines=("best_expert",), granularities=("model",)))
+    board = run_comparison(
+        recipe, tmp_path / "board", QUIET, CompareOptions(baselines=("best_expert",), granularities=("model",))
+    )
     swarm = board.entry("swarm_model")
     assert (swarm.dev, swarm.test, swarm.evaluations) == (result.winner_dev, result.winner_test, result.evaluations)
     assert swarm.settings["holdout"] == 0.25

@@ -59,7 +59,14 @@ def wide(tmp_path_factory, zoo):
     recipe = {
         "merge_method": "model_swarms",
         "models": [{"model": f"expert{k}"} for k in range(3)],
-        "swarm": {"particles": 4, "max_iterations": 2, "patience": 5, "granularity": "tensor", "seed": 3},
+        "swarm": {
+            "particles": 4,
+            "max_iterations": 2,
+            "patience": 5,
+            "granularity": "tensor",
+            "seed": 3,
+            "initial": "experts",
+        },  # per-tensor coefficients that differ (merges: the soup wins),
         "utility": {"type": "python", "function": "norm.py:score"},
     }
     (root / "swarm.yml").write_text(yaml.safe_dump(recipe, sort_keys=False))

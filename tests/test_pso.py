@@ -12,7 +12,7 @@ from mergekit_swarm.pso import SwarmSettings, SwarmState
 
 
 def settings(**overrides) -> SwarmSettings:
-    return SwarmSettings(**{"particles": 6, "max_iterations": 40, "patience": 10, **overrides})
+    return SwarmSettings(**{"particles": 6, "max_iterations": 40, "patience": 10, "initial": "experts", **overrides})
 
 
 def run(state: SwarmState, s: SwarmSettings, utility, iterations: int) -> None:
@@ -59,7 +59,7 @@ def test_particles_start_as_experts_then_crossover_with_documented_draws():
 
 
 def test_default_particle_count_is_twice_the_experts():
-    assert pso.initialize(SwarmSettings(), experts=3, groups=1).shape == (6, 1, 3)
+    assert pso.initialize(SwarmSettings(initial="experts"), experts=3, groups=1).shape == (6, 1, 3)
     with pytest.raises(ValueError, match="fewer than the 4 experts"):
         SwarmSettings(particles=3).particle_count(4)
 
@@ -266,6 +266,10 @@ def test_drop_k_must_leave_some_evaluations():
         SwarmSettings(drop_k=2, drop_n=2)
 
 
+def test_initial_merges_is_the_default():
+    assert SwarmSettings().initial == "merges"
+
+
 def test_initial_merges_start_where_the_simple_merges_are():
     settings = SwarmSettings(particles=12, initial="merges", seed=3)
     utilities = [0.2, 0.7, float("-inf"), 0.5, 0.1]  # best: expert 1, then 3, then 0; expert 2 failed
@@ -278,7 +282,7 @@ def test_initial_merges_start_where_the_simple_merges_are():
     np.testing.assert_allclose(positions[9], (np.eye(5)[1] + np.eye(5)[3] + np.eye(5)[0]) / 3)
     assert np.allclose(state.positions.sum(-1), 1) and np.array_equal(state.positions[:, 0], state.positions[:, 1])
     # crossovers fill the rest, from the same draws as the paper's initialisation makes for them
-    paper = pso.initialize(SwarmSettings(particles=12, seed=3), 5, 2)
+    paper = pso.initialize(SwarmSettings(particles=12, seed=3, initial="experts"), 5, 2)
     assert not np.allclose(positions[10:], paper.positions[10:, 0])
     with pytest.raises(ValueError, match="needs the experts' utilities"):
         pso.initialize(settings, 5, 2)
@@ -287,8 +291,8 @@ def test_initial_merges_start_where_the_simple_merges_are():
 def test_initial_merges_fit_a_small_swarm_and_experts_mode_ignores_utilities():
     small = pso.initialize(SwarmSettings(particles=4, initial="merges"), 3, 1, [0.1, 0.3, 0.2])
     np.testing.assert_allclose(small.positions[3, 0], np.full(3, 1 / 3))  # only the first merge fits
-    a = pso.initialize(SwarmSettings(seed=5), 4, 2)
-    b = pso.initialize(SwarmSettings(seed=5), 4, 2, [0.1, 0.9, 0.3, 0.2])
+    a = pso.initialize(SwarmSettings(seed=5, initial="experts"), 4, 2)
+    b = pso.initialize(SwarmSettings(seed=5, initial="experts"), 4, 2, [0.1, 0.9, 0.3, 0.2])
     np.testing.assert_array_equal(a.positions, b.positions)
     np.testing.assert_array_equal(a.velocities, b.velocities)
 
@@ -315,5 +319,5 @@ def test_start_swarm_evaluates_the_experts_once():
     assert len(recorder.seen) == 3 and sorted(known) == [0, 1, 2]
     assert [known[k].utility for k in range(3)] == [1.0, 2.0, 3.0]
     np.testing.assert_allclose(state.positions[4, 0], [0, 0.5, 0.5])  # the best two: experts 2 and 1
-    state, known = start_swarm(SwarmSettings(particles=6), recorder, 3, layout)
+    state, known = start_swarm(SwarmSettings(particles=6, initial="experts"), recorder, 3, layout)
     assert known == {} and len(recorder.seen) == 3  # the paper's start evaluates nothing up front

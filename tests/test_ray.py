@@ -32,13 +32,14 @@ def cluster():
 @pytest.fixture(scope="module")
 def recipe_file(zoo, tmp_path_factory):
     """LoRA experts, 4 particles evaluated two by two in mixed-adapter batches: two groups per
-    iteration, one for each of the two workers."""
+    iteration, one for each of the two workers (the paper's start: with `initial: merges` the
+    experts are evaluated before the swarm is formed, which adds a group)."""
     utility = {"type": "nll", "dev": str(zoo.dev), "test": str(zoo.test), "batch_size": 16}
     return write_recipe(
         tmp_path_factory.mktemp("ray_recipe"),
         zoo.lora,
         base=zoo.base,
-        swarm={"max_iterations": 3},
+        swarm={"max_iterations": 3, "initial": "experts"},
         utility=utility,
         evaluation={"particles_per_batch": 2, "workers": 2, "cpus_per_worker": 1},
     )

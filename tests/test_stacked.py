@@ -8,20 +8,16 @@ path, with particles that really differ, and score exactly as one particle at a 
 
 from __future__ import annotations
 
-import json
 import logging
 
 import numpy as np
 import pytest
 import torch
 
-from mergekit_swarm.config import load_recipe
 from mergekit_swarm.device_memory import particles_that_fit
 from mergekit_swarm.experts import open_pool
 from mergekit_swarm.groups import group_layout
-from mergekit_swarm.options import RunOptions
 from mergekit_swarm.resident import ResidentModel
-from mergekit_swarm.run import run_swarm
 from mergekit_swarm.search.evaluator import LocalEvaluator
 from mergekit_swarm.utilities import Utility, validate_utility
 from mergekit_swarm.utilities.text import GenerationSettings, generate_for_adapters, greedy_generate
@@ -231,24 +227,6 @@ def test_batch_size_is_measured_once_on_the_device(stacked, zoo):
     assert memory.measured == 1 and engine.batch_limit == 2 == particles_that_fit(1000, 300, SLOTS)
     assert engine.utilities["dev"].batches[:1] == [2]  # never more than fit: no out-of-memory to recover from
     assert [e.utility for e in together] == 2 * [e.utility for e in LocalEvaluator(single, nll).evaluate(particles)]
-
-
-def test_auto_batches_every_particle_of_an_iteration_and_changes_no_result(recipe_factory, tmp_path, zoo):
-    utility = {"type": "exact_match", "dev": str(zoo.dev), "test": str(zoo.test), "batch_size": 8, "max_new_tokens": 6}
-    runs = {}
-    for batch in (1, "auto"):
-        recipe = recipe_factory(
-            "lora",
-            swarm={"particles": 5},
-            utility=utility,
-            evaluation={"particles_per_batch": batch},
-            folder=tmp_path / f"r{batch}",
-        )
-        result = run_swarm(load_recipe(recipe), tmp_path / f"out{batch}", RunOptions(quiet=True))
-        lines = (tmp_path / f"out{batch}" / "swarm_history.jsonl").read_text().splitlines()
-        history = [{k: v for k, v in json.loads(line).items() if k != "wall_time"} for line in lines]
-        runs[batch] = (result.coefficients, result.winner_dev, result.expert_test, result.winner_test, result.fallbacks, history)
-    assert runs[1] == runs["auto"] and runs["auto"][4] == 0
 
 
 def test_full_experts_held_in_memory_write_the_same_particles(zoo, tokenizer):
