@@ -45,7 +45,14 @@ def main() -> None:
     parser.add_argument("--objectives", nargs="+", default=None)
     parser.add_argument("--pools", nargs="+", default=None, choices=("lora", "full"))
     parser.add_argument("--granularities", default="model", help="swarm granularities (default: model)")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the .md and plot from the saved .json")
     args = parser.parse_args()
+    if args.report_only:
+        name = "quality_quick" if args.quick else "quality"
+        report = json.loads((RESULTS / f"{name}.json").read_text())
+        plot_budget(_curves(report["runs"]), RESULTS / f"{name}_budget.png")
+        write_report(name, report, markdown(report, f"{name}_budget.png"))
+        return
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -131,7 +138,8 @@ def _curves(runs: list[dict]) -> dict[str, list[tuple[list[dict], float, float]]
     for r in runs:
         key = (r["testbed"], r["pool"], r["objective"])
         if r["curve"] and key in best and None not in best[key]:
-            curves.setdefault(r["title"], []).append((r["curve"], *best[key]))
+            last = {"evaluations": r["evaluations"], "dev": r["curve"][-1]["dev"], "test": None}  # to where it stopped
+            curves.setdefault(r["title"], []).append(([*r["curve"], last], *best[key]))
     return curves
 
 

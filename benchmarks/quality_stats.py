@@ -60,12 +60,13 @@ def verdict(low: float, high: float) -> str:
 
 
 def curve_at(points: Sequence[dict], key: str, grid: Sequence[int]) -> list[float | None]:
-    """A budget curve's `key` (dev, or test where measured) as a step function on `grid`."""
+    """A budget curve's `key` (dev, or test where measured) as a step function on `grid`, None
+    before its first point and after its last (where the method stopped)."""
     measured = [p for p in points if p[key] is not None]
     values = []
     for e in grid:
         before = [p[key] for p in measured if p["evaluations"] <= e]
-        values.append(before[-1] if before else None)
+        values.append(before[-1] if before and e <= points[-1]["evaluations"] else None)
     return values
 
 

@@ -2,12 +2,14 @@
 
     python benchmarks/tune.py                    # every objective, both pools, testbeds 0 and 1
     python benchmarks/tune.py --quick            # LoRA pool, testbed 0, search seed 0
+    python benchmarks/tune.py --round velocity   # another set of candidates (ROUNDS)
 
 Each dev file is cut in two fixed parts (`dev_part`, 75% / 25%): the search and every candidate
 setting see the first ("dev A"); the second ("dev B") is scored once per candidate's winner and
 is what tells the candidates apart: held-out evidence, without touching test. The candidates
 run on one resident model per objective and seed (`compare`'s scorer), granularity model, with
-the testbed's budget. Writes `benchmarks/results/tune.{json,md}` (or `tune_quick.*`).
+the testbed's budget. Writes `benchmarks/results/tune.{json,md}` (round `start`; other rounds
+`tune_<round>.*`, and `*_quick.*` with `--quick`).
 """
 
 from __future__ import annotations
@@ -25,11 +27,20 @@ from quality import OBJECTIVES, QUICK_OBJECTIVES, TESTBED
 
 from mergekit_swarm.testing import testbed
 
-CANDIDATES = {  # name: swarm settings over the defaults
-    "experts (the paper's start)": {"initial": "experts"},
-    "initial: merges": {"initial": "merges"},
-    "holdout 0.25 (5 candidates)": {"initial": "experts", "holdout": 0.25},
-    "initial: merges + holdout 0.25": {"initial": "merges", "holdout": 0.25},
+ROUNDS = {  # round: {name: swarm settings over the defaults}; the first candidate is the reference
+    # how the swarm starts, and the holdout guard (results/tune.md)
+    "start": {
+        "experts (the paper's start)": {"initial": "experts"},
+        "initial: merges": {"initial": "merges"},
+        "holdout 0.25 (5 candidates)": {"initial": "experts", "holdout": 0.25},
+        "initial: merges + holdout 0.25": {"initial": "merges", "holdout": 0.25},
+    },
+    # bolder moves where the swarm stalls at the best expert (results/tune_velocity.md)
+    "velocity": {
+        "defaults (initial: merges)": {},
+        "official argparse velocity": {"inertia": 0.4, "cognitive": 0.3, "social": 0.3, "repel": 0.3, "step_length": 1.0},
+        "step_length 1.0": {"step_length": 1.0},
+    },
 }
 HOLDOUT = 0.25  # the candidates' recipe carries it so that the scorer has the search/holdout parts
 
@@ -40,7 +51,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="search seeds (default 0 1; quick: 0)")
     parser.add_argument("--testbed-seeds", type=int, nargs="+", default=None, help="default 0 1 (quick: 0)")
     parser.add_argument("--pools", nargs="+", default=None, choices=("lora", "full"))
+    parser.add_argument("--round", default="start", choices=tuple(ROUNDS), help="which candidates (default: start)")
     args = parser.parse_args()
+    candidates = ROUNDS[args.round]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
@@ -63,7 +76,7 @@ def main() -> None:
                 recipe = _on_dev_parts(root / "recipes" / pool / f"{objective}.yml", data / objective)
                 for seed in seeds:
                     work = TESTBED / "runs" / "tune" / f"testbed-{testbed_seed}" / pool / objective / f"seed-{seed}"
-                    for name, dev, unseen, evaluations in tune_cell(recipe, seed, work):
+                    for name, dev, unseen, evaluations in tune_cell(recipe, seed, work, candidates):
                         cell = {"testbed": testbed_seed, "pool": pool, "objective": objective, "seed": seed}
                         runs.append({**cell, "setting": name, "dev_a": dev, "dev_b": unseen, "evaluations": evaluations})
                         print(f"{cell} {name}: dev A {dev:.4f}, dev B {unseen:.4f} ({evaluations} evaluations)", flush=True)
@@ -71,7 +84,8 @@ def main() -> None:
         "command": command(),
         "machine": machine(),
         "versions": versions(),
-        "candidates": CANDIDATES,
+        "round": args.round,
+        "candidates": candidates,
         "seeds": seeds,
         "testbeds": testbeds,
         "pools": pools,
@@ -80,7 +94,8 @@ def main() -> None:
         "total_seconds": round(time.perf_counter() - start, 1),
         "runs": runs,
     }
-    write_report("tune_quick" if quick else "tune", report, markdown(report))
+    name = "tune" if args.round == "start" else f"tune_{args.round}"
+    write_report(f"{name}_quick" if quick else name, report, markdown(report))
 
 
 def _on_dev_parts(recipe_file: Path, data: Path):
@@ -108,7 +123,7 @@ def _on_dev_parts(recipe_file: Path, data: Path):
     return dataclasses.replace(recipe, utility=utility, swarm=recipe.swarm.model_copy(update={"holdout": HOLDOUT}))
 
 
-def tune_cell(recipe, seed: int, work: Path) -> list[tuple[str, float, float, int]]:
+def tune_cell(recipe, seed: int, work: Path, candidates: dict[str, dict]) -> list[tuple[str, float, float, int]]:
     """Every candidate on one resident model: (name, dev A of its winner, dev B of its winner, evaluations)."""
     import shutil
 
@@ -123,7 +138,7 @@ def tune_cell(recipe, seed: int, work: Path) -> list[tuple[str, float, float, in
     work.mkdir(parents=True)
     scorer = Scorer(prepare(recipe, options, "model"), options, work, ["model"], seed)
     found = []
-    for i, (name, overrides) in enumerate(CANDIDATES.items()):
+    for i, (name, overrides) in enumerate(candidates.items()):
         settings = recipe.swarm.model_copy(update={"seed": seed, "holdout": 0.0, **overrides})
         before = scorer.evaluations
         choice = search.swarm(scorer, settings, "model", work / f"candidate-{i}", quiet=True)

@@ -166,7 +166,7 @@ def _compare(
         entries,
     )
     board.write(work)
-    curves = {e.title: e.curve for e in entries if e.curve}
+    curves = {e.title: (e.curve, e.evaluations) for e in entries if e.curve}
     if curves:
         plot_budget_curves(recipe.utility.type, curves, work / CURVES_PLOT)
     if scorer.has_test():

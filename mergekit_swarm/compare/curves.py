@@ -49,21 +49,21 @@ class Trace:
         return [{"evaluations": used, "dev": dev, "test": tests.get(i)} for i, (used, dev, _) in enumerate(self.improvements)]
 
 
-def plot_budget_curves(utility: str, curves: dict[str, list[dict]], path: Path) -> None:
+def plot_budget_curves(utility: str, curves: dict[str, tuple[list[dict], int]], path: Path) -> None:
     """Two panels against dev evaluations: the best-so-far dev utility, and the test utility of
-    the incumbent at the tested points, one line per method."""
+    the incumbent at the tested points, one line per method; `curves[title]` is (its curve, the
+    evaluations it used), so each line ends where its method stopped."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    has_test = any(p["test"] is not None for points in curves.values() for p in points)
+    has_test = any(p["test"] is not None for points, _ in curves.values() for p in points)
     fig, axes = plt.subplots(1, 2 if has_test else 1, figsize=(11 if has_test else 6, 4), dpi=110, squeeze=False)
-    end = max((p["evaluations"] for points in curves.values() for p in points), default=1)
-    for title, points in curves.items():
+    for title, (points, used) in curves.items():
         if not points:
             continue
-        x = [p["evaluations"] for p in points] + [end]
+        x = [p["evaluations"] for p in points] + [max(used, points[-1]["evaluations"])]
         (line,) = axes[0, 0].step(x, [p["dev"] for p in points] + [points[-1]["dev"]], where="post", label=title)
         tested = [p for p in points if p["test"] is not None]
         if has_test and tested:
