@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # The GPU checks of this project, as one prepared call on the lent GPU machine (see
-# ../shared/device/README.md): first `bash ../shared/device/fetch-wheels.sh` here, then
+# ../shared/device/README.md): first, here,
 #
-#   run(carry=[".whl"], timeout_s=540, command="bash benchmarks/device_run.sh")
+#   bash ../shared/device/fetch-wheels.sh $(python benchmarks/device_wheels.py)
 #
-# It installs mergekit from the carried wheels, runs the CUDA tests (`pytest -m gpu`) and the
-# GPU benchmark (benchmarks/gpu_eval.py --device cuda), and leaves everything under $OUT:
-# gpu_eval.{json,md} (copy them to benchmarks/results/) and the logs.
+# (mergekit and, pinned to this machine's versions, transformers / PEFT / huggingface_hub and what
+# they need: the GPU machine's own are older), then
+#
+#   run(carry=[".whl"], timeout_s=560, command="bash benchmarks/device_run.sh")
+#
+# It runs the GPU benchmark first (benchmarks/gpu_eval.py --device cuda; its report is rewritten
+# after every part, so a cut-short run keeps what it measured), then the CUDA tests (`pytest -m gpu`),
+# and leaves everything under $OUT: gpu_eval.{json,md} (copy them to benchmarks/results/) and the logs.
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
-export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv > "$OUT/nvidia-smi.csv" 2>&1
-timeout 180 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_stacked.py 2>&1 | tail -30 > "$OUT/pytest_gpu.txt"
+python3 -c "import torch, transformers, peft, mergekit; print(torch.__version__, torch.cuda.get_device_name(), transformers.__version__, peft.__version__)" 2>&1 | tee "$OUT/versions.txt"
+(cd benchmarks && timeout "${GPU_EVAL_SECONDS:-330}" python3 gpu_eval.py --device cuda --repeats 2 ${GPU_EVAL_ARGS:-} --out "$OUT" 2>&1 | grep -v "Loading weights" | tail -80 > "$OUT/gpu_eval_log.txt"; echo "gpu_eval: exit ${PIPESTATUS[0]}" >> "$OUT/gpu_eval_log.txt")
+timeout "${PYTEST_SECONDS:-170}" python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_stacked.py tests/test_batched.py 2>&1 | tail -40 > "$OUT/pytest_gpu.txt"
 echo "pytest -m gpu: exit ${PIPESTATUS[0]}" >> "$OUT/pytest_gpu.txt"
-cd benchmarks && timeout 330 python3 gpu_eval.py --device cuda --repeats 2 --out "$OUT" 2>&1 | tail -60 > "$OUT/gpu_eval_log.txt"
-echo "gpu_eval: exit ${PIPESTATUS[0]}" >> "$OUT/gpu_eval_log.txt"
-cat "$OUT/pytest_gpu.txt" "$OUT/gpu_eval_log.txt"
+cat "$OUT/gpu_eval_log.txt" "$OUT/pytest_gpu.txt"

@@ -62,17 +62,24 @@ def main() -> None:
 
     torch.manual_seed(0)
     report = {"command": command(), "machine": machine(), "versions": versions(), "device": args.device, "parts": {}}
-    if "quickstart" in parts:
-        report["parts"]["quickstart"] = quickstart(args)
+    started = time.perf_counter()
+
+    def done(part: str, result: dict) -> None:
+        # written after every part: a run cut short by the GPU machine's time limit keeps what it measured
+        report["parts"][part] = result
+        write_report(args.name, report, markdown(report), args.out)
+        print(f"[{time.perf_counter() - started:.0f} s] {part} done", flush=True)
+
     if parts & {"lora", "full"}:
         shape = QWEN2_05B if gpu else QWEN2_SMALL
-        base, tokenizer, data = build_base(args.workdir, shape, args.prompts)
+        base, tokenizer, data = build_base(args.workdir, shape, args.prompts, args.device)
         report["model"] = {**shape, "parameters": parameter_count(base)}
         if "lora" in parts:
-            report["parts"]["lora"] = lora_pool(args, base, tokenizer, data)
+            done("lora", lora_pool(args, base, tokenizer, data))
         if "full" in parts:
-            report["parts"]["full"] = full_pool(args, base, tokenizer)
-    write_report(args.name, report, markdown(report), args.out)
+            done("full", full_pool(args, base, tokenizer))
+    if "quickstart" in parts:
+        done("quickstart", quickstart(args))
 
 
 # ---------------------------------------------------------------- (a) the quickstart
@@ -106,7 +113,9 @@ def compare_ways(open_engine, particles, repeats: int) -> dict:
     passes: dict[str, list[float]] = {way: [] for way in ways}
     utilities, peak = {}, {}
     for engine, _ in ways.values():
+        start = time.perf_counter()
         list(engine.evaluate(particles[:2]))  # warm-up (first touch, tokenization caches)
+        print(f"  warm-up ({engine.resident.slots} slots): {time.perf_counter() - start:.2f} s", flush=True)
     for _ in range(repeats):
         for way, (engine, stacked) in ways.items():
             if engine.resident.stack is not None:
@@ -117,6 +126,7 @@ def compare_ways(open_engine, particles, repeats: int) -> dict:
             start = time.perf_counter()
             results = list(engine.evaluate(particles))
             passes[way].append(time.perf_counter() - start)
+            print(f"  {way}: {passes[way][-1]:.2f} s for {len(particles)} particles", flush=True)
             assert not any(r.failed for r in results), results
             utilities[way] = [r.utility for r in results]
             peak[way] = round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
@@ -130,6 +140,9 @@ def compare_ways(open_engine, particles, repeats: int) -> dict:
             "speedup": round(statistics.median(paired), 2),
             "speedup_range": [round(min(paired), 2), round(max(paired), 2)],
             "identical_utilities": utilities[way] == utilities["one at a time"],
+            # on a GPU in bf16 a batch of another size takes other GEMM kernels: greedy tokens may flip
+            "max_utility_difference": max(abs(a - b) for a, b in zip(utilities[way], utilities["one at a time"])),
+            "mean_utility": round(statistics.fmean(utilities[way]), 4),
             "peak_gpu_memory_gib": peak[way],
             "fallbacks": engine.fallbacks,
         }
@@ -137,7 +150,7 @@ def compare_ways(open_engine, particles, repeats: int) -> dict:
 
 
 # ---------------------------------------------------------------- (b) a Qwen2 and LoRA experts
-def build_base(workdir: Path, shape: dict, prompts: int):
+def build_base(workdir: Path, shape: dict, prompts: int, device: str = "cpu"):
     """A random-init Qwen2 of `shape` with a BPE tokenizer and `prompts` dev examples (cached)."""
     import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
@@ -153,7 +166,8 @@ def build_base(workdir: Path, shape: dict, prompts: int):
         settings = {"vocab_size": len(tokenizer), **shape, "tie_word_embeddings": True, "max_position_embeddings": 1024}
         config = Qwen2Config(**settings)
         config.eos_token_id, config.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
-        model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+        with torch.device(device):  # random init on the GPU: seconds, not a minute on its CPUs
+            model = Qwen2ForCausalLM(config).to(torch.bfloat16)
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
     return folder, AutoTokenizer.from_pretrained(folder), data
@@ -179,17 +193,19 @@ def lora_pool(args, base: Path, tokenizer, data: Path) -> dict:
     from mergekit_swarm.search.evaluator import LocalEvaluator
     from mergekit_swarm.utilities import validate_utility
 
-    experts = []
-    for k in range(args.experts):
-        folder = args.workdir / f"lora-{base.name}-{k}"
-        if not (folder / "adapter_config.json").exists():
-            torch.manual_seed(100 + k)
-            model = get_peft_model(
-                AutoModelForCausalLM.from_pretrained(base),
-                LoraConfig(r=16, lora_alpha=32, target_modules=TARGETS, init_lora_weights=False),
-            )
+    experts = [args.workdir / f"lora-{base.name}-{k}" for k in range(args.experts)]
+    if not all((folder / "adapter_config.json").exists() for folder in experts):
+        model = get_peft_model(
+            AutoModelForCausalLM.from_pretrained(base),
+            LoraConfig(r=16, lora_alpha=32, target_modules=TARGETS, init_lora_weights=False),
+        )
+        lora = [param for name, param in model.named_parameters() if "lora_" in name]
+        for k, folder in enumerate(experts):  # one base, new random LoRA weights per expert
+            generator = torch.Generator().manual_seed(100 + k)
+            with torch.no_grad():
+                for param in lora:
+                    param.copy_(torch.randn(param.shape, generator=generator) / math.sqrt(param.shape[1]))
             model.save_pretrained(folder)
-        experts.append(folder)
     pool = open_pool(experts)
     layout = group_layout(pool, "model")
     settings = SwarmSettings(particles=args.particles, seed=0, initial="experts")  # positions only: no utilities
@@ -231,17 +247,18 @@ def full_pool(args, base: Path, tokenizer) -> dict:
     from mergekit_swarm.groups import group_layout
     from mergekit_swarm.resident import ResidentModel
 
-    experts = []
-    for k in range(args.experts):
-        folder = args.workdir / f"full-{base.name}-{k}"
-        if not (folder / "model.safetensors").exists():
-            model = AutoModelForCausalLM.from_pretrained(base)
-            generator = torch.Generator().manual_seed(200 + k)
+    experts = [args.workdir / f"full-{base.name}-{k}" for k in range(args.experts)]
+    if not all((folder / "model.safetensors").exists() for folder in experts):
+        model = AutoModelForCausalLM.from_pretrained(base).to(args.device)  # noise drawn on the device: fast
+        original = {name: param.detach().clone() for name, param in model.named_parameters()}
+        for k, folder in enumerate(experts):  # the base plus its own noise per expert
+            generator = torch.Generator(args.device).manual_seed(200 + k)
             with torch.no_grad():
-                for param in model.parameters():
-                    param.add_(0.01 * torch.randn(param.shape, generator=generator, dtype=torch.float32).to(param.dtype))
+                for name, param in model.named_parameters():
+                    noise = torch.randn(param.shape, generator=generator, device=args.device)
+                    param.copy_(original[name] + (0.01 * noise).to(param.dtype))
             model.save_pretrained(folder)
-        experts.append(folder)
+        del model, original
     rows = {}
     rng = np.random.default_rng(0)
     for where in ["device", "page cache"] if args.device.startswith("cuda") else ["page cache"]:

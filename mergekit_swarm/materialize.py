@@ -104,12 +104,15 @@ def write_combinations(
     dtype: torch.dtype | None = None,
     out_dtype: torch.dtype | None = None,
     accumulator: Accumulator | None = None,
+    columns: torch.Tensor | None = None,
 ) -> None:
     """targets[p] <- sum_k weights[p, k] * expert_k[spec.name], for every row p of `weights`.
 
     Bit-identical to `combine_tensor(...).to(out_dtype or spec.torch_dtype)` copied into
     each target, but with one read of each expert tensor for all rows, in chunks. Targets
     are contiguous tensors of the spec's shape (any dtype and device: `copy_` casts).
+    `columns`, the weights already on the device as `_weight_columns` lays them out, spares a
+    host-to-device copy per tensor (on a GPU each such copy waits for the kernels before it).
     """
     if weights.shape != (len(targets), len(pool)):
         raise ValueError(f"weights of shape {weights.shape}, expected {(len(targets), len(pool))}")
@@ -119,7 +122,8 @@ def write_combinations(
     input_dtype = dtype or sources[0].dtype  # as in combine_tensor: the first expert's, after mergekit's `dtype:`
     final_dtype = out_dtype or spec.torch_dtype
     acc_dtype = _accumulator_dtype(input_dtype)
-    columns = _weight_columns(weights, acc_dtype, device)
+    if columns is None or columns.dtype != acc_dtype:
+        columns = _weight_columns(weights, acc_dtype, device)
     rows, size = len(targets), sources[0].numel()
     flat = [t.view(-1) for t in targets]
     step = max(1, accumulator.elements // rows)
@@ -130,8 +134,8 @@ def write_combinations(
         acc.zero_()
         for k, source in enumerate(sources):
             acc.addcmul_(accumulator.upload(source[start:stop], dtype), columns[k])
-        for p in range(rows):
-            flat[p][start:stop].copy_(acc[p].to(input_dtype).to(final_dtype))
+        for p in range(rows):  # rounded to the input dtype first, as mergekit does, then to the output's
+            flat[p][start:stop].copy_(acc[p] if final_dtype == input_dtype else acc[p].to(input_dtype))
 
 
 class FlatGroup:
@@ -261,15 +265,21 @@ class Materializer:
         return targets
 
     def _stream(self, particles, members: list[tuple[TensorSpec, int]], targets: list[dict[str, torch.Tensor]]) -> None:
+        if not members:
+            return
+        weights = np.stack(particles, axis=1)  # (groups, rows, experts)
+        # every group's weights sent to the device at once (float32; float64 inputs get their own)
+        columns = torch.tensor(weights, dtype=torch.float32, device=self.accumulator.device).transpose(1, 2).unsqueeze(-1)
         for spec, group in members:
             write_combinations(
                 self.pool,
                 spec,
-                np.stack([c[group] for c in particles]),
+                weights[group],
                 [slot[spec.name] for slot in targets],
                 dtype=self.dtype,
                 out_dtype=self.out_dtype,
                 accumulator=self.accumulator,
+                columns=columns[group],
             )
 
     def _final_dtype(self, spec: TensorSpec) -> torch.dtype:

@@ -180,25 +180,41 @@ def test_a_failing_batch_is_scored_again_particle_by_particle(zoo, tokenizer):
     assert resident.model.active_adapter == "swarm"
 
 
-@pytest.mark.parametrize("batch", [3, "auto"])
-def test_particles_per_batch_does_not_change_the_search(recipe_factory, tmp_path, zoo, batch):
-    """Particles scored together (3 per batch, or `auto`: every particle of an iteration) give the
-    search of one at a time, bit for bit, with no fallback."""
+def _search_with_batches(recipe_factory, tmp_path, zoo, kind: str, batch, device: str = "cpu") -> dict:
+    """The same search with 1 particle per batch and with `batch`: result and history of each."""
     utility = {"type": "exact_match", "dev": str(zoo.dev), "test": str(zoo.test), "batch_size": 8, "max_new_tokens": 6}
     runs = {}
     for size in (1, batch):
         recipe = recipe_factory(
-            "lora",
+            kind,
             swarm={"particles": 5},
             utility=utility,
             evaluation={"particles_per_batch": size},
             folder=tmp_path / f"r{size}",
         )
-        result = run_swarm(load_recipe(recipe), tmp_path / f"out{size}", RunOptions(quiet=True))
+        result = run_swarm(load_recipe(recipe), tmp_path / f"out{size}", RunOptions(quiet=True, device=device))
         lines = (tmp_path / f"out{size}" / "swarm_history.jsonl").read_text().splitlines()
         history = [{k: v for k, v in json.loads(line).items() if k != "wall_time"} for line in lines]
         runs[size] = (result.coefficients, result.winner_dev, result.expert_test, result.winner_test, result.fallbacks, history)
+    return runs
+
+
+@pytest.mark.parametrize("batch", [3, "auto"])
+def test_particles_per_batch_does_not_change_the_search(recipe_factory, tmp_path, zoo, batch):
+    """Particles scored together (3 per batch, or `auto`: every particle of an iteration) give the
+    search of one at a time, bit for bit, with no fallback."""
+    runs = _search_with_batches(recipe_factory, tmp_path, zoo, "lora", batch)
     assert runs[1] == runs[batch] and runs[batch][4] == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["lora", "full"])
+def test_on_cuda_auto_batches_give_the_search_of_one_at_a_time(recipe_factory, tmp_path, zoo, kind):
+    """`--device cuda` end to end: `auto` sizes the batch on the real device (LoRA: stacked adapters;
+    full pools: experts held on the GPU) and the search equals one particle at a time."""
+    runs = _search_with_batches(recipe_factory, tmp_path, zoo, kind, "auto", device="cuda")
+    assert runs[1] == runs["auto"] and runs["auto"][4] == 0
+    assert len({line["utility"] for line in runs["auto"][5]}) > 1  # the particles really differ
 
 
 class ShortBatch(FailsOnSlot):
