@@ -103,20 +103,25 @@ def test_full_pools_have_a_single_slot(zoo, tokenizer):
         ResidentModel(pool, group_layout(pool, "model"), model_source=zoo.full[0], tokenizer=tokenizer, model_dtype=None, slots=2)
 
 
+def multitask_of_exact_match_and_nll(zoo, generation: dict) -> dict:
+    """A multitask utility config whose components batch in two different ways (generation, log-likelihood)."""
+    return {
+        "type": "multitask",
+        "aggregate": "mean",
+        "components": [
+            {"name": "em", "utility": {"type": "exact_match", **generation}},
+            {"name": "nll", "utility": {"type": "nll", "dev": str(zoo.dev)}},
+        ],
+    }
+
+
 def _utilities(zoo, prompts_file):
     generation = {"dev": str(zoo.dev), "batch_size": 5, "max_new_tokens": 6}
     configs = {
         "exact_match": {"type": "exact_match", **generation},
         "nll": {"type": "nll", "dev": str(zoo.dev), "batch_size": 7},
         "multiple_choice": {"type": "multiple_choice", "dev": str(zoo.mc_dev), "batch_size": 4},
-        "multitask": {
-            "type": "multitask",
-            "aggregate": "mean",
-            "components": [
-                {"name": "em", "utility": {"type": "exact_match", **generation}},
-                {"name": "nll", "utility": {"type": "nll", "dev": str(zoo.dev)}},
-            ],
-        },
+        "multitask": multitask_of_exact_match_and_nll(zoo, generation),
         "python": {"type": "python", "function": f"{prompts_file}:score"},  # not batchable: slot by slot
     }
     return {name: validate_utility(config).build("dev") for name, config in configs.items()}

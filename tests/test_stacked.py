@@ -21,7 +21,7 @@ from mergekit_swarm.resident import ResidentModel
 from mergekit_swarm.search.evaluator import LocalEvaluator
 from mergekit_swarm.utilities import Utility, validate_utility
 from mergekit_swarm.utilities.text import GenerationSettings, generate_for_adapters, greedy_generate
-from tests.test_batched import FailsOnSlot
+from tests.test_batched import FailsOnSlot, multitask_of_exact_match_and_nll
 from tests.test_objectives import API_KEY, FakeChatCompletions, prompts, reward_model_dir  # noqa: F401  (fixtures)
 
 SLOTS = 4
@@ -114,14 +114,7 @@ def _batching_utilities(zoo, prompts, reward_model_dir, judge_url):  # noqa: F81
             "template": "Q: {prompt}\nA: {response}",
             "backend": {"type": "openai", "base_url": judge_url, "model": "judge", "retries": 0, "api_key_env": "JUDGE_KEY"},
         },
-        "multitask": {
-            "type": "multitask",
-            "aggregate": "mean",
-            "components": [
-                {"name": "em", "utility": {"type": "exact_match", **generation}},
-                {"name": "nll", "utility": {"type": "nll", "dev": str(zoo.dev)}},
-            ],
-        },
+        "multitask": multitask_of_exact_match_and_nll(zoo, generation),
     }
     return {name: validate_utility(config).build("dev") for name, config in configs.items()}
 
