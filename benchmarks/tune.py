@@ -7,7 +7,7 @@
 Each dev file is cut in two fixed parts (`dev_part`, 75% / 25%): the search and every candidate
 setting see the first ("dev A"); the second ("dev B") is scored once per candidate's winner and
 is what tells the candidates apart: held-out evidence, without touching test. The candidates
-run on one resident model per objective and seed (`compare`'s scorer), granularity model, with
+run on one resident model per objective and seed (`compare`'s scorer), granularity model unless a candidate sets another, with
 the testbed's budget. Writes `benchmarks/results/tune.{json,md}` (round `start`; other rounds
 `tune_<round>.*`, and `*_quick.*` with `--quick`).
 """
@@ -40,6 +40,13 @@ ROUNDS = {  # round: {name: swarm settings over the defaults}; the first candida
         "defaults (initial: merges)": {},
         "official argparse velocity": {"inertia": 0.4, "cognitive": 0.3, "social": 0.3, "repel": 0.3, "step_length": 1.0},
         "step_length 1.0": {"step_length": 1.0},
+    },
+    # where the swarm stalls: finer groups (CMA-ES, per layer, moved there) and a looser swarm
+    # (results/tune_explore.md)
+    "explore": {
+        "defaults (granularity model)": {},
+        "granularity: layer": {"granularity": "layer"},
+        "inertia 0.4, social 0.2": {"inertia": 0.4, "social": 0.2},
     },
 }
 HOLDOUT = 0.25  # the candidates' recipe carries it so that the scorer has the search/holdout parts
@@ -136,12 +143,13 @@ def tune_cell(recipe, seed: int, work: Path, candidates: dict[str, dict]) -> lis
     recipe = recipe.resolve(options)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    scorer = Scorer(prepare(recipe, options, "model"), options, work, ["model"], seed)
+    granularities = sorted({overrides.get("granularity", "model") for overrides in candidates.values()})
+    scorer = Scorer(prepare(recipe, options, "model"), options, work, granularities, seed)
     found = []
     for i, (name, overrides) in enumerate(candidates.items()):
         settings = recipe.swarm.model_copy(update={"seed": seed, "holdout": 0.0, **overrides})
         before = scorer.evaluations
-        choice = search.swarm(scorer, settings, "model", work / f"candidate-{i}", quiet=True)
+        choice = search.swarm(scorer, settings, settings.granularity, work / f"candidate-{i}", quiet=True)
         unseen = scorer.evaluate([choice.candidate], "test")[0].utility
         found.append((name, choice.dev, unseen, scorer.evaluations - before))
     return found
@@ -155,7 +163,7 @@ def markdown(report: dict) -> str:
         cells.setdefault((r["testbed"], r["pool"], r["objective"]), {}).setdefault(r["setting"], []).append(r)
     lines = header("Choosing the swarm's defaults on dev", report)
     lines += [
-        f"Swarm alone, granularity model, {report['swarm']}; testbeds {report['testbeds']}, pools "
+        f"Swarm alone (granularity model unless set), {report['swarm']}; testbeds {report['testbeds']}, pools "
         f"{', '.join(report['pools'])}, {len(report['objectives'])} objectives, search seeds {report['seeds']}: "
         f"{len(cells)} cells. Each dev file is cut in two fixed parts: every candidate searches on dev A (75%, "
         "of which the holdout candidates hide a further 25% from the search) and is judged on dev B (the other "

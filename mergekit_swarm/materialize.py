@@ -135,7 +135,8 @@ def write_combinations(
         for k, source in enumerate(sources):
             acc.addcmul_(accumulator.upload(source[start:stop], dtype), columns[k])
         for p in range(rows):  # rounded to the input dtype first, as mergekit does, then to the output's
-            flat[p][start:stop].copy_(acc[p] if final_dtype == input_dtype else acc[p].to(input_dtype))
+            rounded_by_copy = flat[p].dtype == final_dtype == input_dtype  # the copy's one rounding is that
+            flat[p][start:stop].copy_(acc[p] if rounded_by_copy else acc[p].to(input_dtype).to(final_dtype))
 
 
 class FlatGroup:
@@ -240,13 +241,17 @@ class Materializer:
         targets = [self._kept_targets(destination) for destination in destinations]
         for group, flat in self.flat.items():
             flat.write(np.stack([c[group] for c in particles]), targets, self.out_dtype)
-        self._stream(particles, [(spec, g) for spec, g in self.streamed if spec.name in destinations[0].direct], targets)
+        weights = np.stack(particles, axis=1)  # (groups, rows, experts)
+        # every group's weights sent to the device once per write (float32; float64 inputs get their own):
+        # on a GPU a host-to-device copy per tensor would wait for the kernels before it each time
+        columns = torch.tensor(weights, dtype=torch.float32, device=self.accumulator.device).transpose(1, 2).unsqueeze(-1)
+        self._stream(weights, columns, [(spec, g) for spec, g in self.streamed if spec.name in destinations[0].direct], targets)
         streamed = {spec.name: (spec, group) for spec, group in self.streamed}
         for c, conversion in enumerate(destinations[0].conversions):  # the same conversions in every slot
             pending = [streamed[name] for name in conversion.sources if name in streamed]
             for slot, arena in zip(targets, self._arenas):
                 slot.update(arena.take([(spec.name, spec.shape, self._final_dtype(spec)) for spec, _ in pending]))
-            self._stream(particles, pending, targets)
+            self._stream(weights, columns, pending, targets)
             for destination, slot in zip(destinations, targets):
                 destination.conversions[c].apply(slot)
 
@@ -264,12 +269,13 @@ class Materializer:
                     targets[name] = destination.scratch[name]
         return targets
 
-    def _stream(self, particles, members: list[tuple[TensorSpec, int]], targets: list[dict[str, torch.Tensor]]) -> None:
-        if not members:
-            return
-        weights = np.stack(particles, axis=1)  # (groups, rows, experts)
-        # every group's weights sent to the device at once (float32; float64 inputs get their own)
-        columns = torch.tensor(weights, dtype=torch.float32, device=self.accumulator.device).transpose(1, 2).unsqueeze(-1)
+    def _stream(
+        self,
+        weights: np.ndarray,
+        columns: torch.Tensor,
+        members: list[tuple[TensorSpec, int]],
+        targets: list[dict[str, torch.Tensor]],
+    ) -> None:
         for spec, group in members:
             write_combinations(
                 self.pool,

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
+from mergekit_swarm import pso
 from mergekit_swarm.config import load_recipe
 from mergekit_swarm.errors import ConfigError
 from mergekit_swarm.options import RunOptions
 from mergekit_swarm.rescore import score_folder
 from mergekit_swarm.run import run_swarm
+from mergekit_swarm.search.selection import _best_personal_bests
 from mergekit_swarm.utilities.base import dev_part
 from mergekit_swarm.utilities.data import load_examples
 
@@ -88,3 +91,12 @@ def test_compare_reports_the_holdout_swarm_like_a_run(holdout_run, tmp_path):
     assert (swarm.dev, swarm.test, swarm.evaluations) == (result.winner_dev, result.winner_test, result.evaluations)
     assert swarm.settings["holdout"] == 0.25
     assert board.entry("best_expert").dev == max(result.expert_dev)  # every other method sees all of dev
+
+
+def test_the_global_best_comes_first_among_tied_personal_bests():
+    """A particle that later only tied the global best's search utility must not pass it."""
+    state = pso.initialize(pso.SwarmSettings(particles=4, initial="experts"), 4, 1)
+    state.best_utilities[:] = [0.5, 0.7, 0.2, 0.7]
+    state.best_positions[3] = np.full((1, 4), 0.25)  # distinct from particle 1's
+    state.global_best_particle = 3  # reached 0.7 first
+    assert _best_personal_bests(state, 3) == [3, 1, 0]

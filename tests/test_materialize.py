@@ -37,6 +37,23 @@ def test_combine_is_bit_identical_to_mergekit_linear_unnormalised(tmp_path, dtyp
         assert torch.equal(ours, theirs), name
 
 
+def test_a_wider_target_gets_the_rounded_merge(tmp_path):
+    """A bf16 checkpoint written into a float32 parameter (e.g. `_keep_in_fp32_modules`) holds
+    mergekit's bf16 result, not the unrounded float32 sum."""
+    from mergekit_swarm.materialize import write_combinations
+
+    gen = torch.Generator().manual_seed(2)
+    for k in range(3):
+        (tmp_path / f"e{k}").mkdir()
+        save_file({"w": torch.randn(64, generator=gen).to(torch.bfloat16)}, str(tmp_path / f"e{k}" / "model.safetensors"))
+    pool = FullModelPool([tmp_path / f"e{k}" for k in range(3)])
+    weights = np.array([[0.3, 0.45, 0.25]])
+    reference = dict(combine(pool, group_layout(pool, "tensor"), weights))["w"]
+    target = torch.empty(64, dtype=torch.float32)
+    write_combinations(pool, pool.specs[0], weights, [target])
+    assert reference.dtype == torch.bfloat16 and torch.equal(target, reference.float())
+
+
 def test_layouts_group_tensors_by_model_layer_and_tensor(zoo):
     full = open_pool(list(zoo.full))
     assert group_layout(full, "model").names == ("model",)

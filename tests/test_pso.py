@@ -297,6 +297,11 @@ def test_initial_merges_fit_a_small_swarm_and_experts_mode_ignores_utilities():
     np.testing.assert_array_equal(a.velocities, b.velocities)
 
 
+def test_initial_merges_of_two_experts_do_not_repeat_the_uniform_soup():
+    state = pso.initialize(SwarmSettings(particles=5, initial="merges"), 2, 1, [0.1, 0.3])
+    np.testing.assert_allclose(state.positions[2:, 0], [[0.5, 0.5], [0.75, 0.25], [0.25, 0.75]])
+
+
 def test_start_swarm_evaluates_the_experts_once():
     from mergekit_swarm.groups import GroupLayout
     from mergekit_swarm.search.evaluator import Evaluation

@@ -178,7 +178,7 @@ def _compare(
 
 class _TestScores:
     """Test evaluations, for the report only: each distinct candidate is scored once (a budget
-    curve's final point is the method's choice; the best expert is an expert)."""
+    curve's final point is usually the method's choice, the best expert is an expert)."""
 
     def __init__(self, scorer: Scorer):
         self.scorer = scorer

@@ -84,13 +84,14 @@ def initialize(settings: SwarmSettings, experts: int, groups: int, expert_utilit
 def merges(expert_utilities: Sequence[float]) -> list[np.ndarray]:
     """The points the simple merges of `initial: merges` start from, as coefficient vectors over the
     experts, most promising first: the uniform soup, the best two experts mixed at t = 0.5, 0.25 and
-    0.75 (t on the best one), and the best three averaged. Failed experts (-inf, NaN) rank last."""
+    0.75 (t on the best one; with two experts t = 0.5 is the uniform soup and is not repeated), and the
+    best three averaged. Failed experts (-inf, NaN) rank last."""
     n = len(expert_utilities)
     values = [u if np.isfinite(u) else -np.inf for u in expert_utilities]
     ranked = sorted(range(n), key=lambda k: -values[k])  # stable: ties keep expert order
     points = [np.full(n, 1.0 / n)]
     best, second = ranked[0], ranked[1]
-    for t in (0.5, 0.25, 0.75):
+    for t in (0.25, 0.75) if n == 2 else (0.5, 0.25, 0.75):
         mix = np.zeros(n)
         mix[best], mix[second] = t, 1.0 - t
         points.append(mix)

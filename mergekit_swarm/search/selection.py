@@ -62,10 +62,11 @@ def select_winner(state: pso.SwarmState, settings: pso.SwarmSettings, evaluator:
 
 def _best_personal_bests(state: pso.SwarmState, count: int) -> list[int]:
     """Particles whose personal bests are the `count` best distinct ones, best first (the global
-    best is one of them: it is its particle's personal best)."""
+    best is one of them, it is its particle's personal best, and it comes first among equals: a
+    later particle that only tied it never became the global best)."""
     order = sorted(
         (i for i in range(state.shape[0]) if math.isfinite(state.best_utilities[i])),
-        key=lambda i: (-state.best_utilities[i], i),
+        key=lambda i: (-state.best_utilities[i], i != state.global_best_particle, i),
     )
     chosen, seen = [], set()
     for i in order:
