@@ -244,7 +244,9 @@ class Materializer:
         weights = np.stack(particles, axis=1)  # (groups, rows, experts)
         # every group's weights sent to the device once per write (float32; float64 inputs get their own):
         # on a GPU a host-to-device copy per tensor would wait for the kernels before it each time
-        columns = torch.tensor(weights, dtype=torch.float32, device=self.accumulator.device).transpose(1, 2).unsqueeze(-1)
+        columns = None
+        if self.streamed:
+            columns = torch.tensor(weights, dtype=torch.float32, device=self.accumulator.device).transpose(1, 2).unsqueeze(-1)
         self._stream(weights, columns, [(spec, g) for spec, g in self.streamed if spec.name in destinations[0].direct], targets)
         streamed = {spec.name: (spec, group) for spec, group in self.streamed}
         for c, conversion in enumerate(destinations[0].conversions):  # the same conversions in every slot
@@ -272,7 +274,7 @@ class Materializer:
     def _stream(
         self,
         weights: np.ndarray,
-        columns: torch.Tensor,
+        columns: torch.Tensor | None,
         members: list[tuple[TensorSpec, int]],
         targets: list[dict[str, torch.Tensor]],
     ) -> None:
@@ -285,7 +287,7 @@ class Materializer:
                 dtype=self.dtype,
                 out_dtype=self.out_dtype,
                 accumulator=self.accumulator,
-                columns=columns[group],
+                columns=None if columns is None else columns[group],
             )
 
     def _final_dtype(self, spec: TensorSpec) -> torch.dtype:
