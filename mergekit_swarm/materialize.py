@@ -166,11 +166,19 @@ class FlatGroup:
             ]
             self.blocks.append((members, offsets, sources))
 
-    def write(self, weights: np.ndarray, targets: Sequence[dict[str, torch.Tensor]], out_dtype: torch.dtype | None) -> None:
-        """targets[p][name] <- row p of `weights` applied to every tensor of the group."""
+    def write(
+        self,
+        weights: np.ndarray,
+        targets: Sequence[dict[str, torch.Tensor]],
+        out_dtype: torch.dtype | None,
+        columns: torch.Tensor | None = None,
+    ) -> None:
+        """targets[p][name] <- row p of `weights` applied to every tensor of the group (`columns`:
+        the same weights already on the device, as in `write_combinations`)."""
         input_dtype = self.blocks[0][2][0].dtype
         acc_dtype = _accumulator_dtype(input_dtype)
-        columns = _weight_columns(weights, acc_dtype, self.accumulator.device)
+        if columns is None or columns.dtype != acc_dtype:
+            columns = _weight_columns(weights, acc_dtype, self.accumulator.device)
         for members, offsets, sources in self.blocks:
             size = offsets[-1]
             if len(targets) * size <= self.accumulator.elements:
@@ -239,14 +247,12 @@ class Materializer:
         while len(self._arenas) < len(destinations):
             self._arenas.append(Arena(self.accumulator.device))
         targets = [self._kept_targets(destination) for destination in destinations]
-        for group, flat in self.flat.items():
-            flat.write(np.stack([c[group] for c in particles]), targets, self.out_dtype)
         weights = np.stack(particles, axis=1)  # (groups, rows, experts)
         # every group's weights sent to the device once per write (float32; float64 inputs get their own):
-        # on a GPU a host-to-device copy per tensor would wait for the kernels before it each time
-        columns = None
-        if self.streamed:
-            columns = torch.tensor(weights, dtype=torch.float32, device=self.accumulator.device).transpose(1, 2).unsqueeze(-1)
+        # on a GPU a host-to-device copy per group or tensor would wait for the kernels before it each time
+        columns = torch.tensor(weights, dtype=torch.float32, device=self.accumulator.device).transpose(1, 2).unsqueeze(-1)
+        for group, flat in self.flat.items():
+            flat.write(weights[group], targets, self.out_dtype, columns[group])
         self._stream(weights, columns, [(spec, g) for spec, g in self.streamed if spec.name in destinations[0].direct], targets)
         streamed = {spec.name: (spec, group) for spec, group in self.streamed}
         for c, conversion in enumerate(destinations[0].conversions):  # the same conversions in every slot
@@ -274,7 +280,7 @@ class Materializer:
     def _stream(
         self,
         weights: np.ndarray,
-        columns: torch.Tensor | None,
+        columns: torch.Tensor,
         members: list[tuple[TensorSpec, int]],
         targets: list[dict[str, torch.Tensor]],
     ) -> None:
@@ -287,7 +293,7 @@ class Materializer:
                 dtype=self.dtype,
                 out_dtype=self.out_dtype,
                 accumulator=self.accumulator,
-                columns=None if columns is None else columns[group],
+                columns=columns[group],
             )
 
     def _final_dtype(self, spec: TensorSpec) -> torch.dtype:
