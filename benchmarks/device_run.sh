@@ -12,7 +12,9 @@
 # Measured on the H200: the LoRA part takes ~4 min with one pass per way (one particle at a time is
 # 70 s per pass), the full pool ~20 s, the CUDA tests ~25 s, the machine's start ~30 s; the device
 # budget of a session is 15 min. GPU_EVAL_ARGS="--parts full,quickstart --name gpu_eval_full" runs a subset into its own report,
-# GPU_EVAL_SECONDS / PYTEST_SECONDS change the time limits.
+# GPU_EVAL_SECONDS / PYTEST_SECONDS change the time limits. Next device run (issue 16's open item):
+# GPU_EVAL_ARGS="--parts full,quickstart --chunk-elements 1,4,8 --name gpu_eval_full" times the full pool with
+# the accumulator chunk at 1, 4 and 8 Mi elements too (16 Mi, the default, keeps a float32 chunk out of L2).
 #
 # It runs the GPU benchmark first (benchmarks/gpu_eval.py --device cuda; its report is rewritten
 # after every part, so a cut-short run keeps what it measured), then the CUDA tests (`pytest -m gpu`),

@@ -49,6 +49,12 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=None, help="default: 200 on a GPU, 40 on CPU")
     parser.add_argument("--new-tokens", type=int, default=None, help="default: 64 on a GPU, 16 on CPU")
     parser.add_argument("--repeats", type=int, default=3, help="passes per measurement; the fastest counts")
+    parser.add_argument(
+        "--chunk-elements",
+        default="",
+        help="full pool, experts on the GPU: also time these accumulator chunk sizes (e.g. 1,4,8 in Mi elements; "
+        "the default is materialize.GPU_CHUNK_ELEMENTS)",
+    )
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "mergekit-swarm-gpu-eval")
     parser.add_argument("--name", default="gpu_eval")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of <name>.{json,md} (default: benchmarks/results)")
@@ -243,9 +249,12 @@ def full_pool(args, base: Path, tokenizer) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
+    from mergekit_swarm import materialize
     from mergekit_swarm.experts import open_pool
     from mergekit_swarm.groups import group_layout
     from mergekit_swarm.resident import ResidentModel
+
+    default_chunk = materialize.GPU_CHUNK_ELEMENTS
 
     experts = [args.workdir / f"full-{base.name}-{k}" for k in range(args.experts)]
     if not all((folder / "model.safetensors").exists() for folder in experts):
@@ -261,7 +270,12 @@ def full_pool(args, base: Path, tokenizer) -> dict:
         del model, original
     rows = {}
     rng = np.random.default_rng(0)
-    for where in ["device", "page cache"] if args.device.startswith("cuda") else ["page cache"]:
+    ways = [("device", None), ("page cache", None)] if args.device.startswith("cuda") else [("page cache", None)]
+    if args.device.startswith("cuda") and args.chunk_elements:
+        ways += [(f"device, chunk {n} Mi", int(n) << 20) for n in args.chunk_elements.split(",")]
+    for where, chunk in ways:
+        if chunk:  # read when the resident model's accumulator is made
+            materialize.GPU_CHUNK_ELEMENTS = chunk
         pool = open_pool(experts)
         layout = group_layout(pool, "model")
         resident = ResidentModel(
@@ -271,8 +285,9 @@ def full_pool(args, base: Path, tokenizer) -> dict:
             tokenizer=tokenizer,
             model_dtype=None,
             device=args.device,
-            hold_experts=where == "device",
+            hold_experts=where.startswith("device"),
         )
+        materialize.GPU_CHUNK_ELEMENTS = default_chunk
         particles = [rng.dirichlet(np.ones(len(experts)))[None] for _ in range(args.repeats + 1)]
         resident.load(particles[0])  # warm-up: first read of every expert
         times = []

@@ -232,14 +232,19 @@ def summary(rows: list[dict], cells: dict[tuple, dict]) -> list[str]:
         for c in by_cell.values()
         if SWARM in c and "best_expert" in c and None not in (c[SWARM]["test"], c["best_expert"]["test"])
     ]
-    losses = [key for key, found in cells.items() if any(f["verdict"] == "loss" for f in found.values())]
+
+    def lost(found: dict, baselines_only: bool) -> bool:  # the swarm's own rows (3x budget) are not baselines
+        return any(f["verdict"] == "loss" for m, f in found.items() if not (baselines_only and m.startswith("swarm")))
+
+    losses = [key for key, found in cells.items() if lost(found, baselines_only=True)]
+    any_row = sum(lost(found, baselines_only=False) for found in cells.values())
     lines = [
         "## Summary",
         "",
         f"Default swarm: mean test gain over the best expert **{statistics.mean(gains):+.3f}** over {len(gains)} cells; "
-        f"significantly worse than at least one method in **{len(losses)}** of {len(cells)} cells"
+        f"significantly worse than at least one baseline in **{len(losses)}** of {len(cells)} cells"
         + (": " + ", ".join("/".join(map(str, k)) for k in losses) if losses else "")
-        + ".",
+        + f" ({any_row} cells counting the swarm's own {LONG_SWARM}x-iterations row too).",
         "",
         "| method | cells | mean dev rank | mean test | swarm − method, mean | swarm vs method: wins / ties / losses |",
         "|---|---:|---:|---:|---:|---|",

@@ -27,7 +27,9 @@ from quality import OBJECTIVES, QUICK_OBJECTIVES, TESTBED
 
 from mergekit_swarm.testing import testbed
 
-ROUNDS = {  # round: {name: swarm settings over the defaults}; the first candidate is the reference
+# round: {name: swarm settings over the defaults}; the first candidate is the reference. The rounds before
+# `probes` ran when the defaults had no probes: add {"stall_probes": 0} to repeat them as they ran.
+ROUNDS = {
     # how the swarm starts, and the holdout guard (results/tune.md)
     "start": {
         "experts (the paper's start)": {"initial": "experts"},
@@ -47,6 +49,13 @@ ROUNDS = {  # round: {name: swarm settings over the defaults}; the first candida
         "defaults (granularity model)": {},
         "granularity: layer": {"granularity": "layer"},
         "inertia 0.4, social 0.2": {"inertia": 0.4, "social": 0.2},
+    },
+    # local search where the swarm stalls: probes near the global best (results/tune_probes.md)
+    "probes": {
+        "no probes": {"stall_probes": 0},
+        "3 probes, radius 0.1": {"stall_probes": 0.3, "probe_radius": 0.1},
+        "5 probes, radius 0.1": {"stall_probes": 0.5, "probe_radius": 0.1},
+        "5 probes, radius 0.25": {"stall_probes": 0.5, "probe_radius": 0.25},
     },
 }
 HOLDOUT = 0.25  # the candidates' recipe carries it so that the scorer has the search/holdout parts

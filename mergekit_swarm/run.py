@@ -165,6 +165,7 @@ def _result(
         failed=checkpoint.failed,
         fallbacks=checkpoint.fallbacks,
         restarts=state.restarts,
+        probes=state.probes,
         stop_reason=state.stop_reason or "",
         output_kind=kind,
         selection={"winner_search_dev": selection.utility, **holdout} if holdout else None,

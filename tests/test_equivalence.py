@@ -115,6 +115,7 @@ def test_engine_matches_weight_space_swarm_over_20_iterations_with_restarts(expe
         seed=5,
         granularity="model",
         initial="experts",  # the paper's initialisation
+        stall_probes=0,  # and its moves only
     )  # restart after 3 stale iterations
     pool = FullModelPool(paths)
     layout = group_layout(pool, "model")

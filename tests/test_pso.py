@@ -12,7 +12,8 @@ from mergekit_swarm.pso import SwarmSettings, SwarmState
 
 
 def settings(**overrides) -> SwarmSettings:
-    return SwarmSettings(**{"particles": 6, "max_iterations": 40, "patience": 10, "initial": "experts", **overrides})
+    paper = {"initial": "experts", "stall_probes": 0}
+    return SwarmSettings(**{"particles": 6, "max_iterations": 40, "patience": 10, **paper, **overrides})
 
 
 def run(state: SwarmState, s: SwarmSettings, utility, iterations: int) -> None:
@@ -180,8 +181,9 @@ def test_stops_on_patience_and_on_max_iterations():
     assert state.global_best_utility == 4.5
 
 
-def test_state_round_trips_through_json_and_continues_bit_for_bit():
-    s = settings(particles=7, patience=100, max_iterations=30)
+@pytest.mark.parametrize("probes", [0, 0.3])
+def test_state_round_trips_through_json_and_continues_bit_for_bit(probes):
+    s = settings(particles=7, patience=100, max_iterations=30, stall_probes=probes)
     state = pso.initialize(s, 4, 3)
     utility = lambda st, i: float(np.sin(st.positions[i].sum() * 7 + i))  # noqa: E731
     run(state, s, utility, 5)
@@ -208,6 +210,7 @@ def test_state_round_trips_through_json_and_continues_bit_for_bit():
         "iteration",
         "evaluated",
         "restarts",
+        "probes",
         "done",
         "stop_reason",
     )
@@ -326,3 +329,65 @@ def test_start_swarm_evaluates_the_experts_once():
     np.testing.assert_allclose(state.positions[4, 0], [0, 0.5, 0.5])  # the best two: experts 2 and 1
     state, known = start_swarm(SwarmSettings(particles=6, initial="experts"), recorder, 3, layout)
     assert known == {} and len(recorder.seen) == 3  # the paper's start evaluates nothing up front
+
+
+def test_half_the_swarm_probes_by_default_and_none_in_the_papers_mode():
+    assert SwarmSettings().stall_probes == 0.5
+    assert [SwarmSettings().probe_count(n) for n in (2, 5, 10, 20)] == [1, 3, 5, 10]
+    for s, probes in ((settings(patience=100, stall_probes=0.5), 3 * 5), (settings(patience=100), 0)):
+        state = pso.initialize(s, 3, 1)
+        run(state, s, lambda st, i: 0.5, 6)  # never improves after the first evaluation: 5 stalled steps
+        assert state.probes == probes
+
+
+def test_after_a_stalled_iteration_the_worst_particles_probe_near_the_global_best_with_documented_draws():
+    s_plain = settings(particles=6, patience=100, seed=5)
+    s = settings(particles=6, patience=100, seed=5, stall_probes=1 / 3, probe_radius=0.2)
+    plain, probed = pso.initialize(s_plain, 3, 2), pso.initialize(s, 3, 2)
+    first = [0.5, 0.9, 0.2, 0.7, 0.1, 0.6]
+    for state, st in ((plain, s_plain), (probed, s)):
+        pso.observe(state, first, st)
+        pso.step(state, st)  # the first evaluation improved the global best (from -inf): no probes yet
+    np.testing.assert_array_equal(probed.positions, plain.positions)
+    assert probed.probes == 0
+
+    second = [0.4, 0.8, 0.3, 0.05, 0.6, 0.3]  # nothing beats 0.9: a stalled iteration
+    rng = np.random.default_rng()
+    rng.bit_generator.state = probed.rng.bit_generator.state
+    for state, st in ((plain, s_plain), (probed, s)):
+        pso.observe(state, second, st)
+        pso.step(state, st)
+    rng.random((6, 2, 4))  # the step's own draw
+    offsets = rng.standard_normal((2, 2, 3))
+    offsets -= offsets.mean(axis=-1, keepdims=True)
+    chosen = [3, 2]  # the lowest utilities, lowest first (0.05, then 0.3 at index 2 before index 5)
+    np.testing.assert_array_equal(probed.positions[chosen], probed.global_best[None] + 0.2 * offsets)
+    np.testing.assert_array_equal(probed.velocities[chosen], 0.0)
+    np.testing.assert_allclose(probed.positions.sum(-1), 1.0, atol=1e-12)  # still affine combinations
+    others = [0, 1, 4, 5]
+    np.testing.assert_array_equal(probed.positions[others], plain.positions[others])
+    np.testing.assert_array_equal(probed.best_positions, plain.best_positions)  # personal bests are kept
+    assert probed.probes == 2
+    assert probed.rng.bit_generator.state == rng.bit_generator.state
+
+
+def test_probes_skip_particles_whose_evaluation_is_dropped():
+    s = settings(particles=6, patience=100, drop_k=1, drop_n=2, stall_probes=5 / 6)
+    state = pso.initialize(s, 3, 1)
+    pso.observe(state, [0.5, 0.9, 0.2, 0.7, 0.1, 0.6], s)
+    pso.step(state, s)
+    pso.observe(state, [state.utilities[i] if state.skip[i] else 0.0 for i in range(6)], s)
+    before = state.positions.copy()
+    pso.step(state, s)
+    moved = np.flatnonzero(np.abs(state.velocities).sum(axis=(1, 2)) == 0)
+    assert state.probes == 3  # only the three evaluated particles can probe
+    assert not state.skip[moved].any()
+    assert not np.array_equal(state.positions, before)
+
+
+def test_a_state_written_before_probes_existed_still_loads():
+    s = settings()
+    state = pso.initialize(s, 3, 1)
+    data = json.loads(json.dumps(state.to_dict()))
+    del data["probes"]
+    assert SwarmState.from_dict(data).probes == 0

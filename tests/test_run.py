@@ -296,3 +296,23 @@ def test_initial_merges_run_evaluates_each_particle_once_per_iteration(recipe_fa
     assert [line["particle"] for line in first] == list(range(6))  # experts, merges, crossovers: once each
     assert result.evaluations == len(lines) == 6 * (result.iterations + 1)
     assert result.expert_dev == [line["utility"] for line in first[:3]]
+
+
+def test_probes_after_each_stalled_iteration_are_counted_in_the_result_and_the_card(zoo, recipe_factory, tmp_path):
+    out = tmp_path / "out"
+    recipe = recipe_factory(
+        "lora",
+        swarm={"particles": 6, "max_iterations": 4, "patience": 10, "stall_probes": 0.5},
+        utility={"type": "exact_match", "dev": str(zoo.dev), "test": str(zoo.test), "max_new_tokens": 4},  # plateaus
+    )
+    result = run_swarm(load_recipe(recipe), out, RunOptions(quiet=True))
+    best, stalled = -np.inf, 0
+    for iteration in range(result.iterations):  # the last evaluated iteration is followed by no move
+        top = max(row["utility"] for row in history(out) if row["iteration"] == iteration)
+        stalled += top <= best
+        best = max(best, top)
+    assert stalled > 0, "the scenario must stall at least once"
+    assert result.probes == 3 * stalled
+    assert json.loads((out / "swarm_result.json").read_text())["probes"] == result.probes
+    card = (out / "README.md").read_text()
+    assert (f", {result.probes} probes near the global best;" in card) == (result.probes > 0)

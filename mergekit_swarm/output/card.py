@@ -101,7 +101,10 @@ def _swarm_sections(result: SwarmResult, settings: SwarmSettings) -> list[str]:
         "### Result",
         _result_table(result),
         f"{result.iterations} iterations, {result.evaluations} evaluations ({result.failed} failed), "
-        f"{result.restarts} particle restarts; stopped: {result.stop_reason}." + _fallbacks(result),
+        f"{result.restarts} particle restarts"
+        + (f", {result.probes} probes near the global best" if result.probes else "")
+        + f"; stopped: {result.stop_reason}."
+        + _fallbacks(result),
         _selection(result, settings),
         sentence(result.emergence) + (" (per example: `swarm_examples.json`)" if any(result.emergence.values()) else ""),
         "![search history](swarm_history.png)",

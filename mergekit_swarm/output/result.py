@@ -29,6 +29,7 @@ class SwarmResult:
     restarts: int
     stop_reason: str
     output_kind: str  # "full" | "lora" | "lora-merged"
+    probes: int = 0  # particles moved near the global best by swarm.stall_probes
     fallbacks: int = 0  # evaluations scored one at a time because their batched scoring failed
     emergence: dict[str, dict[str, int] | None] = field(default_factory=dict)  # per split, see output.emergence
     # with swarm.holdout: the personal bests compared on the held-out dev examples and which won

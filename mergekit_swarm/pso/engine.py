@@ -15,6 +15,9 @@ fixed order, so a state restored from disk continues bit for bit:
    `rng.choice(particles, k, replace=False)`: the k particles whose next evaluation is
    skipped (k = particles * drop_k // drop_n). A skipped particle keeps its last
    utility; as that is never a strict improvement, it only counts as a stale step.
+   Then, only with `stall_probes` on and after an iteration that did not improve the
+   global best, `rng.standard_normal((probes, groups, experts))`: the probes' offsets
+   (probes = `settings.probe_count(particles)`, fewer if evaluation dropout skips more).
 
 Stray-particle restart uses a cool-down: a restarted particle's stale counter is reset,
 so it gets another `restart_patience * patience` iterations before the next restart.
@@ -172,8 +175,28 @@ def step(state: SwarmState, settings: SwarmSettings) -> None:
     skipped = settings.skipped_per_iteration(state.shape[0])
     if skipped:
         state.skip[state.rng.choice(state.shape[0], size=skipped, replace=False)] = True
+    if settings.probe_count(state.shape[0]) and state.global_stale > 0:
+        _probe_near_global_best(state, settings)
     state.iteration += 1
     state.evaluated = False
+
+
+def _probe_near_global_best(state: SwarmState, settings: SwarmSettings) -> None:
+    """Move the `probe_count` evaluated particles with the lowest utility (ties: lower index first) to
+    g + probe_radius * z, z ~ N(0, 1) per coefficient, centred per group so that the probe stays an
+    affine combination; their velocity starts at 0. Their personal bests are kept.
+
+    Why: where no particle beats the global best (often the best expert, on a smooth utility such as
+    a reward), the swarm's pull towards g makes its steps land short of g or overshoot it; small
+    steps around g are what CMA-ES and COBYLA take there, and they find the gains the swarm misses."""
+    movable = np.flatnonzero(~state.skip)
+    order = movable[np.argsort(state.utilities[movable], kind="stable")]
+    chosen = order[: settings.probe_count(state.shape[0])]
+    offsets = state.rng.standard_normal((len(chosen), *state.shape[1:]))
+    offsets -= offsets.mean(axis=-1, keepdims=True)
+    state.positions[chosen] = state.global_best[None] + settings.probe_radius * offsets
+    state.velocities[chosen] = 0.0
+    state.probes += len(chosen)
 
 
 def winner(state: SwarmState) -> np.ndarray:

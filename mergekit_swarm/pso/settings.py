@@ -8,6 +8,7 @@ scripts (10 experts grown to 20 particles by crossover), and `max_iterations` (5
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -23,9 +24,10 @@ class SwarmSettings(StrictSection):
     The velocity weights and step length default to the authors' later re-implementation
     (inertia 0.2, cognitive 0.3, social 0.4, repel 0.05, step 0.5), which beat the official
     argparse defaults (0.4, 0.3, 0.3, 0.3, 1.0) on the quality testbed's dev splits
-    (benchmarks/tune.py), and `initial: merges`, which beat the paper's start from the experts
-    alone on held-out dev examples there; the other defaults are the official ones
-    (`initial: experts` gives the paper's initialisation exactly).
+    (benchmarks/tune.py); `initial: merges` and `stall_probes: 0.5`, two additions of ours, beat
+    the paper's start from the experts alone and the swarm without probes on held-out dev examples
+    there; the other defaults are the official ones (`initial: experts` with `stall_probes: 0` is
+    the paper's algorithm exactly).
     """
 
     section_name = "swarm"
@@ -44,6 +46,19 @@ class SwarmSettings(StrictSection):
     min_step_length: float = Field(0.1, ge=0, description="Floor of the step length.")
     restart_patience: float = Field(
         0.5, gt=0, description="Restart a particle at its personal best after restart_patience * patience stale iterations."
+    )
+    stall_probes: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description=(
+            "Share of the particles that, after an iteration that did not improve the global best, are moved to "
+            "random points near the global best instead of making their swarm move (those with the lowest "
+            "utility): a local search where the swarm stalls. 0: off (the paper)."
+        ),
+    )
+    probe_radius: float = Field(
+        0.1, gt=0, description="Standard deviation of a probe's offset from the global best, per coefficient."
     )
     initial: Literal["experts", "merges"] = Field(
         "merges",
@@ -94,6 +109,10 @@ class SwarmSettings(StrictSection):
     def skipped_per_iteration(self, particles: int) -> int:
         """How many particle evaluations evaluation dropout skips in each iteration after the first."""
         return particles * self.drop_k // self.drop_n
+
+    def probe_count(self, particles: int) -> int:
+        """How many particles probe near the global best after a stalled iteration (half rounds up)."""
+        return math.floor(self.stall_probes * particles + 0.5)
 
     def particle_count(self, experts: int) -> int:
         """The swarm size for `experts` experts (validated: never fewer particles than experts)."""

@@ -7,7 +7,7 @@ parameter group g; it always sums to 1 (an affine combination). A velocity row s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -47,6 +47,7 @@ class SwarmState:
     iteration: int = 0  # number of moves made; 0 is the initial evaluation
     evaluated: bool = False  # whether the current positions have been evaluated (or skipped)
     restarts: int = 0
+    probes: int = 0  # particles moved near the global best by `stall_probes`
     done: bool = False
     stop_reason: str | None = None
 
@@ -72,6 +73,8 @@ class SwarmState:
     def from_dict(cls, data: dict[str, Any]) -> SwarmState:
         kwargs: dict[str, Any] = {}
         for f in fields(cls):
+            if f.name not in data and f.default is not MISSING:  # a field added since the state was written
+                continue
             value = data[f.name]
             if f.name in _ARRAYS:
                 value = np.asarray(value["data"], dtype=value["dtype"]).reshape(value["shape"])
