@@ -28,27 +28,35 @@ from quality import OBJECTIVES, QUICK_OBJECTIVES, TESTBED
 from mergekit_swarm.testing import testbed
 
 # round: {name: swarm settings over the defaults}; the first candidate is the reference. The rounds before
-# `probes` ran when the defaults had no probes: add {"stall_probes": 0} to repeat them as they ran.
+# `probes` ran when the swarm had no probes: they keep `stall_probes: 0` (their reports predate the key).
+_NO_PROBES = {"stall_probes": 0}
 ROUNDS = {
     # how the swarm starts, and the holdout guard (results/tune.md)
     "start": {
-        "experts (the paper's start)": {"initial": "experts"},
-        "initial: merges": {"initial": "merges"},
-        "holdout 0.25 (5 candidates)": {"initial": "experts", "holdout": 0.25},
-        "initial: merges + holdout 0.25": {"initial": "merges", "holdout": 0.25},
+        "experts (the paper's start)": {**_NO_PROBES, "initial": "experts"},
+        "initial: merges": {**_NO_PROBES, "initial": "merges"},
+        "holdout 0.25 (5 candidates)": {**_NO_PROBES, "initial": "experts", "holdout": 0.25},
+        "initial: merges + holdout 0.25": {**_NO_PROBES, "initial": "merges", "holdout": 0.25},
     },
     # bolder moves where the swarm stalls at the best expert (results/tune_velocity.md)
     "velocity": {
-        "defaults (initial: merges)": {},
-        "official argparse velocity": {"inertia": 0.4, "cognitive": 0.3, "social": 0.3, "repel": 0.3, "step_length": 1.0},
-        "step_length 1.0": {"step_length": 1.0},
+        "defaults (initial: merges)": _NO_PROBES,
+        "official argparse velocity": {
+            **_NO_PROBES,
+            "inertia": 0.4,
+            "cognitive": 0.3,
+            "social": 0.3,
+            "repel": 0.3,
+            "step_length": 1.0,
+        },
+        "step_length 1.0": {**_NO_PROBES, "step_length": 1.0},
     },
     # where the swarm stalls: finer groups (CMA-ES, per layer, moved there) and a looser swarm
     # (results/tune_explore.md)
     "explore": {
-        "defaults (granularity model)": {},
-        "granularity: layer": {"granularity": "layer"},
-        "inertia 0.4, social 0.2": {"inertia": 0.4, "social": 0.2},
+        "defaults (granularity model)": _NO_PROBES,
+        "granularity: layer": {**_NO_PROBES, "granularity": "layer"},
+        "inertia 0.4, social 0.2": {**_NO_PROBES, "inertia": 0.4, "social": 0.2},
     },
     # local search where the swarm stalls: probes near the global best (results/tune_probes.md)
     "probes": {

@@ -145,6 +145,12 @@ def test_fingerprint_changes_with_settings_data_and_expert_weights(tmp_path, val
     assert fingerprint() != first
     valid["swarm"]["seed"] = 42
     assert fingerprint() == first
+    valid["swarm"]["stall_probes"] = 0  # the search of a run started before probes existed: it can resume
+    without_probes = fingerprint()
+    assert without_probes != first
+    valid["swarm"]["probe_radius"] = 0.3  # unused without probes
+    assert fingerprint() == without_probes
+    del valid["swarm"]["stall_probes"], valid["swarm"]["probe_radius"]
 
     data.write_text(data.read_text() + '{"prompt": "copy ab=", "answer": "ab"}\n')
     second = fingerprint()

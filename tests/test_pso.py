@@ -216,6 +216,7 @@ def test_state_round_trips_through_json_and_continues_bit_for_bit(probes):
     )
     assert [getattr(state, k) for k in scalars] == [getattr(restored, k) for k in scalars]
     assert state.rng.bit_generator.state == restored.rng.bit_generator.state
+    assert (state.probes > 0) == (probes > 0)
 
 
 def test_all_zero_terms_are_rejected():
@@ -385,9 +386,29 @@ def test_probes_skip_particles_whose_evaluation_is_dropped():
     assert not np.array_equal(state.positions, before)
 
 
-def test_a_state_written_before_probes_existed_still_loads():
+def test_a_state_written_before_probes_existed_still_loads_and_a_truncated_one_does_not():
     s = settings()
     state = pso.initialize(s, 3, 1)
     data = json.loads(json.dumps(state.to_dict()))
     del data["probes"]
     assert SwarmState.from_dict(data).probes == 0
+    del data["iteration"]
+    with pytest.raises(KeyError):
+        SwarmState.from_dict(data)
+
+
+def test_failed_particles_probe_first_and_no_probe_without_a_finite_global_best():
+    s = settings(particles=4, patience=100, stall_probes=0.25)
+    state = pso.initialize(s, 2, 1)
+    pso.observe(state, [0.5, 0.9, 0.2, 0.7], s)
+    pso.step(state, s)
+    pso.observe(state, [0.1, float("nan"), 0.3, 0.2], s)  # a failed evaluation, and no improvement
+    pso.step(state, s)
+    assert state.probes == 1 and np.all(state.velocities[1] == 0)  # the failed particle probes
+
+    failed = pso.initialize(s, 2, 1)
+    pso.observe(failed, [float("nan")] * 4, s)
+    pso.step(failed, s)
+    pso.observe(failed, [float("nan")] * 4, s)
+    pso.step(failed, s)
+    assert failed.probes == 0  # no global best to probe around

@@ -123,9 +123,12 @@ class SwarmRecipe(MergeRecipe):
         """Identifies the search (settings, objective files, experts' weights): the same
         fingerprint resumes, a different one is refused. `evaluation:` is not part of it."""
         models = [*self.experts, *([self.base_model] if self.base_model else [])]
+        swarm = self.swarm.model_dump(mode="json")
+        if not swarm["stall_probes"]:  # without probes, the fingerprint of a run started before they existed
+            del swarm["stall_probes"], swarm["probe_radius"]
         payload = {
             "merge": self.merge.model_dump(mode="json"),
-            "swarm": self.swarm.model_dump(mode="json"),
+            "swarm": swarm,
             "utility": self.utility.model_dump(mode="json"),
             "files": {str(p): path_identity(p) for p in self.utility.input_files()},
             # keyed by Hub id or path, not by cache folder: another --transformers-cache resumes

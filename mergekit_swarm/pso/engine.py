@@ -175,7 +175,7 @@ def step(state: SwarmState, settings: SwarmSettings) -> None:
     skipped = settings.skipped_per_iteration(state.shape[0])
     if skipped:
         state.skip[state.rng.choice(state.shape[0], size=skipped, replace=False)] = True
-    if settings.probe_count(state.shape[0]) and state.global_stale > 0:
+    if settings.probe_count(state.shape[0]) and state.global_stale > 0 and np.isfinite(state.global_best_utility):
         _probe_near_global_best(state, settings)
     state.iteration += 1
     state.evaluated = False

@@ -7,7 +7,7 @@ parameter group g; it always sums to 1 (an affine combination). A velocity row s
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,7 @@ _ARRAYS = (
     "stale",
     "skip",
 )
+_ADDED_SINCE = ("probes",)  # fields a saved state may lack; they keep their defaults
 
 
 @dataclass
@@ -73,7 +74,7 @@ class SwarmState:
     def from_dict(cls, data: dict[str, Any]) -> SwarmState:
         kwargs: dict[str, Any] = {}
         for f in fields(cls):
-            if f.name not in data and f.default is not MISSING:  # a field added since the state was written
+            if f.name not in data and f.name in _ADDED_SINCE:  # a state written by an earlier version
                 continue
             value = data[f.name]
             if f.name in _ARRAYS:
