@@ -13,8 +13,10 @@
 # 70 s per pass), the full pool ~20 s, the CUDA tests ~25 s, the machine's start ~30 s; the device
 # budget of a session is 15 min. GPU_EVAL_ARGS="--parts full,quickstart --name gpu_eval_full" runs a subset into its own report,
 # GPU_EVAL_SECONDS / PYTEST_SECONDS change the time limits. Next device run (issue 16's open item):
-# GPU_EVAL_ARGS="--parts full,quickstart --chunk-elements 1,4,8 --name gpu_eval_full" times the full pool with
-# the accumulator chunk at 1, 4 and 8 Mi elements too (16 Mi, the default, keeps a float32 chunk out of L2).
+# GPU_EVAL_ARGS="--parts full,quickstart --chunk-elements 4,64 --fused --name gpu_eval_full" times the full pool
+# packed (runs of tensors) and per tensor side by side, with the accumulator chunk at 4 and 64 Mi elements too
+# (16 Mi, the default, keeps a float32 chunk out of L2), and a torch.compile'd fused kernel, checking every
+# way's bits against the first.
 #
 # It runs the GPU benchmark first (benchmarks/gpu_eval.py --device cuda; its report is rewritten
 # after every part, so a cut-short run keeps what it measured), then the CUDA tests (`pytest -m gpu`),

@@ -10,8 +10,9 @@
     experts (rank 16 on q/k/v/o/up/down), 20 particles, exact match on 200 prompts with 64 new tokens
     (fewer on CPU): evaluations per second for the same three ways, and the peak GPU memory.
 (c) A full-model pool of 10 experts of that model: milliseconds per particle written into the
-    resident model, with the experts held on the device and streamed from the page cache, and the
-    bandwidth reached against the device's own copy bandwidth.
+    resident model, with the experts held on the device (packed: runs of tensors written together;
+    and, side by side, one tensor at a time as before packing) and streamed from the page cache, the
+    bandwidth reached against the device's own copy bandwidth, and whether every way wrote the same bits.
 
 Writes `benchmarks/results/gpu_eval.{json,md}` (or `--name`), with the device, the versions and the command.
 Nothing is downloaded: models, adapters, tokenizer and data are built in a scratch folder.
@@ -55,6 +56,7 @@ def main() -> None:
         help="full pool, experts on the GPU: also time these accumulator chunk sizes (e.g. 1,4,8 in Mi elements; "
         "the default is materialize.GPU_CHUNK_ELEMENTS)",
     )
+    parser.add_argument("--fused", action="store_true", help="full pool: also time a torch.compile'd fused kernel")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "mergekit-swarm-gpu-eval")
     parser.add_argument("--name", default="gpu_eval")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of <name>.{json,md} (default: benchmarks/results)")
@@ -249,12 +251,13 @@ def full_pool(args, base: Path, tokenizer) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from mergekit_swarm import materialize
+    from mergekit_swarm import materialize, materializer
     from mergekit_swarm.experts import open_pool
     from mergekit_swarm.groups import group_layout
     from mergekit_swarm.resident import ResidentModel
 
     default_chunk = materialize.GPU_CHUNK_ELEMENTS
+    write_flat, span = materializer.write_flat, materializer.span
 
     experts = [args.workdir / f"full-{base.name}-{k}" for k in range(args.experts)]
     if not all((folder / "model.safetensors").exists() for folder in experts):
@@ -269,11 +272,14 @@ def full_pool(args, base: Path, tokenizer) -> dict:
             model.save_pretrained(folder)
         del model, original
     rows = {}
-    rng = np.random.default_rng(0)
-    ways = [("device", None), ("page cache", None)] if args.device.startswith("cuda") else [("page cache", None)]
-    if args.device.startswith("cuda") and args.chunk_elements:
-        ways += [(f"device, chunk {n} Mi", int(n) << 20) for n in args.chunk_elements.split(",")]
-    for where, chunk in ways:
+    gpu = args.device.startswith("cuda")
+    # experts held on the device, packed (runs of tensors), or with every tensor on its own as before packing
+    ways = [("device", None, "runs"), ("device, per tensor", None, "per tensor"), ("page cache", None, "runs")]
+    ways += [(f"device, chunk {n} Mi", int(n) << 20, "runs") for n in args.chunk_elements.split(",") if n and gpu]
+    if args.fused:  # not the product's way (yet): its bits and speed, measured beside the others
+        ways.append(("device, fused (torch.compile)", None, "fused"))
+    reference_state: dict | None = None
+    for where, chunk, mode in ways:
         if chunk:  # read when the resident model's accumulator is made
             materialize.GPU_CHUNK_ELEMENTS = chunk
         pool = open_pool(experts)
@@ -288,23 +294,78 @@ def full_pool(args, base: Path, tokenizer) -> dict:
             hold_experts=where.startswith("device"),
         )
         materialize.GPU_CHUNK_ELEMENTS = default_chunk
+        rng = np.random.default_rng(0)  # the same particles in every way
         particles = [rng.dirichlet(np.ones(len(experts)))[None] for _ in range(args.repeats + 1)]
-        resident.load(particles[0])  # warm-up: first read of every expert
-        times = []
-        for coefficients in particles[1:]:
-            start = time.perf_counter()
-            resident.load(coefficients)
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
+        calls = []
+
+        write = fused_write_flat(write_flat) if mode == "fused" else write_flat
+
+        def counted(*a, calls=calls, write=write, **k):
+            calls.append(1)
+            return write(*a, **k)
+
+        materializer.write_flat = counted
+        if mode == "per tensor":  # no two tensors seen as lying end to end: one run per tensor
+            materializer.span = lambda tensors: None
+        try:
+            resident.load(particles[0])  # warm-up: first read of every expert
+            times = []
+            for coefficients in particles[1:]:
+                calls.clear()
+                start = time.perf_counter()
+                resident.load(coefficients)
+                if gpu:
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - start)
+        finally:
+            materializer.write_flat, materializer.span = write_flat, span
+        state = {name: tensor.detach().cpu() for name, tensor in resident.tensors().items()}
+        reference_state = reference_state or state
         read = sum(spec.torch_dtype.itemsize * math.prod(spec.shape) for spec in pool.specs) * len(experts)
         best = min(times)
-        rows[where] = {"ms_per_particle": round(1000 * best, 1), "read_gb_per_s": round(read / best / 1e9, 2)}
-        del resident
+        rows[where] = {
+            "ms_per_particle": round(1000 * best, 1),
+            "read_gb_per_s": round(read / best / 1e9, 2),
+            "runs": len(calls),
+            "tensors": len(pool.specs),
+            "identical_weights": all(same_bits(state[name], reference_state[name]) for name in state),
+        }
+        del resident, state
     reference = copy_bandwidth(args.device)
     for row in rows.values():
         row["share_of_copy_bandwidth"] = round(row["read_gb_per_s"] / reference, 2)
     return {"experts": len(experts), "copy_bandwidth_gb_per_s": reference, "ways": rows}
+
+
+def same_bits(a, b) -> bool:
+    import torch
+
+    return a.dtype == b.dtype and torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
+
+
+def fused_write_flat(fallback):
+    """A candidate for materialize.write_flat on a GPU: every expert read once, the float32 sum kept in
+    registers (one kernel per chunk, generated by torch.compile), the addcmul_ chain's arithmetic in
+    the same order. Only for one target in the input dtype; otherwise `fallback`."""
+    import torch
+
+    @torch.compile(dynamic=True)
+    def combined(weights, *sources):
+        acc = torch.zeros_like(sources[0], dtype=torch.float32)
+        for k, source in enumerate(sources):
+            acc = torch.addcmul(acc, source, weights[k])
+        return acc.to(sources[0].dtype)
+
+    def write(sources, weights, targets, final_dtype, *, dtype=None, accumulator=None, columns=None):
+        if len(targets) != 1 or dtype is not None or final_dtype != sources[0].dtype or final_dtype == torch.float64:
+            return fallback(sources, weights, targets, final_dtype, dtype=dtype, accumulator=accumulator, columns=columns)
+        w = torch.tensor(weights[0], dtype=torch.float32, device=targets[0].device)
+        size, step = sources[0].numel(), 1 << 26
+        for start in range(0, size, step):
+            stop = min(start + step, size)
+            targets[0][start:stop].copy_(combined(w, *(source[start:stop] for source in sources)))
+
+    return write
 
 
 def copy_bandwidth(device: str) -> float:
@@ -360,10 +421,16 @@ def markdown(report: dict) -> str:
         part = parts["full"]
         lines += ["", f"## (c) Full-model pool of {part['experts']} experts: writing a particle", ""]
         lines += [f"Copy bandwidth of the device: {part['copy_bandwidth_gb_per_s']} GB/s.", ""]
-        lines += ["| experts held | ms / particle | experts read, GB/s | share of copy bandwidth |", "|---|---:|---:|---:|"]
+        lines += [
+            "| experts held | ms / particle | experts read, GB/s | share of copy bandwidth | runs / tensors "
+            "| weights identical |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
         for where, row in part["ways"].items():
             share = f"{100 * row['share_of_copy_bandwidth']:.0f}%"
-            lines.append(f"| {where} | {row['ms_per_particle']:.1f} | {row['read_gb_per_s']:.2f} | {share} |")
+            runs = f"{row.get('runs', '-')} / {row.get('tensors', '-')}"
+            cells = [where, f"{row['ms_per_particle']:.1f}", f"{row['read_gb_per_s']:.2f}", share, runs]
+            lines.append("| " + " | ".join([*cells, str(row.get("identical_weights", "-"))]) + " |")
     lines.append("")
     return "\n".join(lines)
 

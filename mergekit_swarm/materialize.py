@@ -11,6 +11,8 @@ in cache-sized chunks and fills several particles at once: every expert tensor i
 once per pass (straight from its memory map), the accumulator stays in cache and is
 reused across tensors, and results go straight into their destination (the resident
 model's parameters or adapter slots). Nothing of the size of a model is ever allocated.
+`write_flat` is that arithmetic on flat tensors: one tensor of every expert, or one run of
+tensors packed end to end (`packed`); `materializer` decides which.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from mergekit_swarm.checkpoint_layout import Destination
 from mergekit_swarm.experts import ExpertPool, TensorSpec
 from mergekit_swarm.groups import GroupLayout
 
@@ -116,16 +117,37 @@ def write_combinations(
     """
     if weights.shape != (len(targets), len(pool)):
         raise ValueError(f"weights of shape {weights.shape}, expected {(len(targets), len(pool))}")
-    accumulator = accumulator or Accumulator(targets[0].device)
-    device = accumulator.device
     sources = [pool.tensor(k, spec.name).reshape(-1) for k in range(len(pool))]  # memory-mapped views, or small prepared tensors
+    write_flat(
+        sources,
+        weights,
+        [t.view(-1) for t in targets],
+        out_dtype or spec.torch_dtype,
+        dtype=dtype,
+        accumulator=accumulator,
+        columns=columns,
+    )
+
+
+def write_flat(
+    sources: Sequence[torch.Tensor],
+    weights: np.ndarray,
+    targets: Sequence[torch.Tensor],
+    final_dtype: torch.dtype,
+    *,
+    dtype: torch.dtype | None = None,
+    accumulator: Accumulator | None = None,
+    columns: torch.Tensor | None = None,
+) -> None:
+    """targets[p] <- sum_k weights[p, k] * sources[k], for flat (1-D) sources and targets of one size:
+    one tensor of every expert, or one run of packed tensors (`packed.span`). The arithmetic of
+    `write_combinations`, which it serves."""
+    accumulator = accumulator or Accumulator(targets[0].device)
     input_dtype = dtype or sources[0].dtype  # as in combine_tensor: the first expert's, after mergekit's `dtype:`
-    final_dtype = out_dtype or spec.torch_dtype
     acc_dtype = _accumulator_dtype(input_dtype)
     if columns is None or columns.dtype != acc_dtype:
-        columns = _weight_columns(weights, acc_dtype, device)
+        columns = _weight_columns(weights, acc_dtype, accumulator.device)
     rows, size = len(targets), sources[0].numel()
-    flat = [t.view(-1) for t in targets]
     step = max(1, accumulator.elements // rows)
     scratch = accumulator.buffer(acc_dtype)
     for start in range(0, size, step):
@@ -134,9 +156,9 @@ def write_combinations(
         acc.zero_()
         for k, source in enumerate(sources):
             acc.addcmul_(accumulator.upload(source[start:stop], dtype), columns[k])
-        for p in range(rows):  # rounded to the input dtype first, as mergekit does, then to the output's
-            rounded_by_copy = flat[p].dtype == final_dtype == input_dtype  # the copy's one rounding is that
-            flat[p][start:stop].copy_(acc[p] if rounded_by_copy else acc[p].to(input_dtype).to(final_dtype))
+        for p, target in enumerate(targets):  # rounded to the input dtype first, as mergekit does, then to the output's
+            rounded_by_copy = target.dtype == final_dtype == input_dtype  # the copy's one rounding is that
+            target[start:stop].copy_(acc[p] if rounded_by_copy else acc[p].to(input_dtype).to(final_dtype))
 
 
 class FlatGroup:
@@ -207,121 +229,6 @@ def _blocks(specs: list[TensorSpec], elements: int) -> Iterator[list[TensorSpec]
         size += numel
     if block:
         yield block
-
-
-class Materializer:
-    """Writes particles into destinations (a resident model's parameters or adapter slots, see
-    `checkpoint_layout`): in-memory tensors by `FlatGroup`, the rest streamed by `write_combinations`.
-
-    A checkpoint tensor the model holds in another layout (a `Conversion`) is merged into a
-    scratch tensor first; once all the sources of a conversion are written, it is converted into
-    the model tensors. Scratch for streamed sources is one reused arena per slot, so a full MoE
-    model needs one fused parameter's worth of scratch, not a second copy of its experts.
-    """
-
-    def __init__(
-        self,
-        pool: ExpertPool,
-        layout: GroupLayout,
-        *,
-        dtype: torch.dtype | None = None,
-        out_dtype: torch.dtype | None = None,
-        device: str | torch.device = "cpu",
-    ):
-        self.pool, self.layout, self.dtype, self.out_dtype = pool, layout, dtype, out_dtype
-        self.accumulator = Accumulator(device)
-        members: dict[int, list[TensorSpec]] = {}
-        self.streamed: list[tuple[TensorSpec, int]] = []
-        for spec, group in zip(pool.specs, layout.of_tensor):
-            if pool.in_memory(spec.name):
-                members.setdefault(group, []).append(spec)
-            else:
-                self.streamed.append((spec, group))
-        self.flat = {g: FlatGroup(pool, specs, dtype=dtype, accumulator=self.accumulator) for g, specs in members.items()}
-        self._arenas: list[Arena] = []
-
-    def write(self, particles: Sequence[np.ndarray], destinations: Sequence[Destination]) -> None:
-        """destinations[p] <- the particle particles[p], in one pass over the experts."""
-        for coefficients in particles:
-            check_shape(coefficients, self.layout, self.pool)
-        while len(self._arenas) < len(destinations):
-            self._arenas.append(Arena(self.accumulator.device))
-        targets = [self._kept_targets(destination) for destination in destinations]
-        weights = np.stack(particles, axis=1)  # (groups, rows, experts)
-        # every group's weights sent to the device once per write (float32; float64 inputs get their own):
-        # on a GPU a host-to-device copy per group or tensor would wait for the kernels before it each time
-        columns = torch.tensor(weights, dtype=torch.float32, device=self.accumulator.device).transpose(1, 2).unsqueeze(-1)
-        for group, flat in self.flat.items():
-            flat.write(weights[group], targets, self.out_dtype, columns[group])
-        self._stream(weights, columns, [(spec, g) for spec, g in self.streamed if spec.name in destinations[0].direct], targets)
-        streamed = {spec.name: (spec, group) for spec, group in self.streamed}
-        for c, conversion in enumerate(destinations[0].conversions):  # the same conversions in every slot
-            pending = [streamed[name] for name in conversion.sources if name in streamed]
-            for slot, arena in zip(targets, self._arenas):
-                slot.update(arena.take([(spec.name, spec.shape, self._final_dtype(spec)) for spec, _ in pending]))
-            self._stream(weights, columns, pending, targets)
-            for destination, slot in zip(destinations, targets):
-                destination.conversions[c].apply(slot)
-
-    def _kept_targets(self, destination: Destination) -> dict[str, torch.Tensor]:
-        """Direct targets, plus scratch buffers kept for the in-memory sources of conversions."""
-        targets = dict(destination.direct)
-        for conversion in destination.conversions:
-            for name in conversion.sources:
-                if self.pool.in_memory(name):
-                    if name not in destination.scratch:
-                        spec = self.pool.spec(name)
-                        destination.scratch[name] = torch.empty(
-                            spec.shape, dtype=self._final_dtype(spec), device=self.accumulator.device
-                        )
-                    targets[name] = destination.scratch[name]
-        return targets
-
-    def _stream(
-        self,
-        weights: np.ndarray,
-        columns: torch.Tensor,
-        members: list[tuple[TensorSpec, int]],
-        targets: list[dict[str, torch.Tensor]],
-    ) -> None:
-        for spec, group in members:
-            write_combinations(
-                self.pool,
-                spec,
-                weights[group],
-                [slot[spec.name] for slot in targets],
-                dtype=self.dtype,
-                out_dtype=self.out_dtype,
-                accumulator=self.accumulator,
-                columns=columns[group],
-            )
-
-    def _final_dtype(self, spec: TensorSpec) -> torch.dtype:
-        return self.out_dtype or spec.torch_dtype
-
-
-class Arena:
-    """One growing byte buffer carved into scratch tensors that are reused for every conversion."""
-
-    ALIGN = 64
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self._buffer = torch.empty(0, dtype=torch.uint8, device=device)
-
-    def take(self, tensors: list[tuple[str, tuple[int, ...], torch.dtype]]) -> dict[str, torch.Tensor]:
-        """Scratch tensors of these names, shapes and dtypes, valid until the next `take`."""
-        offsets, size = [], 0
-        for _, shape, dtype in tensors:
-            offsets.append(size)
-            nbytes = math.prod(shape) * dtype.itemsize
-            size += -(-nbytes // self.ALIGN) * self.ALIGN
-        if size > self._buffer.numel():
-            self._buffer = torch.empty(size, dtype=torch.uint8, device=self.device)
-        return {
-            name: self._buffer[offset : offset + math.prod(shape) * dtype.itemsize].view(dtype).view(shape)
-            for (name, shape, dtype), offset in zip(tensors, offsets)
-        }
 
 
 def combine(

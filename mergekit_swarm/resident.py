@@ -23,7 +23,9 @@ from mergekit_swarm.errors import ConfigError, ExpertError
 from mergekit_swarm.experts import ExpertPool, FullModelPool, LoraPool
 from mergekit_swarm.experts.lora import PEFT_PATTERN_WARNING
 from mergekit_swarm.groups import GroupLayout
-from mergekit_swarm.materialize import Materializer, constants
+from mergekit_swarm.materialize import constants
+from mergekit_swarm.materializer import Materializer
+from mergekit_swarm.packed import pack_parameters
 
 ADAPTER_NAME = "swarm"  # slot 0; slot i > 0 is swarm_<i>
 
@@ -81,6 +83,9 @@ class ResidentModel:
             self._destinations = [model_destination(self.model, shapes)]
         if isinstance(pool, FullModelPool) and _hold(pool, device, hold_experts):
             pool.hold_on(device)
+            # the parameters packed as the held experts are: a particle is then written by a few large
+            # operations per run of tensors, not per tensor (on a GPU, a per-tensor loop is launch-bound)
+            pack_parameters(self.model, self._destinations[0].direct, pool.tensor_names)
         self._materializer = Materializer(pool, layout, dtype=merge_dtype, out_dtype=out_dtype, device=device)
         with torch.no_grad():
             for name, tensor in constants(pool):

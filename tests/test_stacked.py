@@ -222,19 +222,6 @@ def test_batch_size_is_measured_once_on_the_device(stacked, zoo):
     assert [e.utility for e in together] == 2 * [e.utility for e in LocalEvaluator(single, nll).evaluate(particles)]
 
 
-def test_full_experts_held_in_memory_write_the_same_particles(zoo, tokenizer):
-    """`--read-to-gpu`: experts held on the device (here: in RAM) instead of memory-mapped, same bits."""
-    states = []
-    for hold in (False, True):
-        pool = open_pool(list(zoo.full))
-        layout = group_layout(pool, "layer")
-        resident = ResidentModel(pool, layout, model_source=zoo.full[0], tokenizer=tokenizer, model_dtype=None, hold_experts=hold)
-        resident.load(np.random.default_rng(2).normal(size=(len(layout), 3)))
-        states.append({k: v.clone() for k, v in resident.model.state_dict().items()})
-    assert states[0].keys() == states[1].keys()
-    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
-
-
 @pytest.mark.gpu
 def test_on_cuda_stacked_batches_and_full_particles_equal_the_cpu_reference(zoo, tokenizer):
     """On a GPU: the stacked forward equals each adapter alone; full particles written from experts

@@ -15,11 +15,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mergekit_swarm"
 
 # In data-flow order. A layer may import the layers above it in this list, never those below.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("foundations", {"errors", "names", "schema", "options", "storage", "console", "extras", "fingerprints", "device_memory"}),
+    (
+        "foundations",
+        {"errors", "names", "schema", "options", "storage", "console", "extras", "fingerprints", "device_memory", "packed"},
+    ),
     ("pure engine, objectives, Hub", {"pso", "utilities", "hub"}),  # what a recipe refers to
     ("recipes", {"config"}),
     ("experts", {"experts", "groups"}),
-    ("coefficients to weights", {"checkpoint_layout", "materialize", "adapter_stack", "resident", "tokenizer"}),
+    ("coefficients to weights", {"checkpoint_layout", "materialize", "materializer", "adapter_stack", "resident", "tokenizer"}),
     ("search", {"search"}),  # setup, evaluation engines, checkpoints, the loop
     ("output", {"output"}),  # model folder, recipe, card, plot, publishing
     ("entry points", {"run", "apply", "compare", "rescore"}),

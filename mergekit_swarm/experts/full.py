@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from mergekit_swarm.experts.pool import ExpertPool, TensorSpec, open_checkpoint
+from mergekit_swarm.packed import pack
 
 
 class FullModelPool(ExpertPool):
@@ -45,7 +46,10 @@ class FullModelPool(ExpertPool):
 
     def hold_on(self, device: str | torch.device) -> None:
         """Keep every expert's tensors on `device` (mergekit's `--read-to-gpu`): a particle is then
-        written at the device's memory bandwidth instead of streamed from the page cache."""
+        written at the device's memory bandwidth instead of streamed from the page cache. Each
+        expert's tensors are packed end to end in checkpoint order (`packed`), so that runs of
+        them are combined by a few large operations instead of a few per tensor."""
         for k in range(len(self)):
-            for spec in self.specs:
-                self._views[(k, spec.name)] = self.tensor(k, spec.name).to(device)
+            held = pack([self.tensor(k, spec.name) for spec in self.specs], device)
+            for spec, tensor in zip(self.specs, held):
+                self._views[(k, spec.name)] = tensor
