@@ -25,7 +25,8 @@ from mergekit_swarm.packed import span
 
 class Materializer:
     """Writes particles into destinations (a resident model's parameters or adapter slots, see
-    `checkpoint_layout`): in-memory tensors by `FlatGroup`, the rest streamed by `write_combinations`.
+    `checkpoint_layout`): in-memory tensors by `FlatGroup`, the rest streamed by `write_flat`, in
+    runs where the tensors are packed (`direct_runs`), else one tensor at a time.
 
     A checkpoint tensor the model holds in another layout (a `Conversion`) is merged into a
     scratch tensor first; once all the sources of a conversion are written, it is converted into

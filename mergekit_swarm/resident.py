@@ -82,10 +82,11 @@ class ResidentModel:
         else:
             self._destinations = [model_destination(self.model, shapes)]
         if isinstance(pool, FullModelPool) and _hold(pool, device, hold_experts):
-            pool.hold_on(device)
             # the parameters packed as the held experts are: a particle is then written by a few large
-            # operations per run of tensors, not per tensor (on a GPU, a per-tensor loop is launch-bound)
+            # operations per run of tensors, not per tensor (on a GPU, a per-tensor loop is launch-bound).
+            # Packed first: its passing extra copy of the model is freed before the experts arrive.
             pack_parameters(self.model, self._destinations[0].direct, pool.tensor_names)
+            pool.hold_on(device)
         self._materializer = Materializer(pool, layout, dtype=merge_dtype, out_dtype=out_dtype, device=device)
         with torch.no_grad():
             for name, tensor in constants(pool):

@@ -75,6 +75,10 @@ def test_held_experts_are_written_in_runs_with_the_same_bits(zoo, tokenizer, mon
         assert len(calls) == (len(layout) if hold else len(pool.specs)), hold
         assert sum(calls) == sum(p.numel() for p in resident.model.parameters())  # every element once, tied ones once
         states.append({k: v.clone() for k, v in resident.model.state_dict().items()})
+        if hold:  # held again (a second resident model on the pool): nothing is copied again
+            held = pool.tensor(1, pool.specs[0].name)
+            pool.hold_on("cpu")
+            assert pool.tensor(1, pool.specs[0].name) is held
     assert len(pool.specs) > len(layout)
     assert states[0].keys() == states[1].keys()
     assert all(torch.equal(states[0][k].view(torch.int32), states[1][k].view(torch.int32)) for k in states[0])

@@ -27,6 +27,7 @@ class FullModelPool(ExpertPool):
         first = self.files[0]
         self.specs = [TensorSpec(name, per_expert[0][name], first.dtype(name)) for name in first.names()]
         self._views: dict[tuple[int, str], torch.Tensor] = {}
+        self.held_on: torch.device | None = None  # where `hold_on` put the experts (None: memory-mapped)
 
     def tensor(self, expert: int, name: str) -> torch.Tensor:
         # Views of the memory map cost no memory; keeping them saves a header lookup per read
@@ -48,7 +49,11 @@ class FullModelPool(ExpertPool):
         """Keep every expert's tensors on `device` (mergekit's `--read-to-gpu`): a particle is then
         written at the device's memory bandwidth instead of streamed from the page cache. Each
         expert's tensors are packed end to end in checkpoint order (`packed`), so that runs of
-        them are combined by a few large operations instead of a few per tensor."""
+        them are combined by a few large operations instead of a few per tensor. Holding them on
+        the device they are held on already is a no-op."""
+        if self.held_on == torch.device(device):
+            return
+        self.held_on = torch.device(device)
         for k in range(len(self)):
             held = pack([self.tensor(k, spec.name) for spec in self.specs], device)
             for spec, tensor in zip(self.specs, held):
