@@ -2,10 +2,11 @@
 # The GPU checks of this project, as one prepared call on the lent GPU machine (see
 # ../shared/device/README.md): first, here,
 #
-#   bash ../shared/device/fetch-wheels.sh $(python benchmarks/device_wheels.py)
+#   rm -rf .whl && bash ../shared/device/fetch-wheels.sh $(python benchmarks/device_wheels.py --ray) \
+#     && bash benchmarks/device_ray_pack.sh
 #
 # (mergekit and, pinned to this machine's versions, transformers / PEFT / huggingface_hub and what
-# they need: the GPU machine's own are older), then
+# they need: the GPU machine's own are older; and Ray, stripped to fit: 55 MB in all), then
 #
 #   run(carry=[".whl"], timeout_s=560, command="bash benchmarks/device_run.sh")
 #
@@ -19,14 +20,16 @@
 # way's bits against the first.
 #
 # It runs the GPU benchmark first (benchmarks/gpu_eval.py --device cuda; its report is rewritten
-# after every part, so a cut-short run keeps what it measured), then the CUDA tests (`pytest -m gpu`),
+# after every part, so a cut-short run keeps what it measured), then the CUDA tests (`pytest -m gpu`;
+# the Ray ones where Ray was packed: a worker holding the GPU gives the in-process search),
 # and leaves everything under $OUT: gpu_eval.{json,md} (copy them to benchmarks/results/) and the logs.
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+for packed in .whl/ray-*.tar.xz; do [ -f "$packed" ] && tar xJf "$packed" -C /tmp/site; done
 export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv > "$OUT/nvidia-smi.csv" 2>&1
 python3 -c "import torch, transformers, peft, mergekit; print(torch.__version__, torch.cuda.get_device_name(), transformers.__version__, peft.__version__)" 2>&1 | tee "$OUT/versions.txt"
 (cd benchmarks && timeout "${GPU_EVAL_SECONDS:-400}" python3 gpu_eval.py --device cuda --repeats 1 ${GPU_EVAL_ARGS:-} --out "$OUT" 2>&1 | grep -v "Loading weights" | tail -80 > "$OUT/gpu_eval_log.txt"; echo "gpu_eval: exit ${PIPESTATUS[0]}" >> "$OUT/gpu_eval_log.txt")
-timeout "${PYTEST_SECONDS:-100}" python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_stacked.py tests/test_batched.py 2>&1 | tail -40 > "$OUT/pytest_gpu.txt"
+timeout "${PYTEST_SECONDS:-160}" python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_stacked.py tests/test_batched.py tests/test_ray_gpu.py 2>&1 | tail -40 > "$OUT/pytest_gpu.txt"
 echo "pytest -m gpu: exit ${PIPESTATUS[0]}" >> "$OUT/pytest_gpu.txt"
 cat "$OUT/gpu_eval_log.txt" "$OUT/pytest_gpu.txt"

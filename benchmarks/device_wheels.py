@@ -5,6 +5,9 @@ the ones this project is tested with; the stacked-adapter path hooks into PEFT, 
 brings the tested versions (and what they need, except torch and what the machine has anyway):
 
     bash ../shared/device/fetch-wheels.sh $(python benchmarks/device_wheels.py)
+
+`--ray` adds what Ray needs besides itself (Ray's own wheel is larger than a call can carry:
+`benchmarks/device_ray_pack.sh` packs a stripped copy).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ PINNED = ["transformers", "peft", "accelerate", "huggingface-hub", "tokenizers",
 # on the GPU machine already (torch in its CUDA build), or fetched by fetch-wheels.sh itself
 PRESENT = {"torch", "numpy", "psutil", "pyyaml", "tqdm", "packaging", "typing-extensions"}
 PRESENT |= {"pydantic", "pydantic-core", "annotated-types", "typing-inspection"}
+SKIPPED = {"hf-xet"}  # only for Hub downloads (4 MB of the 64 MiB a call can carry); nothing is downloaded there
 TARGET = {"extra": "", "python_version": "3.12", "python_full_version": "3.12.0", "sys_platform": "linux"}
 
 
@@ -27,7 +31,7 @@ def closure(names: list[str]) -> dict[str, str]:
     todo = list(names)
     while todo:
         name = re.sub(r"[-_.]+", "-", todo.pop()).lower()
-        if name in found or name in PRESENT:
+        if name in found or name in PRESENT or name in SKIPPED:
             continue
         distribution = metadata.distribution(name)
         found[name] = distribution.version
@@ -39,4 +43,8 @@ def closure(names: list[str]) -> dict[str, str]:
 
 
 if __name__ == "__main__":
-    print(" ".join(f"{name}=={version}" for name, version in sorted(closure(PINNED).items())))
+    import sys
+
+    wanted = closure(PINNED + (["ray"] if "--ray" in sys.argv[1:] else []))
+    wanted.pop("ray", None)  # packed by device_ray_pack.sh
+    print(" ".join(f"{name}=={version}" for name, version in sorted(wanted.items())))

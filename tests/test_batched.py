@@ -219,7 +219,10 @@ def test_on_cuda_auto_batches_give_the_search_of_one_at_a_time(recipe_factory, t
     full pools: experts held on the GPU) and the search equals one particle at a time."""
     runs = _search_with_batches(recipe_factory, tmp_path, zoo, kind, "auto", device="cuda")
     assert runs[1] == runs["auto"] and runs["auto"][4] == 0
-    assert len({line["utility"] for line in runs["auto"][5]}) > 1  # the particles really differ
+    if kind == "full":  # the particles really differ (the zoo's LoRA particles answer no dev example exactly:
+        # a utility that tells them apart, nll, is not bit-stable across batch sizes on a GPU; the stacked
+        # GPU test compares their generations instead)
+        assert len({line["utility"] for line in runs["auto"][5]}) > 1
 
 
 class ShortBatch(FailsOnSlot):
