@@ -71,7 +71,7 @@ class Materializer:
             flat.write(weights[group], targets, self.out_dtype, columns[group])
         for run in self.direct_runs(destinations):
             write_flat(
-                run.sources,
+                run.sources(self.pool),
                 weights[run.group],
                 run.targets,
                 self.out_dtype or run.dtype,
@@ -142,20 +142,25 @@ class Run:
 
     group: int
     specs: list[TensorSpec]
-    sources: list[torch.Tensor]  # per expert
     targets: list[torch.Tensor]  # per slot
+    packed_sources: list[torch.Tensor] | None  # per expert, for several tensors; one is read per write
 
     @property
     def dtype(self) -> torch.dtype:
         return self.specs[0].torch_dtype
 
+    def sources(self, pool: ExpertPool) -> list[torch.Tensor]:
+        # a single tensor is read when written, as before runs: a LoRA pool too large to be held in
+        # memory prepares its tensors per read, and they must not be kept
+        return self.packed_sources or [pool.tensor(k, self.specs[0].name).reshape(-1) for k in range(len(pool))]
+
 
 def _runs(pool: ExpertPool, members: list[tuple[TensorSpec, int]], slots: list[dict[str, torch.Tensor]]) -> Iterator[Run]:
     """Greedy maximal runs of `members`, in order (see `Materializer.direct_runs`)."""
-    experts = range(len(pool))
 
-    def tensors(spec: TensorSpec) -> list[torch.Tensor]:
-        return [pool.tensor(k, spec.name) for k in experts] + [slot[spec.name] for slot in slots]
+    def tensors(spec: TensorSpec) -> Iterator[torch.Tensor]:  # lazily: the first pair apart ends a check
+        yield from (pool.tensor(k, spec.name) for k in range(len(pool)))
+        yield from (slot[spec.name] for slot in slots)
 
     run: list[TensorSpec] = []
     for i, (spec, group) in enumerate(members + [(None, -1)]):
@@ -165,11 +170,11 @@ def _runs(pool: ExpertPool, members: list[tuple[TensorSpec, int]], slots: list[d
             or spec.dtype != run[0].dtype
             or any(span([a, b]) is None for a, b in zip(tensors(run[-1]), tensors(spec)))
         ):
-            if len(run) == 1:  # as write_combinations reads a single tensor
-                flat = [t.reshape(-1) for t in tensors(run[0])[: len(pool)]] + [slot[run[0].name].view(-1) for slot in slots]
+            if len(run) == 1:
+                yield Run(members[i - 1][1], run, [slot[run[0].name].view(-1) for slot in slots], None)
             else:
-                flat = [span(column) for column in zip(*map(tensors, run))]
-            yield Run(members[i - 1][1], run, flat[: len(pool)], flat[len(pool) :])
+                flat = [span(column) for column in zip(*(list(tensors(s)) for s in run))]
+                yield Run(members[i - 1][1], run, flat[len(pool) :], flat[: len(pool)])
             run = []
         if spec is not None:
             run.append(spec)

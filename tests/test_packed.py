@@ -73,6 +73,8 @@ def test_held_experts_are_written_in_runs_with_the_same_bits(zoo, tokenizer, mon
         calls.clear()
         resident.load(coefficients)
         assert len(calls) == (len(layout) if hold else len(pool.specs)), hold
+        runs = resident._materializer.direct_runs(resident._destinations)
+        assert all((run.packed_sources is not None) == (len(run.specs) > 1) for run in runs)  # read per write: not kept
         assert sum(calls) == sum(p.numel() for p in resident.model.parameters())  # every element once, tied ones once
         states.append({k: v.clone() for k, v in resident.model.state_dict().items()})
         if hold:  # held again (a second resident model on the pool): nothing is copied again
