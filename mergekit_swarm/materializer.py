@@ -54,7 +54,7 @@ class Materializer:
                 self.streamed.append((spec, group))
         self.flat = {g: FlatGroup(pool, specs, dtype=dtype, accumulator=self.accumulator) for g, specs in members.items()}
         self._arenas: list[Arena] = []
-        self._runs: dict[tuple[int, ...], tuple[Sequence[Destination], list[Run]]] = {}
+        self._runs: dict[tuple[int, ...], tuple[Sequence[Destination], tuple[int, ...], list[Run]]] = {}
 
     def write(self, particles: Sequence[np.ndarray], destinations: Sequence[Destination]) -> None:
         """destinations[p] <- the particle particles[p], in one pass over the experts."""
@@ -91,13 +91,15 @@ class Materializer:
     def direct_runs(self, destinations: Sequence[Destination]) -> list[Run]:
         """The streamed tensors written into `destinations` as they are, in runs: consecutive tensors of
         one group that lie end to end in every expert and every destination (`packed`) form one run,
-        every other tensor is a run of its own. Worked out once per set of destinations."""
+        every other tensor is a run of its own. Worked out once per set of destinations, and again
+        if any of their tensors has moved since (e.g. parameters packed after a first write)."""
         key = tuple(map(id, destinations))
-        if key not in self._runs:  # the destinations are kept with their runs: their ids stay theirs
+        places = tuple(tensor.data_ptr() for d in destinations for tensor in d.direct.values())
+        if key not in self._runs or self._runs[key][1] != places:  # kept with their runs, ids stay theirs
             members = [(spec, g) for spec, g in self.streamed if spec.name in destinations[0].direct]
             slots = [d.direct for d in destinations]
-            self._runs[key] = (destinations, list(_runs(self.pool, members, slots)))
-        return self._runs[key][1]
+            self._runs[key] = (destinations, places, list(_runs(self.pool, members, slots)))
+        return self._runs[key][2]
 
     def _kept_targets(self, destination: Destination) -> dict[str, torch.Tensor]:
         """Direct targets, plus scratch buffers kept for the in-memory sources of conversions."""

@@ -84,3 +84,17 @@ def test_held_experts_are_written_in_runs_with_the_same_bits(zoo, tokenizer, mon
     assert len(pool.specs) > len(layout)
     assert states[0].keys() == states[1].keys()
     assert all(torch.equal(states[0][k].view(torch.int32), states[1][k].view(torch.int32)) for k in states[0])
+
+
+def test_parameters_moved_after_a_first_write_still_get_the_particle(zoo, tokenizer):
+    """The runs of a resident model are worked out again when its tensors have moved since."""
+    pool = open_pool(list(zoo.full))
+    layout = group_layout(pool, "model")
+    resident = ResidentModel(pool, layout, model_source=zoo.full[0], tokenizer=tokenizer, model_dtype=None)
+    first, second = np.random.default_rng(4).dirichlet(np.ones(3), size=(2, len(layout)))
+    resident.load(first)
+    pack_parameters(resident.model, resident.tensors(), pool.tensor_names)
+    resident.load(second)
+    parameters = dict(resident.model.named_parameters())
+    for name, tensor in materialize.combine(pool, layout, second):
+        assert torch.equal(resident.tensors()[name], tensor) and torch.equal(parameters[name], tensor), name

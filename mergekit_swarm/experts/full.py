@@ -51,10 +51,11 @@ class FullModelPool(ExpertPool):
         expert's tensors are packed end to end in checkpoint order (`packed`), so that runs of
         them are combined by a few large operations instead of a few per tensor. Holding them on
         the device they are held on already is a no-op."""
-        if self.held_on == torch.device(device):
+        device = torch.empty(0, device=device).device  # "cuda" and "cuda:0" alike: where tensors really land
+        if self.held_on == device:
             return
-        self.held_on = torch.device(device)
         for k in range(len(self)):
             held = pack([self.tensor(k, spec.name) for spec in self.specs], device)
             for spec, tensor in zip(self.specs, held):
                 self._views[(k, spec.name)] = tensor
+        self.held_on = device  # only once all are there: after an out-of-memory error, holding starts over
