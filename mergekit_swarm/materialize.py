@@ -117,9 +117,8 @@ def write_combinations(
     """
     if weights.shape != (len(targets), len(pool)):
         raise ValueError(f"weights of shape {weights.shape}, expected {(len(targets), len(pool))}")
-    sources = [pool.tensor(k, spec.name).reshape(-1) for k in range(len(pool))]  # memory-mapped views, or small prepared tensors
     write_flat(
-        sources,
+        expert_tensors(pool, spec.name),
         weights,
         [t.view(-1) for t in targets],
         out_dtype or spec.torch_dtype,
@@ -127,6 +126,11 @@ def write_combinations(
         accumulator=accumulator,
         columns=columns,
     )
+
+
+def expert_tensors(pool: ExpertPool, name: str) -> list[torch.Tensor]:
+    """Tensor `name` of every expert, flat: memory-mapped views, or prepared (LoRA) tensors."""
+    return [pool.tensor(k, name).reshape(-1) for k in range(len(pool))]
 
 
 def write_flat(

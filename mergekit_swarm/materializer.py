@@ -19,7 +19,7 @@ import torch
 from mergekit_swarm.checkpoint_layout import Destination
 from mergekit_swarm.experts import ExpertPool, TensorSpec
 from mergekit_swarm.groups import GroupLayout
-from mergekit_swarm.materialize import Accumulator, FlatGroup, check_shape, write_combinations, write_flat
+from mergekit_swarm.materialize import Accumulator, FlatGroup, check_shape, expert_tensors, write_combinations, write_flat
 from mergekit_swarm.packed import span
 
 
@@ -154,7 +154,7 @@ class Run:
     def sources(self, pool: ExpertPool) -> list[torch.Tensor]:
         # a single tensor is read when written, as before runs: a LoRA pool too large to be held in
         # memory prepares its tensors per read, and they must not be kept
-        return self.packed_sources or [pool.tensor(k, self.specs[0].name).reshape(-1) for k in range(len(pool))]
+        return self.packed_sources or expert_tensors(pool, self.specs[0].name)
 
 
 def _runs(pool: ExpertPool, members: list[tuple[TensorSpec, int]], slots: list[dict[str, torch.Tensor]]) -> Iterator[Run]:
