@@ -14,6 +14,7 @@ from pathlib import Path
 from mergekit_swarm.config import load_weights_recipe
 from mergekit_swarm.errors import ConfigError
 from mergekit_swarm.experts import open_recipe_pool
+from mergekit_swarm.names import CARD_FILE
 from mergekit_swarm.options import RunOptions
 from mergekit_swarm.output.card import render_card
 from mergekit_swarm.output.model_folder import write_model_folder
@@ -61,13 +62,14 @@ def apply_recipe(config_file: str | Path, out: str | Path, options: RunOptions |
     layout, coefficients = recipe_coefficients(recipe.merge, pool, recipe.source)
     tokenizer = load_tokenizer(tokenizer_folder(recipe, options.trust_remote_code), recipe, options.trust_remote_code)
 
-    rundir = RunDirectory(Path(out))
-    rundir.open("apply:" + hashlib.sha256(recipe.text.encode()).hexdigest(), resume=False, overwrite=options.overwrite)
+    rundir = RunDirectory(Path(out), "apply")
+    fingerprint = "apply:" + hashlib.sha256(recipe.text.encode()).hexdigest()
+    rundir.open(fingerprint, resume=False, overwrite=options.overwrite, inputs=recipe.inputs())
     with rundir.writing_outputs(resumable=False):  # disk full: one line, nothing left behind
         kind = write_model_folder(rundir.work, recipe, pool, layout, coefficients, options, tokenizer=tokenizer)
         (rundir.work / RECIPE_FILE).write_text(recipe.text, encoding="utf-8")  # as mergekit does: the recipe as given
         if options.write_model_card:
             card = render_card(recipe, title=rundir.out.name, output_kind=kind)
-            (rundir.work / "README.md").write_text(card, encoding="utf-8")
+            (rundir.work / CARD_FILE).write_text(card, encoding="utf-8")
         rundir.publish()
     return rundir.out

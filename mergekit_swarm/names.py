@@ -16,6 +16,24 @@ SWARM_KEYS = ("swarm", "utility", "evaluation")
 STATE_FILE = "swarm_state.json"
 HISTORY_FILE = "swarm_history.jsonl"
 RESULT_FILE = "swarm_result.json"
+HISTORY_PLOT = "swarm_history.png"
+RECIPE_COPY = "swarm.yml"  # the recipe of the run (or comparison), as written
+RECIPE_FILE = "mergekit_config.yml"  # the winner as a vanilla mergekit recipe
+EXAMPLES_FILE = "swarm_examples.json"  # which dev/test examples each expert and the winner get right
+CARD_FILE = "README.md"
+# Files of a comparison's folder (`mergekit-swarm compare`).
+LEADERBOARD = "leaderboard"  # .md, .json, .png
+RECIPES_FOLDER = "recipes"  # one recipe per method
+CURVES_PLOT = "budget_curves.png"
+TEST_EXAMPLES = "test_examples.json"  # each method's (and expert's) score on every test example
+# Written first into every folder `run`, `apply` and `compare` create: what tells our own output
+# (which `--overwrite` may replace and `push` may upload) from a folder of the user's.
+OUTPUT_MARKER = "mergekit_swarm_output.json"
+
+
+def is_output_folder(folder: Path) -> bool:
+    """Whether `folder` was written by mergekit-swarm (`run`, `apply` or `compare`; finished or not)."""
+    return (Path(folder) / OUTPUT_MARKER).is_file()
 
 
 def is_swarm_recipe(path: str | Path) -> bool:

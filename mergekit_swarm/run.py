@@ -19,6 +19,7 @@ from mergekit_swarm.errors import UtilityError
 from mergekit_swarm.experts import ExpertPool
 from mergekit_swarm.groups import GroupLayout
 from mergekit_swarm.materialize import one_hot
+from mergekit_swarm.names import CARD_FILE, HISTORY_PLOT, RECIPE_COPY
 from mergekit_swarm.options import RunOptions
 from mergekit_swarm.output.card import render_card
 from mergekit_swarm.output.emergence import emergence, write_examples
@@ -83,8 +84,9 @@ def run_swarm(recipe: SwarmRecipe, out: str | Path, options: RunOptions | None =
     recipe = recipe.resolve(options)  # Hub models, first
     fingerprint = recipe.fingerprint()
     if options.resume and rundir.finished(fingerprint):
+        result = SwarmResult.read(rundir.out)
         say(f"{rundir.out} already holds the finished run of this recipe")
-        return SwarmResult.read(rundir.out)
+        return result
 
     evaluation = recipe.evaluation
     if options.backend is not None:
@@ -95,7 +97,7 @@ def run_swarm(recipe: SwarmRecipe, out: str | Path, options: RunOptions | None =
     pool, layout = setup.pool, setup.layout
     for note in setup.notes:
         say(f"note: {note}")
-    checkpoint = rundir.open(fingerprint, resume=options.resume, overwrite=options.overwrite)
+    checkpoint = rundir.open(fingerprint, resume=options.resume, overwrite=options.overwrite, inputs=recipe.inputs())
     particles = recipe.swarm.particle_count(len(pool))
     known = {}
     if checkpoint is None:
@@ -221,9 +223,9 @@ def _write_reports(
         f"# Recipe of this run, copied from {Path(recipe.source).name}\n"
         "# (relative paths below are relative to that file's folder)\n"
     )
-    (work / "swarm.yml").write_text(header + recipe.text, encoding="utf-8")
+    (work / RECIPE_COPY).write_text(header + recipe.text, encoding="utf-8")
     best_expert = max((u for u in searched_expert_dev if u is not None), default=None)
-    plot_history(read_history(rundir.state.history_path), best_expert, work / "swarm_history.png")
+    plot_history(read_history(rundir.state.history_path), best_expert, work / HISTORY_PLOT)
     if card:
         text = render_card(
             recipe,
@@ -233,4 +235,4 @@ def _write_reports(
             settings=recipe.swarm,
             utility_type=recipe.utility.type,
         )
-        (work / "README.md").write_text(text, encoding="utf-8")
+        (work / CARD_FILE).write_text(text, encoding="utf-8")

@@ -1,19 +1,25 @@
-"""Writing files safely: atomic replacement, and storage faults reported in one line.
+"""Reading and writing files safely: every fault reported in one line naming the file.
 
 A full disk, a folder the user may not write to or a read-only file system is the storage's
 fault, not the program's: `writing` turns it into an `OutputError` naming the path (the CLI
-prints it as one line and exits 1) instead of a traceback.
+prints it as one line and exits 1) instead of a traceback. On the reading side, `read_text`,
+`read_json` and `read_jsonl` turn a missing, unreadable or non-UTF-8 file, a folder in a file's
+place, invalid JSON and JSON of the wrong type into the caller's error class, naming the file and line.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
-from mergekit_swarm.errors import OutputError
+from mergekit_swarm.errors import OutputError, SwarmError
+
+_JSON_TYPES = {dict: "a JSON object", list: "a JSON array", str: "a JSON string"}
 
 # Failures of the storage rather than of the program: the disk is full, the folder is not ours to
 # write, the file system is read-only. They become one line naming the path (`writing`).
@@ -58,3 +64,62 @@ def write_atomic(path: Path, text: str) -> None:
         with suppress(OSError):
             tmp.unlink(missing_ok=True)
         raise OSError(exc.errno, exc.strerror, str(path)) from None
+
+
+def read_text(path: Path, error: type[SwarmError], what: str = "file") -> str:
+    """The content of a UTF-8 text file; any reason it cannot be read is `error`, in one line naming
+    the file (`what` it is, e.g. "data file", and its path)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise error(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise error(f"{what} {path} is a folder, not a file") from None
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise error(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save the file as UTF-8") from None
+
+
+def parse_json(text: str, where: str, error: type[SwarmError], expect: type = dict) -> Any:
+    """`text` parsed as JSON of type `expect` (`where`: the file, or file:line, for messages)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{where}: invalid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    if not isinstance(value, expect) or isinstance(value, bool):
+        raise error(f"{where}: expected {_JSON_TYPES.get(expect, expect.__name__)}, found {_json_type(value)}")
+    return value
+
+
+def read_json(path: Path, error: type[SwarmError], expect: type = dict, what: str = "file") -> Any:
+    """A JSON file holding a value of type `expect` (an object by default); faults are `error`, naming it."""
+    return parse_json(read_text(path, error, what), str(path), error, expect)
+
+
+def read_jsonl(path: Path, error: type[SwarmError], expect: type = object, what: str = "file") -> list[tuple[int, Any]]:
+    """The (line number, value) of every non-blank line of a JSON-lines file; faults name file and line."""
+    text = read_text(path, error, what)
+    return [
+        (number, parse_json(line, f"{path}:{number}", error, expect))
+        for number, line in enumerate(text.splitlines(), start=1)
+        if line.strip()
+    ]
+
+
+def required(mapping: dict, key: str, where: str, error: type[SwarmError], expect: type = object) -> Any:
+    """`mapping[key]`, which must exist and be of type `expect`; else `error` naming `where` and the key."""
+    if key not in mapping:
+        raise error(f"{where}: missing key {key!r}")
+    value = mapping[key]
+    if not isinstance(value, expect) or (isinstance(value, bool) and expect is not bool):
+        raise error(f"{where}: {key!r} must be {_JSON_TYPES.get(expect, expect.__name__)}, found {_json_type(value)}")
+    return value
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)

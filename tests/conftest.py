@@ -19,6 +19,14 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 SKILLS = ("reverse", "sort", "copy")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def digest_cache(tmp_path_factory) -> Path:
+    """The fingerprints' digest cache of this test session, never the user's own (~/.cache)."""
+    folder = tmp_path_factory.mktemp("digest-cache")
+    os.environ["MERGEKIT_SWARM_CACHE"] = str(folder)
+    return folder
+
+
 @dataclass(frozen=True)
 class Zoo:
     base: Path

@@ -68,7 +68,7 @@ def test_errors_are_one_line_with_a_non_zero_exit(runner, recipe_factory, tmp_pa
     assert not (tmp_path / "out").exists() and not (tmp_path / ".out.partial").exists()
 
     missing = runner.invoke(main, [str(tmp_path / "nope.yml"), str(tmp_path / "out")])
-    assert missing.exit_code == 1 and missing.stderr.startswith("error: cannot read recipe")
+    assert missing.exit_code == 1 and missing.stderr == f"error: recipe {tmp_path / 'nope.yml'} does not exist\n"
 
 
 def test_merge_lora_on_full_models_is_refused_before_any_work(runner, recipe_factory, tmp_path):

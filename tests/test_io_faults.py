@@ -20,7 +20,7 @@ from mergekit_swarm.apply import apply_recipe
 from mergekit_swarm.cli import main
 from mergekit_swarm.config import load_recipe
 from mergekit_swarm.errors import OutputError
-from mergekit_swarm.names import HISTORY_FILE, STATE_FILE
+from mergekit_swarm.names import HISTORY_FILE, OUTPUT_MARKER, STATE_FILE
 from mergekit_swarm.options import RunOptions
 from mergekit_swarm.run import run_swarm
 
@@ -80,7 +80,7 @@ def test_disk_full_on_a_real_file_system_then_resume(recipe_factory, reference, 
     assert "No space left on device" in message and "--resume" in message
     assert not out.exists()
     kept = sorted(p.name for p in (small_disk / ".out.partial").iterdir())
-    assert kept == sorted([STATE_FILE, HISTORY_FILE])  # no torn weights
+    assert kept == sorted([OUTPUT_MARKER, STATE_FILE, HISTORY_FILE])  # no torn weights
 
     subprocess.run(["mount", "-o", "remount,size=8m", str(small_disk)], check=True)  # space freed
     _same_search(run_swarm(load_recipe(recipe), out, RunOptions(quiet=True, resume=True)), reference["full"])
@@ -104,7 +104,7 @@ def test_disk_full_while_writing_the_weights_keeps_the_search(recipe_factory, re
         run_swarm(load_recipe(recipe), out, QUIET)
     assert str(err.value).startswith(f"cannot write {tmp_path}/.out.partial: No space left on device; the search so far is kept")
     assert not out.exists()
-    assert sorted(p.name for p in (tmp_path / ".out.partial").iterdir()) == sorted([STATE_FILE, HISTORY_FILE])
+    assert sorted(p.name for p in (tmp_path / ".out.partial").iterdir()) == sorted([OUTPUT_MARKER, STATE_FILE, HISTORY_FILE])
 
     monkeypatch.undo()
     _same_search(run_swarm(load_recipe(recipe), out, RunOptions(quiet=True, resume=True)), reference[kind])

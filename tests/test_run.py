@@ -10,6 +10,7 @@ import torch
 
 from mergekit_swarm.config import load_recipe
 from mergekit_swarm.errors import OutputError, UtilityError
+from mergekit_swarm.names import OUTPUT_MARKER
 from mergekit_swarm.output.result import SwarmResult
 from mergekit_swarm.run import RunOptions, run_swarm
 from mergekit_swarm.utilities.data import load_examples
@@ -106,7 +107,7 @@ def test_reports_card_plot_and_recipe_copy(zoo, recipe_factory, tmp_path):
     out = tmp_path / "out"
     result = run_swarm(load_recipe(recipe_path), out, QUIET)
     card = (out / "README.md").read_text()
-    assert card.startswith("---\nbase_model: []\nlibrary_name: peft\ntags:\n- merge\n- mergekit\n- model-swarms\n---")
+    assert card.startswith("---\nlibrary_name: peft\ntags:\n- merge\n- mergekit\n- model-swarms\n---")
     for name, dev, test in zip(result.experts, result.expert_dev, result.expert_test):
         assert f"| {name} | {dev:.4f} | {test:.4f} |" in card
     assert f"| **swarm winner** | **{result.winner_dev:.4f}** | **{result.winner_test:.4f}** |" in card
@@ -138,8 +139,12 @@ def test_existing_output_is_refused_unless_overwrite(recipe_factory, tmp_path):
         run_swarm(recipe, out, QUIET)
     assert (out / "precious.txt").read_text() == "user data"
     assert not (tmp_path / ".out.partial").exists()
+    with pytest.raises(OutputError, match="is not an output of mergekit-swarm .* --overwrite only replaces an earlier output"):
+        run_swarm(recipe, out, RunOptions(quiet=True, overwrite=True))  # a folder of the user's: never replaced
+    assert (out / "precious.txt").read_text() == "user data" and not (tmp_path / ".out.partial").exists()
+    (out / "precious.txt").unlink()  # an empty folder made for the output is fine
     run_swarm(recipe, out, RunOptions(quiet=True, overwrite=True))
-    assert not (out / "precious.txt").exists() and (out / "adapter_model.safetensors").exists()
+    assert (out / "adapter_model.safetensors").exists()
     with pytest.raises(OutputError, match="already holds a finished run of this recipe"):
         run_swarm(recipe, out, QUIET)
     first = SwarmResult.read(out)
@@ -198,7 +203,7 @@ def test_unreadable_checkpoint_is_never_discarded_silently(recipe_factory, tmp_p
     (partial / "swarm_history.jsonl").write_text('{"iteration": 0}\n' * 100)
     (partial / "swarm_state.json").write_text('{"format": 99}')
     for options in (QUIET, RunOptions(quiet=True, resume=True)):
-        with pytest.raises(OutputError, match="cannot be read .* pass --overwrite to discard"):
+        with pytest.raises(OutputError, match="written by another version of mergekit-swarm .* pass --overwrite to discard"):
             run_swarm(recipe, tmp_path / "out", options)
     assert len((partial / "swarm_history.jsonl").read_text().splitlines()) == 100
     run_swarm(recipe, tmp_path / "out", RunOptions(quiet=True, overwrite=True))
@@ -209,6 +214,10 @@ def test_a_partial_folder_without_checkpoint_does_not_block_the_next_run(recipe_
     partial = tmp_path / ".out.partial"
     partial.mkdir()
     (partial / "swarm_history.jsonl").write_text("")  # e.g. the model failed to load last time
+    with pytest.raises(OutputError, match="is in the way and is not an interrupted run of mergekit-swarm"):
+        run_swarm(load_recipe(recipe_factory("lora")), tmp_path / "out", QUIET)  # without our marker: not ours
+    assert (partial / "swarm_history.jsonl").exists()
+    (partial / OUTPUT_MARKER).write_text("{}")  # what a run writes first into its partial folder
     run_swarm(load_recipe(recipe_factory("lora")), tmp_path / "out", QUIET)
     assert (tmp_path / "out" / "adapter_model.safetensors").exists()
 

@@ -14,12 +14,13 @@ import yaml
 
 from mergekit_swarm.compare import search_baselines as search
 from mergekit_swarm.compare.baselines import BASELINE_FUNCTIONS, TITLES, Choice, ExpertScores, expert_mix
-from mergekit_swarm.compare.curves import CURVES_PLOT, plot_budget_curves
+from mergekit_swarm.compare.curves import plot_budget_curves
 from mergekit_swarm.compare.leaderboard import Entry, Leaderboard
 from mergekit_swarm.compare.options import CompareOptions
 from mergekit_swarm.compare.scoring import LORA_CACHE, Candidate, MergekitMerge, Mix, Scorer
 from mergekit_swarm.config import SwarmRecipe
 from mergekit_swarm.console import format_utility, printer
+from mergekit_swarm.names import CURVES_PLOT, RECIPE_COPY, RECIPES_FOLDER, TEST_EXAMPLES
 from mergekit_swarm.options import RunOptions
 from mergekit_swarm.output.emergence import emergence
 from mergekit_swarm.output.recipe import recipe_of
@@ -28,8 +29,6 @@ from mergekit_swarm.search.evaluator import Evaluation
 from mergekit_swarm.search.setup import SearchSetup, prepare
 from mergekit_swarm.storage import writing
 
-RECIPES = "recipes"
-TEST_EXAMPLES = "test_examples.json"  # each method's (and expert's) score on every test example
 BUDGETED = ("swarm", "search")  # families whose methods get a budget curve
 
 
@@ -77,8 +76,8 @@ def run_comparison(
     say = printer(options.quiet)
     recipe = recipe.resolve(options)
     setup = prepare(recipe, options, recipe.swarm.granularity)
-    rundir = RunDirectory(Path(out))
-    rundir.open("compare:" + recipe.fingerprint(), resume=False, overwrite=options.overwrite)
+    rundir = RunDirectory(Path(out), "compare")
+    rundir.open("compare:" + recipe.fingerprint(), resume=False, overwrite=options.overwrite, inputs=recipe.inputs())
     try:
         with writing(rundir.work):  # disk full: one line naming the file
             board = _compare(recipe, setup, compare, options, rundir.work, say)
@@ -172,7 +171,7 @@ def _compare(
     if scorer.has_test():
         tests.write(work / TEST_EXAMPLES, examples, setup.pool.names if per_example else ())
     header = f"# Recipe of this comparison, copied from {Path(recipe.source).name}\n"
-    (work / "swarm.yml").write_text(header + recipe.text, encoding="utf-8")
+    (work / RECIPE_COPY).write_text(header + recipe.text, encoding="utf-8")
     return board
 
 
@@ -226,16 +225,16 @@ def _write_recipe(folder: Path, method: str, title: str, choice: Choice, scorer:
     recipe = scorer.setup.recipe
     if isinstance(candidate, MergekitMerge):
         seed = f" --random-seed {scorer.seed}" if "dare" in method else ""  # DARE's random drops
-        text = f"# {title}: `mergekit-yaml {RECIPES}/{method}.yml out/{seed}` reproduces it\n" + yaml.safe_dump(
+        text = f"# {title}: `mergekit-yaml {RECIPES_FOLDER}/{method}.yml out/{seed}` reproduces it\n" + yaml.safe_dump(
             candidate.published, sort_keys=False
         )
     else:
         assert isinstance(candidate, Mix)
         layout = scorer.layout(candidate.granularity)
-        text = f"# {title}: `mergekit-swarm apply {RECIPES}/{method}.yml out/` reproduces it\n" + recipe_of(
-            recipe, scorer.setup.pool, layout, candidate.coefficients, file=f"{RECIPES}/{method}.yml"
+        text = f"# {title}: `mergekit-swarm apply {RECIPES_FOLDER}/{method}.yml out/` reproduces it\n" + recipe_of(
+            recipe, scorer.setup.pool, layout, candidate.coefficients, file=f"{RECIPES_FOLDER}/{method}.yml"
         )
-    path = folder / RECIPES / f"{method}.yml"
+    path = folder / RECIPES_FOLDER / f"{method}.yml"
     path.parent.mkdir(exist_ok=True)
     path.write_text(text, encoding="utf-8")
-    return f"{RECIPES}/{method}.yml"
+    return f"{RECIPES_FOLDER}/{method}.yml"

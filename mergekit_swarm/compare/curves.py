@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-CURVES_PLOT = "budget_curves.png"
 TESTED_POINTS = 6  # incumbents scored on test per method: at 1/6, 2/6, ... of its evaluations
 
 

@@ -10,11 +10,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mergekit_swarm.compare.curves import CURVES_PLOT
 from mergekit_swarm.console import format_utility
-from mergekit_swarm.names import PAPER_URL
-
-LEADERBOARD = "leaderboard"
+from mergekit_swarm.names import CARD_FILE, CURVES_PLOT, LEADERBOARD, PAPER_URL
 
 
 @dataclass
@@ -94,7 +91,7 @@ class Leaderboard:
         (folder / f"{LEADERBOARD}.json").write_text(self.to_json(), encoding="utf-8")
         (folder / f"{LEADERBOARD}.md").write_text(self.markdown(), encoding="utf-8")
         plot_leaderboard(self, folder / f"{LEADERBOARD}.png")
-        (folder / "README.md").write_text(self.card(), encoding="utf-8")
+        (folder / CARD_FILE).write_text(self.card(), encoding="utf-8")
 
     def card(self) -> str:
         recipes = [f"* {e.title}: `{e.recipe}`" for e in self.ranked() if e.recipe]

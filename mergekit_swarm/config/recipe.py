@@ -19,13 +19,14 @@ import yaml
 from pydantic import ValidationError
 
 from mergekit_swarm.config.evaluation import EvaluationSettings
-from mergekit_swarm.errors import ConfigError
-from mergekit_swarm.fingerprints import folder_identity, path_identity
-from mergekit_swarm.hub import HubModel, check_adapter_base, download, looks_like_repo_id
+from mergekit_swarm.errors import ConfigError, ExpertError
+from mergekit_swarm.fingerprints import DigestCache, identities
+from mergekit_swarm.hub import HubModel, allowed_files, check_adapter_base, download, looks_like_repo_id
 from mergekit_swarm.names import METHOD_NAME, SWARM_KEYS, display_names
 from mergekit_swarm.options import RunOptions
 from mergekit_swarm.pso.settings import SwarmSettings
 from mergekit_swarm.schema import format_validation_error, unknown_key_message
+from mergekit_swarm.storage import read_json, read_text
 from mergekit_swarm.utilities import UtilityConfig, validate_utility
 
 UNION = "union"
@@ -73,7 +74,7 @@ class MergeRecipe:
         if isinstance(self.base_model, HubModel):
             for i, folder in enumerate(experts):
                 if (folder / "adapter_config.json").exists():
-                    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+                    config = read_json(folder / "adapter_config.json", ExpertError)
                     check_adapter_base(config, str(self.base_model), f"{self.source}: models[{i}]")
         merge = _with_absolute_paths(self.merge, experts, base)  # mergekit helpers then read the snapshots
         return replace(self, merge=merge, experts=experts, base_model=base, tokenizer_source=tokenizer, hub_ids=hub_ids)
@@ -91,6 +92,13 @@ class MergeRecipe:
     def expert_names(self) -> list[str]:
         """Short names for tables: the Hub id, or the folder name (with its parent if two collide)."""
         return display_names(self.experts, self.hub_ids)
+
+    def inputs(self) -> list[Path]:
+        """The local files and folders this recipe reads: the recipe file, the experts, the base model and
+        the tokenizer source (after `resolve()`, Hub models are their snapshot folders). Read-only to us."""
+        models = [*self.experts, self.base_model, self.tokenizer_source]
+        recipe_file = [Path(self.source)] if Path(self.source).is_file() else []
+        return recipe_file + [m for m in models if isinstance(m, Path)]
 
     def hub_models(self) -> list[str]:
         """The Hub ids (without revision) among the base and the experts, base first."""
@@ -119,20 +127,29 @@ class SwarmRecipe(MergeRecipe):
     utility: UtilityConfig
     evaluation: EvaluationSettings = EvaluationSettings()
 
+    def inputs(self) -> list[Path]:
+        """As `MergeRecipe.inputs`, plus what the utility reads: data files, python utility files,
+        reward and judge models, lm-eval task folders."""
+        return [*super().inputs(), *self.utility.input_paths()]
+
     def fingerprint(self) -> str:
-        """Identifies the search (settings, objective files, experts' weights): the same
-        fingerprint resumes, a different one is refused. `evaluation:` is not part of it."""
+        """Identifies the search (settings, the objective's files, the experts' and base model's weights,
+        configs and tokenizer files, every byte hashed): the same fingerprint resumes, a different one
+        is refused. `evaluation:` is not part of it. Digests are cached (`fingerprints.DigestCache`)."""
         models = [*self.experts, *([self.base_model] if self.base_model else [])]
+        files = self.utility.input_files()
+        ids = identities([*files, *models], allowed_files(allow_pickle=True, trust_remote_code=True), DigestCache())
         swarm = self.swarm.model_dump(mode="json")
-        if not swarm["stall_probes"]:  # without probes, the fingerprint of a run started before they existed
-            del swarm["stall_probes"], swarm["probe_radius"]
+        if not swarm["stall_probes"]:
+            del swarm["probe_radius"]  # unused without probes: changing it changes no search
         payload = {
             "merge": self.merge.model_dump(mode="json"),
             "swarm": swarm,
             "utility": self.utility.model_dump(mode="json"),
-            "files": {str(p): path_identity(p) for p in self.utility.input_files()},
+            "files": {str(p): ids[str(p)] for p in files},
             # keyed by Hub id or path, not by cache folder: another --transformers-cache resumes
-            "models": {self.reference(p): folder_identity(p) for p in models},
+            "models": {self.reference(p): ids[str(p)] for p in models},
+            "packages": self.utility.package_versions(),
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -176,7 +193,10 @@ def load_weights_recipe(path: str | Path) -> MergeRecipe:
     if isinstance(data, dict) and any(key in data for key in SWARM_KEYS):
         raise ConfigError(f"{source}: this is a search recipe (swarm:/utility:); run it with `mergekit-swarm {source} OUT`")
     method = data.get("merge_method") if isinstance(data, dict) else None
-    normalize = ((data.get("parameters") or {}).get("normalize") if isinstance(data, dict) else None) is False
+    parameters = data.get("parameters") if isinstance(data, dict) else None
+    if parameters is not None and not isinstance(parameters, dict):
+        raise ConfigError(f"{source}: parameters: must be a mapping (e.g. normalize: false)")
+    normalize = (parameters or {}).get("normalize") is False
     if not (method == METHOD_NAME or (method == "linear" and normalize)):
         raise ConfigError(
             f"{source}: merge_method is {method!r}; apply takes {METHOD_NAME} or linear with normalize: false "
@@ -232,10 +252,7 @@ def parse_recipe(data: Any, *, base_dir: Path, source: str = "recipe", text: str
 
 def _read(path: str | Path) -> tuple[Any, str, Path]:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read recipe {path}: {exc.strerror}") from None
+    text = read_text(path, ConfigError, what="recipe")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -13,7 +13,6 @@ of different ranks and scalings, every adapter is brought to one common form fir
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import warnings
@@ -24,6 +23,7 @@ import torch
 
 from mergekit_swarm.errors import ExpertError
 from mergekit_swarm.experts.pool import ExpertPool, TensorSpec, open_checkpoint
+from mergekit_swarm.storage import read_json
 
 # base_model.model.<module>.lora_A.weight / .lora_embedding_B (embeddings have no .weight)
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?:embedding_)?(?P<side>[AB])(?:\.weight)?$")
@@ -36,12 +36,9 @@ _UNSUPPORTED = {"use_dora": "DoRA", "lora_bias": "lora_bias", "use_qalora": "QAL
 
 def read_adapter_config(folder: Path) -> dict[str, Any]:
     path = folder / "adapter_config.json"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ExpertError(f"{folder} is not a PEFT adapter folder (no adapter_config.json)") from None
-    except ValueError as exc:
-        raise ExpertError(f"{path}: invalid JSON ({exc})") from None
+    if not path.exists():
+        raise ExpertError(f"{folder} is not a PEFT adapter folder (no adapter_config.json)")
+    config = read_json(path, ExpertError)
     if config.get("peft_type") != "LORA":
         raise ExpertError(f"{path}: peft_type is {config.get('peft_type')!r}; only LORA adapters can be swarmed")
     for key, label in _UNSUPPORTED.items():

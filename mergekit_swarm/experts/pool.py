@@ -8,7 +8,6 @@ materialising a particle never holds more than one tensor per expert at a time.
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import cached_property
@@ -19,6 +18,7 @@ from safetensors import safe_open
 
 from mergekit_swarm.errors import ExpertError
 from mergekit_swarm.names import display_names
+from mergekit_swarm.storage import read_json, required
 
 STORED_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
@@ -218,11 +218,13 @@ def open_checkpoint(folder: Path, stem: str, what: str, *, allow_pickle: bool = 
 
 
 def _weight_map(folder: Path, index: Path) -> dict[str, str]:
-    try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (ValueError, KeyError) as exc:
-        raise ExpertError(f"{index}: not a weights index ({exc})") from None
-    missing = sorted({f for f in weight_map.values() if not (folder / f).exists()})
+    """The tensor -> shard map of a sharded checkpoint's index; every shard is a file of `folder`
+    itself (a name with `/`, `..` or an absolute path could reach any file on the machine)."""
+    weight_map = required(read_json(index, ExpertError), "weight_map", str(index), ExpertError, dict)
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str) or Path(shard).name != shard or shard in ("", ".", ".."):
+            raise ExpertError(f"{index}: tensor {name!r} is mapped to {shard!r}, which is not a file name in {folder}")
+    missing = sorted({f for f in weight_map.values() if not (folder / f).is_file()})
     if missing:
         raise ExpertError(f"{index} lists shard {missing[0]!r}, which does not exist")
     return weight_map

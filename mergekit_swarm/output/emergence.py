@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-EXAMPLES_FILE = "swarm_examples.json"
+from mergekit_swarm.names import EXAMPLES_FILE
 
 PerExample = Mapping[str, Sequence[float]]  # component ("" for one utility) -> each example's score
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from mergekit_swarm.errors import OutputError
+from mergekit_swarm.storage import read_jsonl
 
 
 def read_history(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    return [record for _, record in read_jsonl(path, OutputError, dict, what="history")]
 
 
 def plot_history(history: list[dict], best_expert: float | None, path: Path) -> None:

@@ -25,9 +25,7 @@ from mergekit_swarm.config import MergeRecipe
 from mergekit_swarm.errors import ConfigError
 from mergekit_swarm.experts import ExpertPool, LoraPool
 from mergekit_swarm.groups import GroupLayout
-from mergekit_swarm.names import METHOD_NAME
-
-RECIPE_FILE = "mergekit_config.yml"
+from mergekit_swarm.names import METHOD_NAME, RECIPE_FILE
 
 _HEADER = {
     "full": "# The swarm's winner as a vanilla mergekit recipe: `mergekit-yaml {file} out/` reproduces its\n"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from mergekit_swarm.console import format_utility
+from mergekit_swarm.errors import OutputError
 from mergekit_swarm.names import RESULT_FILE
 from mergekit_swarm.output.emergence import sentence
+from mergekit_swarm.storage import read_json
 
 
 @dataclass
@@ -41,7 +43,16 @@ class SwarmResult:
 
     @classmethod
     def read(cls, folder: Path) -> SwarmResult:
-        return cls(**json.loads((folder / RESULT_FILE).read_text(encoding="utf-8")))
+        path = folder / RESULT_FILE
+        data = read_json(path, OutputError)
+        known = {f.name: f for f in fields(cls)}
+        for key in data:
+            if key not in known:
+                raise OutputError(f"{path}: not a run's result (unknown key {key!r})")
+        for key, spec in known.items():
+            if key not in data and spec.default is MISSING and spec.default_factory is MISSING:
+                raise OutputError(f"{path}: not a run's result (missing key {key!r})")
+        return cls(**data)
 
     def summary(self) -> str:
         """A plain-text table: each expert's dev/test utility, then the winner's."""

@@ -19,9 +19,9 @@ from typing import Any
 from mergekit_swarm.errors import OutputError
 from mergekit_swarm.names import HISTORY_FILE, STATE_FILE
 from mergekit_swarm.pso import SwarmState
-from mergekit_swarm.storage import write_atomic, writing
+from mergekit_swarm.storage import read_json, required, write_atomic, writing
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: fingerprints hash every byte of the inputs
 
 
 @dataclass
@@ -49,22 +49,31 @@ class Checkpoint:
         }
 
     @classmethod
+    def load(cls, path: Path) -> Checkpoint:
+        """The checkpoint at `path`; an OutputError naming it if it cannot be read or is not ours."""
+        data = read_json(path, OutputError, what="checkpoint")
+        if data.get("format") != FORMAT_VERSION:
+            raise OutputError(f"{path} was written by another version of mergekit-swarm (format {data.get('format')!r})")
+        where = str(path)
+        try:
+            return cls(
+                fingerprint=required(data, "fingerprint", where, OutputError, str),
+                state=SwarmState.from_dict(required(data, "state", where, OutputError, dict)),
+                history_bytes=required(data, "history_bytes", where, OutputError, int),
+                failed=required(data, "failed", where, OutputError, int),
+                skipped=required(data, "skipped", where, OutputError, int),
+                fallbacks=required(data, "fallbacks", where, OutputError, int),
+                expert_dev=data.get("expert_dev"),
+            )
+        except (KeyError, ValueError, TypeError) as exc:  # inside the search state
+            raise OutputError(f"{path}: not a search state ({type(exc).__name__}: {exc})") from None
+
+    @classmethod
     def read(cls, path: Path) -> Checkpoint | None:
         """The checkpoint at `path`, or None if there is none or it is not ours."""
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if data.get("format") != FORMAT_VERSION:
-                return None
-            return cls(
-                fingerprint=data["fingerprint"],
-                state=SwarmState.from_dict(data["state"]),
-                history_bytes=data["history_bytes"],
-                failed=data["failed"],
-                skipped=data["skipped"],
-                fallbacks=data.get("fallbacks", 0),  # absent from checkpoints of earlier versions
-                expert_dev=data["expert_dev"],
-            )
-        except (OSError, ValueError, KeyError, TypeError):
+            return cls.load(path)
+        except OutputError:
             return None
 
 
@@ -115,6 +124,9 @@ class RunState:
 
     def read(self) -> Checkpoint | None:
         return Checkpoint.read(self.checkpoint_path)
+
+    def load(self) -> Checkpoint:
+        return Checkpoint.load(self.checkpoint_path)
 
     def save(self, checkpoint: Checkpoint) -> None:
         with writing(self.checkpoint_path, resumable=True):

@@ -94,7 +94,20 @@ class UtilityConfig(StrictSection):
     def input_files(self) -> list[Path]:
         """Files and model folders that define the objective (part of the run's fingerprint),
         found in this section and the sections nested in it."""
-        return list(_paths(self))
+        return list(_paths(self, "input_files"))
+
+    def input_paths(self) -> list[Path]:
+        """The files and folders this section names (data, models, task folders, utility files):
+        what a run must never write into or replace."""
+        return list(_paths(self, "input_paths"))
+
+    def package_versions(self) -> dict[str, str]:
+        """Versions of installed packages that define the objective (e.g. lm-eval's registry tasks),
+        part of the run's fingerprint."""
+        versions: dict[str, str] = {}
+        for nested in _nested_utilities(self):
+            versions.update(nested.package_versions())
+        return versions
 
     def may_be_negative(self) -> bool:
         """Whether the utility can score below 0 (a harmonic mean needs scores >= 0)."""
@@ -180,12 +193,31 @@ def validate_utility(data: Any, context: dict | None = None) -> UtilityConfig:
     return UTILITIES[kind].model_validate(data, context=context)
 
 
-def _paths(value: Any):
-    if isinstance(value, Path):
-        yield value
-    elif isinstance(value, StrictSection):
-        for item in value.__dict__.values():
-            yield from _paths(item)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _paths(item)
+def _paths(section: StrictSection, method: str):
+    """The paths of a section's fields; a nested utility (a multitask component) answers for itself."""
+    for value in _leaves(section):
+        if isinstance(value, Path):
+            yield value
+        elif isinstance(value, UtilityConfig):
+            yield from getattr(value, method)()
+
+
+def _nested_utilities(section: StrictSection):
+    return [value for value in _leaves(section) if isinstance(value, UtilityConfig)]
+
+
+def _leaves(section: StrictSection):
+    """The values of a section's fields, through nested sections and lists; nested utilities whole."""
+
+    def walk(value: Any):
+        if isinstance(value, StrictSection) and not isinstance(value, UtilityConfig):
+            for item in value.__dict__.values():
+                yield from walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                yield from walk(item)
+        else:
+            yield value
+
+    for item in section.__dict__.values():
+        yield from walk(item)

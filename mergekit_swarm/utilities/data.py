@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import string
 from dataclasses import dataclass
 from pathlib import Path
 
 from mergekit_swarm.errors import UtilityError
+from mergekit_swarm.storage import read_jsonl
 
 LETTERS = string.ascii_uppercase
 
@@ -23,19 +23,8 @@ class Example:
 def load_examples(path: Path, *, multiple_choice: bool = False, answers: bool = True) -> list[Example]:
     """Read and check every line; errors name the file and line. With `answers=False`
     (reward model, judge) only `prompt` is required."""
-    if not path.is_file():
-        raise UtilityError(f"data file {path} does not exist")
-    examples = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                raise UtilityError(f"{where}: invalid JSON ({exc})") from None
-            examples.append(_example(row, where, multiple_choice, answers))
+    rows = read_jsonl(path, UtilityError, what="data file")
+    examples = [_example(row, f"{path}:{number}", multiple_choice, answers) for number, row in rows]
     if not examples:
         raise UtilityError(f"data file {path} has no examples")
     return examples

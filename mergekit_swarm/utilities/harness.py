@@ -152,3 +152,12 @@ class LmEvalConfig(UtilityConfig):
         if self.include_path is None or not self.include_path.is_dir():
             return []
         return sorted(p for p in self.include_path.rglob("*") if p.is_file())  # the task YAMLs, one by one
+
+    def package_versions(self) -> dict[str, str]:
+        """Tasks of lm-eval's own registry are defined by the installed lm-eval."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return {"lm_eval": version("lm_eval")}
+        except PackageNotFoundError:
+            return {}

@@ -42,6 +42,18 @@ def load_function(spec: str) -> Callable:
     return function
 
 
+def _source_file(spec: str) -> Path | None:
+    target = spec.rpartition(":")[0]
+    if target.endswith(".py"):
+        return Path(target)
+    try:
+        found = importlib.util.find_spec(target)  # imports the parent packages of a dotted name, not the module
+    except (ImportError, ValueError):
+        return None  # reported when the utility is built
+    origin = getattr(found, "origin", None)
+    return Path(origin) if origin and Path(origin).is_file() else None
+
+
 class PythonUtility(Utility):
     def __init__(self, function: Callable):
         self.function = function
@@ -78,8 +90,13 @@ class PythonConfig(UtilityConfig):
         return value
 
     def input_files(self) -> list[Path]:
-        specs = [s for s in (self.function, self.test_function) if s]
-        return [Path(s.rpartition(":")[0]) for s in specs if s.rpartition(":")[0].endswith(".py")]
+        """The utility's source: the file it names, or the installed module's own file (found, not run)."""
+        sources = [_source_file(spec) for spec in (self.function, self.test_function) if spec]
+        return [source for source in sources if source is not None]
+
+    def input_paths(self) -> list[Path]:
+        targets = [s.rpartition(":")[0] for s in (self.function, self.test_function) if s]
+        return [Path(t) for t in targets if t.endswith(".py")]
 
     def may_be_negative(self) -> bool:
         return True  # unknown: refused under a harmonic mean rather than failing every evaluation
