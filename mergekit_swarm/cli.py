@@ -195,11 +195,18 @@ def compare(
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @click.argument("repo_id")
 @_with(_PUSH[1:])
+@click.option(  # push only: a run's fresh folder holds nothing else to add
+    "--include",
+    multiple=True,
+    metavar="PATTERN",
+    help="Also upload the files (or folders) matching PATTERN, relative to FOLDER; repeatable. Dotfiles only when named.",
+)
 def push(folder: str, repo_id: str, **options) -> None:
-    """Push a finished output FOLDER to the Hub repo REPO_ID (created if needed).
+    """Push an output FOLDER of run, apply or compare to the Hub repo REPO_ID (created if needed).
 
-    The token comes from `hf auth login` or HF_TOKEN; swarm_state.json stays local unless
-    --include-state.
+    Only the files those commands write are uploaded (weights, configs, tokenizer, card, recipes,
+    history, plots, results); swarm_state.json only with --include-state, anything else only with
+    --include. The token comes from `hf auth login` or HF_TOKEN.
     """
     _push(folder, repo_id, options, quiet=False)
 

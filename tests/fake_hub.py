@@ -47,12 +47,14 @@ class FakeHub:
         monkeypatch.setenv("HF_ENDPOINT", endpoint)
         monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
         monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+        monkeypatch.setenv("HF_HUB_DISABLE_UPDATE_CHECK", "1")  # the `hf` CLI would ask PyPI for a newer version
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         import huggingface_hub.constants as constants
 
         monkeypatch.setattr(constants, "ENDPOINT", endpoint)
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_UPDATE_CHECK", True)
         _http.set_client_factory(  # as the default factory, with our transport: offline mode and debug logging included
             lambda: httpx2.Client(
                 transport=httpx2.MockTransport(self.handle),
@@ -64,6 +66,10 @@ class FakeHub:
 
     def paths(self, method: str | None = None, prefix: str = "") -> list[str]:
         return [r.path for r in self.requests if (method is None or r.method == method) and r.path.startswith(prefix)]
+
+    def uploaded(self, repo: str) -> set[str]:
+        """Every path committed to `repo`, over all its commits (a client may split a folder into several)."""
+        return {path for commit in self.commits if commit["repo"] == repo for path in commit["files"]}
 
     def _json(self, status: int, payload) -> httpx2.Response:
         return httpx2.Response(status, json=payload)

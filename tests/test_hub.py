@@ -15,6 +15,7 @@ from mergekit_swarm.cli import main
 from mergekit_swarm.config import load_recipe
 from mergekit_swarm.errors import ExpertError
 from mergekit_swarm.hub import HubError, HubModel, PushRequest, download, push
+from mergekit_swarm.names import OUTPUT_MARKER, STATE_FILE
 from mergekit_swarm.options import RunOptions
 from mergekit_swarm.run import run_swarm
 from tests.conftest import write_recipe
@@ -113,6 +114,7 @@ def test_adapter_card_names_its_base_and_push_leaves_the_state_out(hub_lora_run)
         "swarm_result.json",
         "tokenizer.json",
         "tokenizer_config.json",
+        OUTPUT_MARKER,
     }  # everything but swarm_state.json
     assert commit["header"]["summary"] == "swarm winner"
     card = commit["files"]["README.md"].decode()
@@ -378,3 +380,136 @@ def test_every_command_fetches_code_files_only_with_trust_remote_code(hub, zoo, 
     assert "modeling_custom.py" not in fetched() and "config.json" in fetched()
     apply_recipe(recipe, tmp_path / "trusted", RunOptions(quiet=True, trust_remote_code=True))
     assert "modeling_custom.py" in fetched()
+
+
+def test_push_refuses_a_folder_that_is_not_an_output_and_uploads_nothing(hub, tmp_path):
+    """A project folder with a card, weights and a .env was once uploaded in full."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "README.md").write_text("# my project\n")
+    (project / "model.safetensors").write_bytes(b"weights")
+    (project / ".env").write_text(f"HF_TOKEN={TOKEN}\n")
+    result = CliRunner().invoke(main, ["push", str(project), "org/project"])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        f"error: {project.resolve()} is not an output folder of mergekit-swarm (it has no {OUTPUT_MARKER}): push uploads "
+        "only what run, apply or compare wrote; nothing was uploaded (use `hf upload` for other folders)"
+    )
+    assert not hub.requests and not hub.commits  # refused before even creating the repo
+    with pytest.raises(HubError, match="is not an output folder of mergekit-swarm"):
+        push(PushRequest(project, "org/project"))
+    assert not hub.requests
+
+
+def test_push_uploads_only_what_the_output_format_defines(hub_lora_run):
+    hub, _, out, _ = hub_lora_run
+    assert (out / OUTPUT_MARKER).is_file(), "run must mark its output folder"
+    written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    (out / "notes.txt").write_text("my notes\n")
+    (out / ".env").write_text(f"HF_TOKEN={TOKEN}\n")
+    (out / ".hidden.safetensors").write_bytes(b"x")
+    (out / "checkpoint-1").mkdir()
+    (out / "checkpoint-1" / "adapter_model.safetensors").write_bytes(b"an old copy")  # not the root-level weights
+    (out / "checkpoint-1" / "model-00001-of-00002.safetensors").write_bytes(b"an old shard")
+    (out / "checkpoint-1" / ".secret").write_text("x")
+
+    push(PushRequest(out, "org/winner"))
+    assert hub.uploaded("org/winner") == written - {STATE_FILE}
+
+    result = CliRunner().invoke(main, ["push", str(out), "org/more", "--include", "notes.txt", "--include", "checkpoint-1"])
+    assert result.exit_code == 0, result.output
+    assert hub.uploaded("org/more") == written - {STATE_FILE} | {
+        "notes.txt",
+        "checkpoint-1/adapter_model.safetensors",
+        "checkpoint-1/model-00001-of-00002.safetensors",
+    }  # a named folder brings its files, but not its dotfiles
+    push(PushRequest(out, "org/env", include=("*",)))
+    assert ".env" not in hub.uploaded("org/env") and "notes.txt" in hub.uploaded("org/env")  # "*" is no name for a dotfile
+    push(PushRequest(out, "org/named", include=(".env",)))
+    assert ".env" in hub.uploaded("org/named")
+
+    commits = len(hub.commits)
+    typo = PushRequest(out, "org/winner", include=("note.txt",))
+    with pytest.raises(HubError, match=rf"--include note.txt: no file in {out} matches it"):
+        push(typo)
+    assert len(hub.commits) == commits
+    assert typo.command() == f"mergekit-swarm push {out} org/winner --include note.txt"
+
+
+def test_push_retries_network_errors_and_reports_their_message(hub_lora_run):
+    hub, _, out, _ = hub_lora_run
+    hub.fail["commit"] = [503]
+    push(PushRequest(out, "org/winner"), backoff=0.01)
+    assert len([p for p in hub.paths("POST") if p.endswith("/commit/main")]) == 2  # a 503, then success
+
+    hub.fail["commit"] = [0, 0]  # the network error is reported with its message, not only its type
+    with pytest.raises(HubError, match=r"failed after 2 attempts \(ConnectError: fake: connection refused\)"):
+        push(PushRequest(out, "org/winner"), attempts=2, backoff=0.01)
+
+
+def test_push_surfaces_a_programming_error_at_once(hub_lora_run, monkeypatch):
+    from huggingface_hub import HfApi
+
+    _, _, out, _ = hub_lora_run
+    calls = []
+
+    def broken(self, **kwargs):
+        calls.append(kwargs)
+        raise ValueError("boom")
+
+    monkeypatch.setattr(HfApi, "upload_folder", broken)
+    with pytest.raises(ValueError, match="^boom$"):  # a programming error: at once, as it is
+        push(PushRequest(out, "org/winner"), backoff=0.01)
+    assert len(calls) == 1
+
+
+def test_cards_of_local_models_name_no_base_model(zoo, tmp_path):
+    """The Hub reads `base_model` as links to models: local paths, or mergekit's `[]`, are none."""
+    lora = write_recipe(
+        tmp_path / "lora",
+        zoo.lora[:2],
+        base=zoo.base,
+        utility={"type": "nll", "dev": str(zoo.dev)},
+        swarm={"particles": 2, "max_iterations": 1},
+    )
+    full = write_recipe(
+        tmp_path / "full", zoo.full[1:], utility={"type": "nll", "dev": str(zoo.dev)}, swarm={"particles": 2, "max_iterations": 1}
+    )
+    tags = ["merge", "mergekit", "model-swarms"]
+    run_swarm(load_recipe(lora), tmp_path / "lora-out", RunOptions(quiet=True))
+    assert front_matter((tmp_path / "lora-out" / "README.md").read_text()) == {"library_name": "peft", "tags": tags}
+    run_swarm(load_recipe(full), tmp_path / "full-out", RunOptions(quiet=True))
+    assert front_matter((tmp_path / "full-out" / "README.md").read_text()) == {"library_name": "transformers", "tags": tags}
+
+
+def test_the_hubs_own_cli_uploads_a_proper_repo_from_a_run(hub_lora_run, monkeypatch):
+    """`hf upload org/name OUT --exclude swarm_state.json`, the command docs/hub.md gives, in-process
+    so that it goes to the fake Hub."""
+    import sys
+
+    from huggingface_hub.cli.hf import main as hf_main
+    from huggingface_hub.utils import logging as hub_logging
+
+    hub, _, out, _ = hub_lora_run
+    monkeypatch.setattr(sys, "argv", ["hf", "upload", "org/by-hf", str(out), "--exclude", STATE_FILE])
+    previous = hub_logging.get_verbosity()  # the hf CLI makes huggingface_hub's logging verbose
+    try:
+        with pytest.raises(SystemExit) as done:
+            hf_main()
+    finally:
+        hub_logging.set_verbosity(previous)
+    assert done.value.code in (0, None)
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert hub.uploaded("org/by-hf") == files - {STATE_FILE}
+    assert {"adapter_model.safetensors", "adapter_config.json", "README.md"} <= hub.uploaded("org/by-hf")
+    assert hub.repos["org/by-hf"]["README.md"] == (out / "README.md").read_bytes()
+
+
+def test_docs_list_what_push_uploads():
+    from pathlib import Path
+
+    from mergekit_swarm.hub import TOKENIZER_FILES, push_allow_list
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "hub.md").read_text(encoding="utf-8")
+    for pattern in set(push_allow_list(include_state=True)) - set(TOKENIZER_FILES):  # tokenizer files: summarised
+        assert f"`{pattern}`" in docs, f"docs/hub.md does not say that push uploads {pattern}"

@@ -341,7 +341,7 @@ def test_card_follows_mergekit_and_never_asks_the_hub(zoo, tmp_path, monkeypatch
     run_swarm(load_recipe(recipe), out, QUIET)
     card = (out / "README.md").read_text()
     front = yaml.safe_load(card.split("---")[1])
-    assert front == {"base_model": [], "library_name": "peft", "tags": ["merge", "mergekit", "model-swarms"]}
+    assert front == {"library_name": "peft", "tags": ["merge", "mergekit", "model-swarms"]}  # local models: no base_model key
     sections = [
         "## Merge Details",
         "### Merge Method",

@@ -10,7 +10,7 @@ import yaml
 
 from mergekit_swarm.config import MergeRecipe
 from mergekit_swarm.console import format_utility
-from mergekit_swarm.names import PAPER_URL
+from mergekit_swarm.names import HISTORY_PLOT, PAPER_URL
 from mergekit_swarm.output.emergence import sentence
 from mergekit_swarm.output.result import SwarmResult
 from mergekit_swarm.pso import SwarmSettings
@@ -75,16 +75,16 @@ def render_card(
 
 
 def _front_matter(recipe: MergeRecipe, output_kind: str) -> dict:
-    """Hub metadata: a merge lists the Hub models it was made from (mergekit writes an empty list
-    when all are local); an adapter names its base model and is a PEFT adapter."""
+    """Hub metadata: a merge lists the Hub models it was made from, an adapter names its base model
+    and is a PEFT adapter. `base_model` holds Hub ids only and is left out when there is none: the
+    Hub reads it as model links, and mergekit's empty list for local models is not one."""
     tags = ["merge", "mergekit", "model-swarms"]
+    hub_models = recipe.hub_models()  # the base first, when it came from the Hub
     if output_kind == "lora":
-        base = recipe.hub_models()[:1] if recipe.base_model in recipe.hub_ids else []
-        return {"base_model": base[0] if base else [], "library_name": "peft", "tags": tags}
-    front: dict = {"base_model": recipe.hub_models()}
-    if front["base_model"]:
-        front["base_model_relation"] = "merge"
-    return {**front, "library_name": "transformers", "tags": tags}
+        base = hub_models[0] if recipe.base_model in recipe.hub_ids else None
+        return {**({"base_model": base} if base else {}), "library_name": "peft", "tags": tags}
+    merge = {"base_model": hub_models, "base_model_relation": "merge"} if hub_models else {}
+    return {**merge, "library_name": "transformers", "tags": tags}
 
 
 def _link(recipe: MergeRecipe, folder) -> str:
@@ -107,7 +107,7 @@ def _swarm_sections(result: SwarmResult, settings: SwarmSettings) -> list[str]:
         + _fallbacks(result),
         _selection(result, settings),
         sentence(result.emergence) + (" (per example: `swarm_examples.json`)" if any(result.emergence.values()) else ""),
-        "![search history](swarm_history.png)",
+        f"![search history]({HISTORY_PLOT})",
         "### Winner coefficients",
         _coefficient_table(result),
         "### Hyperparameters",
