@@ -3,15 +3,20 @@ multi-task aggregation; all on tiny local models, with values checked by hand.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import socket
 import sys
 import threading
+from collections.abc import Callable, Collection
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
+from click.testing import CliRunner
 
+from mergekit_swarm.cli import main
 from mergekit_swarm.config import load_recipe
 from mergekit_swarm.errors import UtilityError
 from mergekit_swarm.options import RunOptions
@@ -21,7 +26,7 @@ from mergekit_swarm.utilities import validate_utility
 from mergekit_swarm.utilities.data import load_examples
 from mergekit_swarm.utilities.exact_match import ExactMatch
 from mergekit_swarm.utilities.judge import parse_rating
-from mergekit_swarm.utilities.judge_backends import JudgeError, OpenAIJudge, OpenAIJudgeConfig
+from mergekit_swarm.utilities.judge_backends import JudgeError, JudgeUnreachable, OpenAIJudge, OpenAIJudgeConfig
 from mergekit_swarm.utilities.multitask import aggregate
 from mergekit_swarm.utilities.text import GenerationSettings, greedy_generate
 
@@ -127,10 +132,11 @@ def test_rating_parser():
 
 class FakeChatCompletions:
     """A real HTTP server on 127.0.0.1 answering like a chat-completions API. The rating is
-    derived from the judged response (1 + its length, at most 10), so tests can predict it."""
+    derived from the judged response (1 + its length, at most 10), so tests can predict it.
+    The first `fail_first` requests get a 503; those numbered (from 1) in `drop` no answer at all."""
 
-    def __init__(self, fail_first: int = 0, delay: float = 0.05, mode: str = "rate"):
-        self.requests, self.fail_first, self.delay, self.mode = [], fail_first, delay, mode
+    def __init__(self, fail_first: int = 0, delay: float = 0.05, mode: str = "rate", drop: Collection[int] = ()):
+        self.requests, self.fail_first, self.delay, self.mode, self.drop = [], fail_first, delay, mode, set(drop)
         self.in_flight = self.max_in_flight = 0
         self.lock = threading.Lock()
         outer = self
@@ -146,6 +152,7 @@ class FakeChatCompletions:
                     outer.in_flight += 1
                     outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
                     failing = len(outer.requests) <= outer.fail_first
+                    dropped = len(outer.requests) in outer.drop
                     twentieth = len(outer.requests) % 20 == 0  # counted on arrival, not when answering
                 self.counted = True
                 try:
@@ -154,6 +161,9 @@ class FakeChatCompletions:
                         return self._send(401, {"error": {"message": "invalid api key"}})
                     if failing:
                         return self._send(503, {"error": {"message": "overloaded"}})
+                    if dropped:  # hang up without a word: the client sees the connection closed
+                        self.close_connection = True
+                        return
                     if outer.mode == "redirect":
                         self._done()
                         self.send_response(307)
@@ -308,6 +318,138 @@ def test_http_judge_auth_failure_names_the_variable_not_the_key(prompts, monkeyp
     monkeypatch.delenv("JUDGE_KEY")
     with pytest.raises(UtilityError, match="environment variable JUDGE_KEY .* is not set"):
         OpenAIJudge(OpenAIJudgeConfig(base_url="http://127.0.0.1:9", model="m", api_key_env="JUDGE_KEY"))
+
+
+class SilentEndpoint:
+    """A TCP listener on 127.0.0.1 that never answers: the n-th connection (from 1) is held open
+    unanswered when `hang(n)`, otherwise closed at once. `connections` counts them (all of them
+    once the `with` block is left); `hung_up[i]` is set when the client closes the i-th held one
+    (the server never does)."""
+
+    def __init__(self, hang: Callable[[int], bool] = lambda n: True):
+        self.hang, self.connections, self.hung_up = hang, 0, []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.05)  # so that the accept loop sees `closing`
+        self.base_url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/v1"
+        self.closing = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self):
+        while not self.closing.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            self._take(conn)
+        self.listener.setblocking(False)
+        with contextlib.suppress(BlockingIOError):  # count the connections a busy machine left waiting
+            while True:
+                self._take(self.listener.accept()[0])
+
+    def _take(self, conn: socket.socket):
+        self.connections += 1
+        if self.hang(self.connections):
+            self.hung_up.append(threading.Event())
+            threading.Thread(target=self._hold, args=(conn, self.hung_up[-1]), daemon=True).start()
+        else:
+            conn.close()
+
+    def _hold(self, conn: socket.socket, hung_up: threading.Event):
+        with conn:
+            while not self.closing.is_set():
+                try:
+                    if not conn.recv(65536):
+                        break
+                except OSError:
+                    break
+            hung_up.set()
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.closing.set()
+        self.thread.join()
+        self.listener.close()
+
+
+def http_judge(base_url: str, **settings) -> OpenAIJudge:
+    return OpenAIJudge(OpenAIJudgeConfig(base_url=base_url, model="m", api_key_env="JUDGE_KEY", **settings))
+
+
+def test_http_judge_breaker_stops_at_a_silent_endpoint_after_a_few_attempts(monkeypatch):
+    monkeypatch.setenv("JUDGE_KEY", API_KEY)
+    with SilentEndpoint() as endpoint:
+        # without the breaker: 5 requests x 11 attempts, each waiting for its timeout
+        judge = http_judge(endpoint.base_url, concurrency=1, timeout=0.2, retries=10, backoff=0, max_consecutive_failures=3)
+        with pytest.raises(JudgeUnreachable) as err:
+            judge(["Q: x\nA: y"] * 5)
+    assert endpoint.connections == 3
+    message = str(err.value)
+    assert message.startswith(
+        f"judge endpoint {endpoint.base_url}/chat/completions is down: 3 attempts in a row failed (last: TimeoutError"
+    )
+    assert "\n" not in message and "--resume" in message and "max_consecutive_failures" in message
+    assert API_KEY not in message and isinstance(err.value, UtilityError)  # a SwarmError: the CLI's one line
+
+
+def test_http_judge_breaker_cuts_requests_in_flight_and_starts_no_queued_one(monkeypatch):
+    monkeypatch.setenv("JUDGE_KEY", API_KEY)
+    raised = []
+
+    def judge_all(judge):
+        try:
+            judge(["Q: x\nA: y"] * 6)
+        except Exception as exc:
+            raised.append(exc)
+
+    # the first connection is held unanswered (for up to `timeout`, 600 s), every other one is closed at once
+    with SilentEndpoint(hang=lambda n: n == 1) as endpoint:
+        judge = http_judge(endpoint.base_url, concurrency=2, timeout=600, retries=5, backoff=0, max_consecutive_failures=2)
+        caller = threading.Thread(target=judge_all, args=(judge,), daemon=True)
+        caller.start()
+        caller.join(120)  # a guard against a hang (the held request waiting its 600 s), not a timing
+        assert not caller.is_alive(), "the request in flight was not cut when the breaker tripped"
+        # one held request and two closed ones from the other worker: then the breaker trips, the
+        # held connection is shut down by the client and the 4 queued prompts are never sent
+        assert endpoint.hung_up[0].wait(30)
+    assert endpoint.connections == 3
+    assert len(raised) == 1 and isinstance(raised[0], JudgeUnreachable)
+    assert "2 attempts in a row failed" in str(raised[0])
+
+
+def test_http_judge_breaker_counts_failures_in_a_row_only(monkeypatch):
+    monkeypatch.setenv("JUDGE_KEY", API_KEY)
+    # 4 x 503, an answer, 4 connections closed unanswered, answers: 8 failures, never 5 in a row
+    with FakeChatCompletions(fail_first=4, drop=range(6, 10), delay=0) as server:
+        judge = http_judge(server.base_url, concurrency=1, retries=4, backoff=0.01, max_consecutive_failures=5)
+        assert judge(["Q: x\nA: ab"] * 3) == ["Looks fine. Rating: 3/10"] * 3
+        assert len(server.requests) == 4 + 1 + 4 + 1 + 1
+    with FakeChatCompletions(fail_first=100, delay=0) as server:  # a 503 counts: the breaker trips at the 5th
+        with pytest.raises(JudgeUnreachable, match=r"5 attempts in a row failed \(last: HTTP 503\)"):
+            http_judge(server.base_url, concurrency=1, retries=10, backoff=0.01)(["Q: x\nA: y"] * 3)
+        assert len(server.requests) == 5
+    with FakeChatCompletions(fail_first=100, delay=0) as server:  # 0: never; each request gives up on its own
+        with pytest.raises(JudgeError, match=r"no answer after 7 attempts \(HTTP 503\)"):
+            http_judge(server.base_url, concurrency=1, retries=6, backoff=0, max_consecutive_failures=0)(["Q: x\nA: y"])
+        assert len(server.requests) == 7
+
+
+def test_a_dead_judge_endpoint_stops_the_run_with_one_line(zoo, prompts, recipe_factory, tmp_path, monkeypatch):
+    monkeypatch.setenv("JUDGE_KEY", API_KEY)
+    with SilentEndpoint() as endpoint:
+        backend = {"type": "openai", "base_url": endpoint.base_url, "model": "j", "api_key_env": "JUDGE_KEY"}
+        backend |= {"concurrency": 2, "timeout": 0.2, "retries": 10, "backoff": 0, "max_consecutive_failures": 3}
+        utility = {"type": "judge", "dev": str(prompts), "max_new_tokens": 4, "template": "Q: {prompt}\nA: {response}"}
+        recipe = recipe_factory("lora", utility={**utility, "backend": backend})
+        result = CliRunner().invoke(main, [str(recipe), str(tmp_path / "out"), "--quiet"])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: judge endpoint {endpoint.base_url}/chat/completions is down")
+    # stopped by the breaker (3 rounds of at most 2 attempts), not after retrying every request of every particle
+    assert 3 <= endpoint.connections <= 3 * 2
+    assert API_KEY not in result.output + result.stderr
 
 
 def test_local_judge_counts_unparseable_answers_as_the_lowest_rating(lm, prompts, zoo):

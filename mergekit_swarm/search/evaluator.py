@@ -12,6 +12,8 @@ scored in turn. A utility that raises, or returns NaN or an infinity, marks the 
 as failed (utility -inf, with the error kept for the history) and the search goes on; the
 loop decides whether to stop (`--fail-fast`). A group whose batched scoring raises is
 scored again one particle at a time, so every particle gets its own result or error.
+A `SwarmError` from a utility is the exception: it says that no particle can be scored
+(e.g. the judge's endpoint is down) and stops the run.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 
 from mergekit_swarm.device_memory import device_memory, particles_that_fit
+from mergekit_swarm.errors import SwarmError
 from mergekit_swarm.groups import GroupLayout
 from mergekit_swarm.options import RunOptions
 from mergekit_swarm.resident import ResidentModel
@@ -152,6 +155,8 @@ class LocalEvaluator:
                 for half in (group[: self.batch_limit], group[self.batch_limit :]):
                     yield from self._evaluate_group(half, utility)
                 return
+            except SwarmError:
+                raise  # the run cannot go on: no particle can be scored
             except Exception as exc:  # scored again one by one below, so that each particle gets its own error
                 fallback = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
                 self.fallbacks += len(group)
@@ -177,10 +182,12 @@ class LocalEvaluator:
 
 def call_utility(utility: Utility, model, tokenizer) -> float | Score | Exception:
     """What `utility` returns on `model`, or the exception it raised: any failure of the user's
-    objective is recorded, not fatal."""
+    objective is recorded, not fatal; but a `SwarmError` (e.g. the judge's endpoint is down) stops the run."""
     try:
         with torch.no_grad():
             return utility(model, tokenizer)
+    except SwarmError:
+        raise
     except Exception as exc:
         return exc
 
