@@ -187,21 +187,25 @@ def mark_built(stamp: Path, build_id: dict) -> None:
 
 
 # ---------------------------------------------------------------- training
-def _encode_batch(tokenizer, rows: Sequence[dict], end: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded BOS+prompt+answer+end ids (end: EOS unless given), with labels only on answer+end."""
+def _encode_batch(tokenizer, rows: Sequence[dict], end: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded BOS+prompt+answer+end ids (end: EOS unless given), their attention mask, and labels
+    only on answer+end. The mask comes from the lengths, not from the pad id: a real chat model may pad
+    with its end-of-turn token, which also ends every turn inside the prompt (SmolLM2's `<|im_end|>`)."""
     seqs, labels = [], []
     for row in rows:
-        prompt = tokenizer.encode(row["prompt"])  # BOS + prompt
+        prompt = tokenizer.encode(row["prompt"])  # BOS + prompt (a chat-formatted prompt holds its own specials)
         answer = [*tokenizer.encode(row["answer"], add_special_tokens=False), tokenizer.eos_token_id if end is None else end]
         seqs.append(prompt + answer)
         labels.append([-100] * len(prompt) + answer)
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), tokenizer.pad_token_id)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
     lab = torch.full((len(seqs), width), -100)
     for i, (s, lb) in enumerate(zip(seqs, labels)):
         ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
         lab[i, : len(lb)] = torch.tensor(lb)
-    return ids, lab
+    return ids, mask, lab
 
 
 def train_lm(
@@ -215,8 +219,8 @@ def train_lm(
     model.train()
     loss = torch.tensor(float("nan"))
     for _ in range(steps):
-        ids, lab = _encode_batch(tokenizer, rng.sample(list(rows), min(batch_size, len(rows))), end)
-        loss = model(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long(), labels=lab).loss
+        ids, mask, lab = _encode_batch(tokenizer, rng.sample(list(rows), min(batch_size, len(rows))), end)
+        loss = model(input_ids=ids, attention_mask=mask, labels=lab).loss
         optim.zero_grad()
         loss.backward()
         optim.step()
