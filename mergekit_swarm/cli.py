@@ -37,6 +37,16 @@ _SEARCH = [
     (("--fail-fast",), {"is_flag": True, "help": "Stop at the first failed utility evaluation instead of recording it."}),
     (("--merge-lora",), {"is_flag": True, "help": "LoRA experts: write the base model with the winner baked in."}),
     (
+        ("--svd-rank",),
+        {
+            "type": click.IntRange(min=1),
+            "default": None,
+            "metavar": "R",
+            "help": "LoRA experts: also write the winner compressed to rank R (truncated SVD per module) in OUT/svd-rank-R/, "
+            "its dev/test utility beside the exact one's.",
+        },
+    ),
+    (
         ("--allow-pickle",),
         {"is_flag": True, "help": "Read pickled checkpoints (torch.load, weights_only) and fetch them from the Hub."},
     ),
@@ -51,6 +61,11 @@ _SEARCH = [
     *_PUSH,
 ]
 SWARM_FLAGS = [click.Option(list(decls), **kwargs) for decls, kwargs in _SEARCH]
+
+
+def _option(name: str):
+    """The search option `name` (declarations, keyword arguments), for commands that take only some."""
+    return next(option for option in _SEARCH if name in option[0])
 
 
 def _with(options):
@@ -103,7 +118,7 @@ def run(merge_options: MergeOptions, config_file: str, out_path: str, **flags) -
 @main.command("apply", cls=PrettyPrintHelp)
 @click.argument("config_file", type=click.Path(dir_okay=False))
 @click.argument("out_path", type=click.Path(file_okay=False))
-@_with([_SEARCH[1], _SEARCH[4]])
+@_with([_option("--overwrite"), _option("--allow-pickle")])
 @add_merge_options
 def apply(merge_options: MergeOptions, config_file: str, out_path: str, overwrite: bool, allow_pickle: bool) -> None:
     """Write the merge of the weights in CONFIG_FILE (e.g. a winner's mergekit_config.yml).
@@ -146,7 +161,7 @@ def _names(value: str | None) -> tuple[str, ...] | None:
     metavar="K",
     help="Also run the swarm with K times its max_iterations and patience (a larger-budget row).",
 )
-@_with([_SEARCH[1], _SEARCH[4]])
+@_with([_option("--overwrite"), _option("--allow-pickle")])
 @add_merge_options
 def compare(
     merge_options: MergeOptions,
@@ -220,6 +235,7 @@ def run_recipe_file(
     overwrite: bool = False,
     fail_fast: bool = False,
     merge_lora: bool = False,
+    svd_rank: int | None = None,
     allow_pickle: bool = False,
     backend: str | None = None,
     push_to_hub: str | None = None,
@@ -241,6 +257,7 @@ def run_recipe_file(
         overwrite=overwrite,
         fail_fast=fail_fast,
         merge_lora=merge_lora,
+        svd_rank=svd_rank,
         allow_pickle=allow_pickle,
         backend=backend,
     )

@@ -23,6 +23,7 @@ from pathlib import Path
 from mergekit_swarm.errors import ExpertError, SwarmError
 from mergekit_swarm.names import (
     CARD_FILE,
+    COMPRESSED_FOLDER,
     CURVES_PLOT,
     EXAMPLES_FILE,
     HISTORY_FILE,
@@ -197,6 +198,7 @@ def push_allow_list(*, include_state: bool = False) -> list[str]:
         f"{RECIPES_FOLDER}/*.yml",
         CURVES_PLOT,
         TEST_EXAMPLES,
+        *(f"{COMPRESSED_FOLDER.format(rank='*')}/{pattern}" for pattern in (*WEIGHT_FILES, *CONFIG_FILES, *TOKENIZER_FILES)),
         f"{searches}/{OUTPUT_MARKER}",
         f"{searches}/{HISTORY_FILE}",
         *([STATE_FILE, f"{searches}/{STATE_FILE}"] if include_state else []),

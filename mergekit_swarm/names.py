@@ -21,6 +21,7 @@ RECIPE_COPY = "swarm.yml"  # the recipe of the run (or comparison), as written
 RECIPE_FILE = "mergekit_config.yml"  # the winner as a vanilla mergekit recipe
 EXAMPLES_FILE = "swarm_examples.json"  # which dev/test examples each expert and the winner get right
 CARD_FILE = "README.md"
+COMPRESSED_FOLDER = "svd-rank-{rank}"  # --svd-rank: the LoRA winner compressed, beside the exact one
 # Files of a comparison's folder (`mergekit-swarm compare`).
 LEADERBOARD = "leaderboard"  # .md, .json, .png
 RECIPES_FOLDER = "recipes"  # one recipe per method

@@ -27,6 +27,7 @@ class RunOptions:
     cache_dir: str | None = None  # mergekit's --transformers-cache: where Hub models are stored
     backend: Literal["local", "ray"] | None = None  # --backend: overrides the recipe's `evaluation: backend`
     read_to_gpu: bool | None = None  # full experts held on the device: None = when they fit (GPU only)
+    svd_rank: int | None = None  # LoRA winners: also write a copy compressed to this rank (truncated SVD)
 
     @classmethod
     def from_merge_options(cls, merge_options, **ours) -> RunOptions:

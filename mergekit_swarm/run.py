@@ -15,18 +15,20 @@ import numpy as np
 
 from mergekit_swarm.config import SwarmRecipe
 from mergekit_swarm.console import printer
-from mergekit_swarm.errors import UtilityError
-from mergekit_swarm.experts import ExpertPool
+from mergekit_swarm.errors import ConfigError, UtilityError
+from mergekit_swarm.experts import ExpertPool, LoraPool
 from mergekit_swarm.groups import GroupLayout
 from mergekit_swarm.materialize import one_hot
-from mergekit_swarm.names import CARD_FILE, HISTORY_PLOT, RECIPE_COPY
+from mergekit_swarm.names import CARD_FILE, COMPRESSED_FOLDER, HISTORY_PLOT, RECIPE_COPY
 from mergekit_swarm.options import RunOptions
 from mergekit_swarm.output.card import render_card
+from mergekit_swarm.output.compress import compress_adapter
 from mergekit_swarm.output.emergence import emergence, write_examples
 from mergekit_swarm.output.model_folder import write_model_folder
 from mergekit_swarm.output.plot import plot_history, read_history
 from mergekit_swarm.output.result import SwarmResult
 from mergekit_swarm.output.rundir import RunDirectory
+from mergekit_swarm.rescore import score_folder
 from mergekit_swarm.search.backends import open_evaluator
 from mergekit_swarm.search.checkpoint import Checkpoint
 from mergekit_swarm.search.evaluator import LocalEvaluator, ParticleEvaluator
@@ -95,6 +97,7 @@ def run_swarm(recipe: SwarmRecipe, out: str | Path, options: RunOptions | None =
     if evaluation.backend == "local":  # a broken objective fails now, before any output is touched
         _ = setup.utilities  # (Ray workers build their own: the driver loads no reward or judge model)
     pool, layout = setup.pool, setup.layout
+    _check_svd_rank(options, pool)
     for note in setup.notes:
         say(f"note: {note}")
     checkpoint = rundir.open(fingerprint, resume=options.resume, overwrite=options.overwrite, inputs=recipe.inputs())
@@ -131,6 +134,8 @@ def run_swarm(recipe: SwarmRecipe, out: str | Path, options: RunOptions | None =
         rundir.clear_outputs()  # files of an earlier, interrupted write (maybe with other options)
         kind = write_model_folder(rundir.work, recipe, pool, layout, winner, options, tokenizer=tokenizer, resident=resident)
         result = _result(pool, layout, checkpoint, particles, selection, report, kind)
+        if options.svd_rank:
+            result.compressed = _compressed(rundir.work, recipe, options, tokenizer, evaluator.splits)
         result.emergence = {split: emergence(e["experts"], e["winner"]) for split, e in report.examples.items()}
         _write_reports(rundir, result, recipe, checkpoint.expert_dev or [], card=options.write_model_card)
         if report.examples:  # which examples each expert and the winner get right
@@ -138,6 +143,25 @@ def run_swarm(recipe: SwarmRecipe, out: str | Path, options: RunOptions | None =
         rundir.publish()
     say(f"wrote {rundir.out}")
     return result
+
+
+def _check_svd_rank(options: RunOptions, pool: ExpertPool) -> None:
+    """--svd-rank is checked before the search, not after it."""
+    if options.svd_rank is None:
+        return
+    if not isinstance(pool, LoraPool) or options.merge_lora:
+        raise ConfigError("--svd-rank compresses a LoRA winner; these experts are full models (or --merge-lora bakes it)")
+    if options.svd_rank >= pool.rank:
+        raise ConfigError(f"--svd-rank {options.svd_rank} is not below the winner's rank {pool.rank}: nothing to compress")
+
+
+def _compressed(work: Path, recipe: SwarmRecipe, options: RunOptions, tokenizer, splits) -> dict:
+    """The winner compressed to `--svd-rank` beside it, scored as a user loads it (`PeftModel.from_pretrained`)."""
+    folder = work / COMPRESSED_FOLDER.format(rank=options.svd_rank)
+    info = compress_adapter(work, folder, options.svd_rank)
+    tokenizer.save_pretrained(folder)
+    scores = {split: score_folder(recipe, folder, split, options).value for split in ("dev", "test") if split in splits}
+    return {"rank": options.svd_rank, "folder": folder.name, **scores, **info}
 
 
 def _result(

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mergekit_swarm.config import MergeRecipe
+from mergekit_swarm.config import MergeRecipe, SwarmRecipe
 from mergekit_swarm.errors import ConfigError, ExpertError
 from mergekit_swarm.experts.full import FullModelPool
 from mergekit_swarm.experts.lora import LoraPool, is_adapter_folder
 from mergekit_swarm.experts.pool import ExpertPool, TensorSpec
+from mergekit_swarm.pso.settings import LoraSpace
 
 
 def open_pool(
@@ -18,16 +19,20 @@ def open_pool(
     names: list[str] | None = None,
     base: Path | None = None,
     trust_remote_code: bool = False,
+    lora_space: LoraSpace = "factor",
 ) -> ExpertPool:
     """A LoRA pool if every expert is a PEFT adapter folder, a full-model pool if none is
     (`names`: how tables and messages call the experts; default: their folder names; `base`:
-    the base model of LoRA adapters, read for adapters on parameters such as fused MoE experts)."""
+    the base model of LoRA adapters, read for adapters on parameters such as fused MoE experts;
+    `lora_space`: the space LoRA experts are searched in, see `experts.lora`)."""
     for path in paths:
         if not path.is_dir():
             raise ExpertError(f"expert {path} does not exist or is not a folder")
     adapters = [is_adapter_folder(p) for p in paths]
     if all(adapters):
-        return LoraPool(paths, allow_pickle=allow_pickle, names=names, base=base, trust_remote_code=trust_remote_code)
+        return LoraPool(
+            paths, allow_pickle=allow_pickle, names=names, base=base, trust_remote_code=trust_remote_code, space=lora_space
+        )
     if any(adapters):
         lora, full = paths[adapters.index(True)], paths[adapters.index(False)]
         raise ExpertError(f"experts mix LoRA adapters ({lora}) and full models ({full}); use one kind per swarm")
@@ -35,7 +40,8 @@ def open_pool(
 
 
 def open_recipe_pool(recipe: MergeRecipe, *, allow_pickle: bool = False, trust_remote_code: bool = False) -> ExpertPool:
-    """The pool of a resolved recipe's `models:` (LoRA adapters of its `base_model`, which they require)."""
+    """The pool of a resolved recipe's `models:` (LoRA adapters of its `base_model`, which they require),
+    LoRA experts in the search recipe's `swarm.lora_space` (a recipe of weights: factor space)."""
     if recipe.base_model is None and any(is_adapter_folder(p) for p in recipe.experts):
         raise ConfigError(f"{recipe.source}: base_model: is required when the experts are LoRA adapters")
     return open_pool(
@@ -44,6 +50,7 @@ def open_recipe_pool(recipe: MergeRecipe, *, allow_pickle: bool = False, trust_r
         names=recipe.expert_names(),
         base=recipe.base_model,
         trust_remote_code=trust_remote_code,
+        lora_space=recipe.swarm.lora_space if isinstance(recipe, SwarmRecipe) else "factor",
     )
 
 

@@ -24,6 +24,14 @@ CITATION = """@inproceedings{feng2025model,
   booktitle = {International Conference on Machine Learning},
   year      = {2025}
 }"""
+LORA_UPDATE_NOTE = (
+    "LoRA experts are mixed in update space: this adapter is W0 + sum_k c_k s_k B_k A_k exactly, each expert's own "
+    "update s_k B_k A_k (its alpha/r scaling folded into B) scaled by its coefficient, as one adapter whose rank is the "
+    "sum of the experts' ranks (A stacks every expert's lora_A, B holds c_k s_k B_k in expert k's columns). With "
+    "coefficients summing to 1 it is the linear mix of the experts baked into their base: `mergekit_config.yml` is that "
+    "mix as a stock mergekit recipe (`base+adapter` models, `--lora-merge-cache`), equal to this adapter merged into "
+    "the base up to float rounding."
+)
 LORA_NOTE = (
     "LoRA adapters are combined as adapters, as the paper does: lora_A and lora_B separately, each expert's "
     "alpha/r scaling folded into B and ranks zero-padded to the largest one, so this adapter has r = lora_alpha. "
@@ -65,7 +73,8 @@ def render_card(
         "```yaml\n" + recipe.text.rstrip() + "\n```",
     ]
     if output_kind == "lora":
-        parts.append(LORA_NOTE)
+        update_space = isinstance(settings, SwarmSettings) and settings.lora_space == "update"
+        parts.append(LORA_UPDATE_NOTE if update_space else LORA_NOTE)
     elif result is not None:
         parts.append("The winner's weights as a plain mergekit recipe are in `mergekit_config.yml`.")
     if result is not None and settings is not None:
@@ -125,6 +134,12 @@ def _result_table(result: SwarmResult) -> str:
         )
     winner = f"| **swarm winner** | **{format_utility(result.winner_dev, 'failed')}** |"
     rows.append(winner + (f" **{format_utility(result.winner_test, 'failed')}** |" if has_test else ""))
+    if result.compressed:  # beside the exact winner, never in its place
+        c = result.compressed
+        compressed = (
+            f"| winner compressed to rank {c['rank']} (`{c['folder']}/`, truncated SVD) | {format_utility(c['dev'], 'failed')} |"
+        )
+        rows.append(compressed + (f" {format_utility(c.get('test'), 'failed')} |" if has_test else ""))
     return "\n".join(rows)
 
 

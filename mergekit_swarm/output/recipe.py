@@ -2,9 +2,11 @@
 
 Full-model pools get a vanilla mergekit recipe, `merge_method: linear` with
 `normalize: false`, that stock `mergekit-yaml` (plugin not installed) reproduces bit for
-bit. LoRA pools get the same weights under `merge_method: model_swarms`, which
-`mergekit-swarm apply` re-materialises bit for bit: stock mergekit can only bake an
-adapter into its base model, not combine adapters as adapters.
+bit. LoRA pools searched in factor space get the same weights under `merge_method:
+model_swarms`, which `mergekit-swarm apply` re-materialises bit for bit: stock mergekit can
+only bake an adapter into its base model, not combine adapters as adapters. LoRA pools
+searched in update space get a vanilla `linear` of the experts baked into their base
+(`base+adapter`), which is the base with the winning adapter merged in, to float rounding.
 
 With one parameter group a model's weight is a scalar. Otherwise it is a list of
 `{filter, value}` with one entry per tensor, named in full. mergekit's filters are
@@ -24,6 +26,7 @@ import yaml
 from mergekit_swarm.config import MergeRecipe
 from mergekit_swarm.errors import ConfigError
 from mergekit_swarm.experts import ExpertPool, LoraPool
+from mergekit_swarm.experts.lora import PEFT_PREFIX, lora_module
 from mergekit_swarm.groups import GroupLayout
 from mergekit_swarm.names import METHOD_NAME, RECIPE_FILE
 
@@ -33,6 +36,10 @@ _HEADER = {
     "# layer/tensor. `base_model` is the first expert only to make it mergekit's config/tokenizer donor.\n",
     "lora": "# The swarm's winner (LoRA adapters combined as adapters): `mergekit-swarm apply {file} out/`\n"
     "# re-materialises it bit for bit. Stock mergekit can only bake an adapter into its base model.\n",
+    "lora-update": "# The swarm's winner (LoRA experts mixed in update space) as a vanilla mergekit recipe:\n"
+    "# `mergekit-yaml {file} out/ --lora-merge-cache CACHE` bakes each expert into its base and mixes the baked\n"
+    "# models, which gives the base with the winning adapter of this folder merged in, to float rounding\n"
+    "# (mergekit adds the baked models, PEFT adds one merged update). The adapter itself is the exact winner.\n",
     "unplannable": "# The swarm's winner as explicit weights: `mergekit-swarm apply {file} out/` re-materialises it\n"
     "# bit for bit. Stock mergekit cannot: {problem}.\n",
 }
@@ -59,6 +66,8 @@ def winner_recipe(
     tensor names) a `model_swarms` recipe whose header says why stock mergekit cannot run it.
     """
     is_lora = isinstance(pool, LoraPool)
+    if is_lora and pool.space == "update":
+        return _baked_recipe(pool, layout, coefficients, models, base_model, dtype, out_dtype, chat_template, file)
     problem = None if is_lora else stock_plan_problem(pool)
     vanilla = not is_lora and problem is None
     recipe: dict = {"merge_method": "linear" if vanilla else METHOD_NAME}
@@ -80,6 +89,48 @@ def winner_recipe(
     kind = "lora" if is_lora else "full" if vanilla else "unplannable"
     header = _HEADER[kind].format(file=file, problem=problem)
     return header + yaml.safe_dump(recipe, sort_keys=False, width=1000)
+
+
+def _baked_recipe(
+    pool: LoraPool,
+    layout: GroupLayout,
+    coefficients: np.ndarray,
+    models: list[str],
+    base_model: str | None,
+    dtype: str | None,
+    out_dtype: str | None,
+    chat_template: str | None,
+    file: str,
+) -> str:
+    """Update space: W0 + sum_k c_k s_k B_k A_k is sum_k c_k (W0 + s_k B_k A_k) when the c_k sum to 1, a
+    `linear` of the baked experts (`base+adapter`, mergekit's syntax). Per-group weights filter the base's
+    tensors; a tensor no group covers (one no expert adapts) is the base's own: weight 1 for the first
+    model and 0 for the others, exactly."""
+    baked = [f"{base_model}+{model}" for model in models]
+    recipe: dict = {"merge_method": "linear", "base_model": baked[0], "parameters": {"normalize": False}}
+    for key, value in (("dtype", dtype), ("out_dtype", out_dtype), ("chat_template", chat_template)):
+        if value is not None:
+            recipe[key] = value
+    names = [base_tensor_name(spec.name) for spec in pool.specs]
+    order = sorted(range(len(names)), key=lambda t: -len(names[t]))
+    weights = []
+    for k in range(len(models)):
+        if len(layout) == 1:
+            weights.append(float(coefficients[0, k]))
+        else:
+            entries = [{"filter": names[t], "value": float(coefficients[layout.of_tensor[t], k])} for t in order]
+            weights.append([*entries, {"value": 1.0 if k == 0 else 0.0}])
+    recipe["models"] = [{"model": model, "parameters": {"weight": weight}} for model, weight in zip(baked, weights)]
+    return _HEADER["lora-update"].format(file=file) + yaml.safe_dump(recipe, sort_keys=False, width=1000)
+
+
+def base_tensor_name(name: str) -> str:
+    """The base model's tensor a LoRA checkpoint tensor changes: `base_model.model.X.lora_B.weight` -> `X.weight`
+    (a module saved whole beside the adapter, `modules_to_save`, names the base tensor it replaces)."""
+    module = lora_module(name)
+    if module is not None:
+        return module.removeprefix(PEFT_PREFIX) + ".weight"
+    return name.removeprefix(PEFT_PREFIX).replace(".modules_to_save", "").replace(".base_layer", "")
 
 
 def recipe_of(

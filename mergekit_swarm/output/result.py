@@ -32,6 +32,9 @@ class SwarmResult:
     stop_reason: str
     output_kind: str  # "full" | "lora" | "lora-merged"
     probes: int = 0  # particles moved near the global best by swarm.stall_probes
+    # --svd-rank: the winner compressed to `rank` (in `folder`), its `dev`/`test` utility and the largest
+    # relative error of a module's update; the exact winner stays the output
+    compressed: dict | None = None
     fallbacks: int = 0  # evaluations scored one at a time because their batched scoring failed
     emergence: dict[str, dict[str, int] | None] = field(default_factory=dict)  # per split, see output.emergence
     # with swarm.holdout: the personal bests compared on the held-out dev examples and which won
@@ -64,6 +67,12 @@ class SwarmResult:
             rows.append(
                 f"{name:<{width}}  {format_utility(dev, 'failed'):>8}"
                 + (f"  {format_utility(test, 'failed'):>8}" if has_test else "")
+            )
+        if self.compressed:
+            c = self.compressed
+            rows.append(
+                f"{'rank ' + str(c['rank']) + ' (SVD)':<{width}}  {format_utility(c['dev'], 'failed'):>8}"
+                + (f"  {format_utility(c.get('test'), 'failed'):>8}" if has_test else "")
             )
         found = sentence(self.emergence)
         return "\n".join(rows) + (f"\n{found}" if found else "")

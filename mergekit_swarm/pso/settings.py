@@ -16,6 +16,7 @@ from pydantic import Field, model_validator
 from mergekit_swarm.schema import StrictSection
 
 Granularity = Literal["model", "layer", "tensor"]
+LoraSpace = Literal["update", "factor"]
 
 
 class SwarmSettings(StrictSection):
@@ -86,6 +87,15 @@ class SwarmSettings(StrictSection):
     random_factors: bool = Field(True, description="Draw r ~ U(0,1) per (particle, group) for each term; false: all 1.")
     granularity: Granularity = Field(
         "model", description="One coefficient vector per model (the paper), per layer, or per tensor."
+    )
+    lora_space: LoraSpace = Field(
+        "factor",
+        description=(
+            "LoRA experts only. update: a particle is W0 + sum_k c_k s_k B_k A_k exactly, the linear mix of the "
+            "experts baked into their base (one adapter of rank sum_k r_k, as PEFT's add_weighted_adapter 'cat'). "
+            "factor: lora_A and lora_B are mixed separately, as the paper, LoraHub and PEFT 'linear' do, so a "
+            "particle is (sum_k c_k s_k B_k)(sum_k c_k A_k), cross terms included."
+        ),
     )
     seed: int = Field(42, description="Seed of every random draw of the search.")
     drop_k: int = Field(0, ge=0, description="Evaluation dropout: skip drop_k of every drop_n particle evaluations.")
