@@ -65,6 +65,11 @@ ROUNDS = {
         "5 probes, radius 0.1": {"stall_probes": 0.5, "probe_radius": 0.1},
         "5 probes, radius 0.25": {"stall_probes": 0.5, "probe_radius": 0.25},
     },
+    # LoRA pools: mix the factors (the paper) or the experts' updates (results/tune_spaces.md; --pools lora)
+    "spaces": {
+        "factor space (the paper)": {"lora_space": "factor"},
+        "update space": {"lora_space": "update"},
+    },
 }
 HOLDOUT = 0.25  # the candidates' recipe carries it so that the scorer has the search/holdout parts
 
@@ -161,10 +166,14 @@ def tune_cell(recipe, seed: int, work: Path, candidates: dict[str, dict]) -> lis
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     granularities = sorted({overrides.get("granularity", "model") for overrides in candidates.values()})
-    scorer = Scorer(prepare(recipe, options, "model"), options, work, granularities, seed)
+    scorers = {}  # one resident model per LoRA space: the space is the pool's
     found = []
     for i, (name, overrides) in enumerate(candidates.items()):
         settings = recipe.swarm.model_copy(update={"seed": seed, "holdout": 0.0, **overrides})
+        if settings.lora_space not in scorers:
+            spaced = dataclasses.replace(recipe, swarm=recipe.swarm.model_copy(update={"lora_space": settings.lora_space}))
+            scorers[settings.lora_space] = Scorer(prepare(spaced, options, "model"), options, work, granularities, seed)
+        scorer = scorers[settings.lora_space]
         before = scorer.evaluations
         choice = search.swarm(scorer, settings, settings.granularity, work / f"candidate-{i}", quiet=True)
         unseen = scorer.evaluate([choice.candidate], "test")[0].utility

@@ -20,6 +20,7 @@ from mergekit_swarm.compare.options import CompareOptions
 from mergekit_swarm.compare.scoring import LORA_CACHE, Candidate, MergekitMerge, Mix, Scorer
 from mergekit_swarm.config import SwarmRecipe
 from mergekit_swarm.console import format_utility, printer
+from mergekit_swarm.experts import LoraPool
 from mergekit_swarm.names import CURVES_PLOT, RECIPE_COPY, RECIPES_FOLDER, TEST_EXAMPLES
 from mergekit_swarm.options import RunOptions
 from mergekit_swarm.output.emergence import emergence
@@ -107,6 +108,9 @@ def _compare(
             choice = run()
         seconds = time.perf_counter() - start
         test = tests.of([choice.candidate])[0] if choice.candidate is not None else None
+        settings = choice.settings
+        if isinstance(choice.candidate, Mix) and isinstance(setup.pool, LoraPool):  # mixes of adapters: in which space
+            title, settings = f"{title}, {setup.pool.space} space", {**settings, "lora_space": setup.pool.space}
         entry = Entry(
             method,
             title,
@@ -115,7 +119,7 @@ def _compare(
             test=_value(test),
             evaluations=scorer.evaluations - before + choice.extra_evaluations,
             seconds=round(seconds, 2),
-            settings=choice.settings,
+            settings=settings,
             recipe=_write_recipe(work, method, title, choice, scorer),
             note=choice.note,
             curve=trace.curve(tests.values if scorer.has_test() else None) if trace else [],
