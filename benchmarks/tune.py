@@ -69,6 +69,7 @@ ROUNDS = {
     "spaces": {
         "factor space (the paper)": {"lora_space": "factor"},
         "update space": {"lora_space": "update"},
+        "update space, base as an expert (free total)": {"lora_space": "update", "base_as_expert": True},
     },
 }
 HOLDOUT = 0.25  # the candidates' recipe carries it so that the scorer has the search/holdout parts
@@ -166,14 +167,15 @@ def tune_cell(recipe, seed: int, work: Path, candidates: dict[str, dict]) -> lis
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     granularities = sorted({overrides.get("granularity", "model") for overrides in candidates.values()})
-    scorers = {}  # one resident model per LoRA space: the space is the pool's
+    scorers = {}  # one resident model per LoRA space (and base as an expert or not): they make the pool
     found = []
     for i, (name, overrides) in enumerate(candidates.items()):
         settings = recipe.swarm.model_copy(update={"seed": seed, "holdout": 0.0, **overrides})
-        if settings.lora_space not in scorers:
-            spaced = dataclasses.replace(recipe, swarm=recipe.swarm.model_copy(update={"lora_space": settings.lora_space}))
-            scorers[settings.lora_space] = Scorer(prepare(spaced, options, "model"), options, work, granularities, seed)
-        scorer = scorers[settings.lora_space]
+        pool = {"lora_space": settings.lora_space, "base_as_expert": settings.base_as_expert}
+        if tuple(pool.values()) not in scorers:
+            spaced = dataclasses.replace(recipe, swarm=recipe.swarm.model_copy(update=pool))
+            scorers[tuple(pool.values())] = Scorer(prepare(spaced, options, "model"), options, work, granularities, seed)
+        scorer = scorers[tuple(pool.values())]
         before = scorer.evaluations
         choice = search.swarm(scorer, settings, settings.granularity, work / f"candidate-{i}", quiet=True)
         unseen = scorer.evaluate([choice.candidate], "test")[0].utility

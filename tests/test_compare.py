@@ -237,3 +237,27 @@ def test_every_recipe_reproduces_its_row(lora_board, tmp_path):
             result = CliRunner().invoke(main, ["apply", str(path), str(merged), "--quiet"])
         assert result.exit_code == 0, (entry.method, result.output)
         assert score_folder(recipe, merged, "dev").value == entry.dev, entry.method
+
+
+def test_an_update_space_comparison_tags_its_mixes_and_stock_mergekit_reproduces_them(zoo, tmp_path):
+    """Soups, swarm and search baselines mix the adapters in the recipe's space, and say so; their
+    recipes are stock `linear`s of the baked experts, which mergekit-yaml runs (NLL to float rounding)."""
+    utility = {"type": "nll", "dev": str(zoo.dev), "batch_size": 16}
+    swarm = {"particles": 4, "max_iterations": 1, "lora_space": "update"}
+    recipe_file = write_recipe(tmp_path / "recipe", zoo.lora, base=zoo.base, utility=utility, swarm=swarm, dtype="float32")
+    out = tmp_path / "board"
+    args = ["compare", str(recipe_file), str(out), "--baselines", "best_expert,uniform_soup", "--search", "random-search"]
+    result = CliRunner().invoke(main, [*args, "--budget", "3", "--quiet"])
+    assert result.exit_code == 0, result.output
+    board = Leaderboard.read(out)
+    titles = {e.method: e.title for e in board.entries}
+    assert titles["best_expert"] == "best single expert"  # an expert as it is: no space
+    for method in ("uniform_soup", "swarm_model", "random_search"):
+        assert titles[method].endswith("update space") and board.entry(method).settings["lora_space"] == "update"
+        path = out / board.entry(method).recipe
+        assert "`mergekit-yaml" in path.read_text().splitlines()[0]
+        merged = tmp_path / method
+        cache = ["--lora-merge-cache", str(tmp_path / "lora-cache")]
+        assert CliRunner().invoke(mergekit_yaml, [str(path), str(merged), *cache]).exit_code == 0
+        reproduced = score_folder(load_recipe(recipe_file).resolve(), merged, "dev").value
+        assert reproduced == pytest.approx(board.entry(method).dev, abs=1e-4), method

@@ -39,13 +39,15 @@ def test_a_utility_that_cannot_be_cut_is_refused(recipe_factory, tmp_path):
         load_recipe(recipe_factory("lora", utility=utility, swarm={"holdout": 0.25}))
 
 
-@pytest.fixture(scope="module")
-def holdout_run(zoo, tmp_path_factory):
+@pytest.fixture(scope="module", params=["factor", "update"])
+def holdout_run(zoo, tmp_path_factory, request):
+    """A holdout run of the LoRA pool in each space."""
     from tests.conftest import write_recipe
 
     root = tmp_path_factory.mktemp("holdout")
     utility = {"type": "nll", "dev": str(zoo.dev), "test": str(zoo.test), "batch_size": 16}
-    recipe = load_recipe(write_recipe(root / "recipe", zoo.lora, base=zoo.base, utility=utility, swarm=HOLDOUT))
+    swarm = {**HOLDOUT, "lora_space": request.param}
+    recipe = load_recipe(write_recipe(root / "recipe", zoo.lora, base=zoo.base, utility=utility, swarm=swarm))
     return recipe, run_swarm(recipe, root / "out", QUIET), root / "out"
 
 

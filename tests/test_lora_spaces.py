@@ -172,3 +172,31 @@ def test_the_winner_compressed_by_svd_is_written_beside_it_with_its_own_utility(
     assert result.compressed["dev"] != result.winner_dev  # a rank-8 copy of a rank-17 update is not the winner
     assert "winner compressed to rank 8" in (out / "README.md").read_text()
     assert json.loads((out / "swarm_result.json").read_text())["compressed"] == result.compressed
+
+
+def test_with_the_base_as_an_expert_the_experts_coefficients_are_free(zoo, tokenizer, pool_paths, tmp_path):
+    """W0 + 0.6 D1 + 0.6 D2: a total of 1.2, reached with the base's coefficient at -0.2."""
+    from transformers import AutoModelForCausalLM
+
+    from mergekit_swarm.config import load_recipe
+    from mergekit_swarm.experts import open_recipe_pool
+    from tests.conftest import write_recipe
+
+    utility = {"type": "nll", "dev": str(zoo.dev), "batch_size": 16}
+    swarm = {"lora_space": "update", "base_as_expert": True, "particles": 5, "max_iterations": 1}
+    recipe_file = write_recipe(tmp_path, pool_paths[:2], base=zoo.base, utility=utility, swarm=swarm)
+    recipe = load_recipe(recipe_file).resolve()
+    pool = open_recipe_pool(recipe)
+    assert len(pool) == 3 and pool.names[-1] == "base (no update)"
+    c = np.array([[0.6, 0.6, -0.2]])
+    resident = ResidentModel(pool, group_layout(pool, "model"), model_source=zoo.base, tokenizer=tokenizer, model_dtype=None)
+    resident.load(c)
+    reference = AutoModelForCausalLM.from_pretrained(zoo.base, dtype=torch.float64)
+    reference.load_state_dict(baked_mix(zoo, pool_paths[:2], c[0, :2]))
+    assert torch.allclose(logits(resident.model, tokenizer), logits(reference, tokenizer), atol=1e-5)
+
+    out = tmp_path / "out"
+    result = run_swarm(load_recipe(recipe_file), out, RunOptions(quiet=True))
+    assert result.experts[-1] == "base (no update)" and score_folder(recipe, out, "dev").value == result.winner_dev
+    models = [m["model"] for m in yaml.safe_load((out / "mergekit_config.yml").read_text())["models"]]
+    assert models[-1] == str(zoo.base) and all("+" in m for m in models[:-1])  # the base as it is, the experts baked

@@ -93,6 +93,17 @@ def test_ray_run_equals_the_in_process_run_and_sends_only_coefficients(cluster, 
         assert sent < task.coefficients.nbytes + 400 and sent < expert_bytes / 100, sent
 
 
+def test_an_update_space_pool_on_ray_equals_the_in_process_run(cluster, zoo, tmp_path):
+    utility = {"type": "nll", "dev": str(zoo.dev), "batch_size": 16}
+    swarm = {"max_iterations": 1, "lora_space": "update", "base_as_expert": True}
+    evaluation = {"particles_per_batch": 2, "workers": 2, "cpus_per_worker": 1}
+    recipe = load_recipe(write_recipe(tmp_path, zoo.lora, base=zoo.base, swarm=swarm, utility=utility, evaluation=evaluation))
+    local = run_swarm(recipe, tmp_path / "local", RunOptions(quiet=True))
+    on_ray = run_swarm(recipe, tmp_path / "ray", RAY)
+    assert outcome(on_ray, tmp_path / "ray")[:2] == outcome(local, tmp_path / "local")[:2]
+    assert len({line["utility"] for line in outcome(local, tmp_path / "local")[1]}) > 2
+
+
 def test_a_full_model_pool_on_ray_equals_the_in_process_run(cluster, zoo, tmp_path):
     utility = {"type": "exact_match", "dev": str(zoo.dev), "test": str(zoo.test), "batch_size": 8, "max_new_tokens": 6}
     recipe = load_recipe(write_recipe(tmp_path, zoo.full, swarm={"max_iterations": 1}, utility=utility))

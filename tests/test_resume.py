@@ -46,11 +46,12 @@ def evaluations(out) -> list[tuple]:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
-def test_sigkill_mid_iteration_then_resume_gives_the_same_winner_and_history(zoo, recipe_factory, tmp_path):
+@pytest.mark.parametrize("space", ["factor", "update"])
+def test_sigkill_mid_iteration_then_resume_gives_the_same_winner_and_history(zoo, recipe_factory, tmp_path, space):
     (tmp_path / "killable.py").write_text(KILLABLE)
     recipe = recipe_factory(
         "lora",
-        swarm={"particles": 4, "max_iterations": 4, "patience": 10, "granularity": "tensor"},
+        swarm={"particles": 4, "max_iterations": 4, "patience": 10, "granularity": "tensor", "lora_space": space},
         utility={"type": "python", "function": str(tmp_path / "killable.py") + ":score"},
     )
     env = {**os.environ, "SWARM_TEST_DEV": str(zoo.dev), "HF_HUB_OFFLINE": "1"}

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from mergekit_swarm.compare import search_baselines as search
@@ -109,7 +110,7 @@ def _compare(
         seconds = time.perf_counter() - start
         test = tests.of([choice.candidate])[0] if choice.candidate is not None else None
         settings = choice.settings
-        if isinstance(choice.candidate, Mix) and isinstance(setup.pool, LoraPool):  # mixes of adapters: in which space
+        if _mixes_adapters(choice.candidate, setup.pool):  # say in which space
             title, settings = f"{title}, {setup.pool.space} space", {**settings, "lora_space": setup.pool.space}
         entry = Entry(
             method,
@@ -217,6 +218,13 @@ def _key(candidate: Candidate) -> object:
     return ("mergekit", json.dumps(candidate.config, sort_keys=True, default=str))
 
 
+def _mixes_adapters(candidate, pool) -> bool:
+    """Whether a method's choice mixes LoRA experts (an expert alone is the same in either space)."""
+    if not (isinstance(candidate, Mix) and isinstance(pool, LoraPool)):
+        return False
+    return bool((np.count_nonzero(candidate.coefficients, axis=1) > 1).any())
+
+
 def _value(result: Evaluation | None) -> float | None:
     return None if result is None or result.failed else result.utility
 
@@ -234,10 +242,13 @@ def _write_recipe(folder: Path, method: str, title: str, choice: Choice, scorer:
         )
     else:
         assert isinstance(candidate, Mix)
-        layout = scorer.layout(candidate.granularity)
-        text = f"# {title}: `mergekit-swarm apply {RECIPES_FOLDER}/{method}.yml out/` reproduces it\n" + recipe_of(
-            recipe, scorer.setup.pool, layout, candidate.coefficients, file=f"{RECIPES_FOLDER}/{method}.yml"
-        )
+        layout, file = scorer.layout(candidate.granularity), f"{RECIPES_FOLDER}/{method}.yml"
+        pool = scorer.setup.pool
+        if isinstance(pool, LoraPool) and pool.space == "update":  # the baked experts, mixed by stock mergekit
+            how = f"`mergekit-yaml {file} out/` reproduces it (to float rounding)"
+        else:
+            how = f"`mergekit-swarm apply {file} out/` reproduces it"
+        text = f"# {title}: {how}\n" + recipe_of(recipe, pool, layout, candidate.coefficients, file=file)
     path = folder / RECIPES_FOLDER / f"{method}.yml"
     path.parent.mkdir(exist_ok=True)
     path.write_text(text, encoding="utf-8")

@@ -7,7 +7,7 @@ from pathlib import Path
 from mergekit_swarm.config import MergeRecipe, SwarmRecipe
 from mergekit_swarm.errors import ConfigError, ExpertError
 from mergekit_swarm.experts.full import FullModelPool
-from mergekit_swarm.experts.lora import LoraPool, is_adapter_folder
+from mergekit_swarm.experts.lora import BASE_EXPERT, LoraPool, is_adapter_folder
 from mergekit_swarm.experts.pool import ExpertPool, TensorSpec
 from mergekit_swarm.pso.settings import LoraSpace
 
@@ -44,13 +44,26 @@ def open_recipe_pool(recipe: MergeRecipe, *, allow_pickle: bool = False, trust_r
     LoRA experts in the search recipe's `swarm.lora_space` (a recipe of weights: factor space)."""
     if recipe.base_model is None and any(is_adapter_folder(p) for p in recipe.experts):
         raise ConfigError(f"{recipe.source}: base_model: is required when the experts are LoRA adapters")
+    swarm = recipe.swarm if isinstance(recipe, SwarmRecipe) else None
+    if swarm is not None and swarm.base_as_expert:
+        if not all(is_adapter_folder(p) for p in recipe.experts):
+            raise ConfigError(f"{recipe.source}: swarm: base_as_expert is for LoRA experts; these are full models")
+        return LoraPool(
+            list(recipe.experts),
+            allow_pickle=allow_pickle,
+            names=[*recipe.expert_names(), BASE_EXPERT],
+            base=recipe.base_model,
+            trust_remote_code=trust_remote_code,
+            space="update",
+            zero_expert=True,
+        )
     return open_pool(
         list(recipe.experts),
         allow_pickle=allow_pickle,
         names=recipe.expert_names(),
         base=recipe.base_model,
         trust_remote_code=trust_remote_code,
-        lora_space=recipe.swarm.lora_space if isinstance(recipe, SwarmRecipe) else "factor",
+        lora_space=swarm.lora_space if swarm is not None else "factor",
     )
 
 

@@ -28,13 +28,14 @@ from typing import Any
 import torch
 
 from mergekit_swarm.errors import ExpertError
-from mergekit_swarm.experts.pool import STORED_DTYPES, ExpertPool, TensorSpec, open_checkpoint
+from mergekit_swarm.experts.pool import STORED_DTYPES, ExpertPool, SafetensorsFiles, TensorSpec, open_checkpoint
 from mergekit_swarm.pso.settings import LoraSpace
 from mergekit_swarm.storage import read_json
 
 # base_model.model.<module>.lora_A.weight / .lora_embedding_B (embeddings have no .weight)
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?:embedding_)?(?P<side>[AB])(?:\.weight)?$")
 PEFT_PREFIX = "base_model.model."
+BASE_EXPERT = "base (no update)"  # the name of the base model when it joins an update-space pool
 # PEFT 0.21 checks rank/alpha patterns against module names only, and warns wrongly about those of
 # LoRA on parameters (`.*\.gate_up_proj` of fused MoE experts), which it does apply.
 PEFT_PATTERN_WARNING = ".*_pattern keys did not match any targeted module"
@@ -76,11 +77,20 @@ class LoraPool(ExpertPool):
         base: Path | None = None,
         trust_remote_code: bool = False,
         space: LoraSpace = "factor",
+        zero_expert: bool = False,
     ):
+        if zero_expert:  # the base itself, as the last expert: no tensors, an update of zero everywhere
+            if space != "update" or base is None:
+                raise ValueError("the base joins as an expert only in update space, and needs the base model")
+            paths = [*paths, base]
         super().__init__(paths, names)
         self.space = space
-        self.configs = [read_adapter_config(p) for p in paths]
-        self.files = [open_checkpoint(p, "adapter_model", "adapter", allow_pickle=allow_pickle) for p in paths]
+        adapters = paths[:-1] if zero_expert else paths
+        self.configs = [read_adapter_config(p) for p in adapters]
+        self.files = [open_checkpoint(p, "adapter_model", "adapter", allow_pickle=allow_pickle) for p in adapters]
+        if zero_expert:
+            self.configs.append(self.configs[0])
+            self.files.append(SafetensorsFiles(base, {}))
         raw = [{name: f.shape(name) for name in f.names()} for f in self.files]
         ranks = self._read_ranks(raw, base, trust_remote_code)
         self.rank, self._offset = _placement(ranks, space)

@@ -106,7 +106,7 @@ def _baked_recipe(
     `linear` of the baked experts (`base+adapter`, mergekit's syntax). Per-group weights filter the base's
     tensors; a tensor no group covers (one no expert adapts) is the base's own: weight 1 for the first
     model and 0 for the others, exactly."""
-    baked = [f"{base_model}+{model}" for model in models]
+    baked = [model if model == base_model else f"{base_model}+{model}" for model in models]  # the base itself as is
     recipe: dict = {"merge_method": "linear", "base_model": baked[0], "parameters": {"normalize": False}}
     for key, value in (("dtype", dtype), ("out_dtype", out_dtype), ("chat_template", chat_template)):
         if value is not None:

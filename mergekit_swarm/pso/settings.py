@@ -97,6 +97,14 @@ class SwarmSettings(StrictSection):
             "particle is (sum_k c_k s_k B_k)(sum_k c_k A_k), cross terms included."
         ),
     )
+    base_as_expert: bool = Field(
+        False,
+        description=(
+            "LoRA experts in update space only: the base model joins the pool as one more expert, with no update, so "
+            "that the experts' own coefficients need not sum to 1 (W0 + sum_k c_k s_k B_k A_k with a free total: task "
+            "arithmetic with a weight per expert, which LoraHub searches)."
+        ),
+    )
     seed: int = Field(42, description="Seed of every random draw of the search.")
     drop_k: int = Field(0, ge=0, description="Evaluation dropout: skip drop_k of every drop_n particle evaluations.")
     drop_n: int = Field(1, ge=1, description="Evaluation dropout: see drop_k.")
@@ -107,6 +115,8 @@ class SwarmSettings(StrictSection):
             raise ValueError("inertia, cognitive, social and repel are all 0: particles could never move")
         if self.min_step_length > self.step_length:
             raise ValueError(f"min_step_length ({self.min_step_length}) is larger than step_length ({self.step_length})")
+        if self.base_as_expert and self.lora_space != "update":
+            raise ValueError("base_as_expert needs lora_space: update (in factor space the base has no factors to mix)")
         if self.drop_k >= self.drop_n:
             raise ValueError(f"drop_k ({self.drop_k}) must be smaller than drop_n ({self.drop_n}); some evaluations must run")
         return self
