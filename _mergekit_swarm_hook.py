@@ -21,6 +21,7 @@ import sys
 WATCHED = {
     "mergekit.merge_methods": "register_method",
     "mergekit.scripts.run_yaml": "extend_mergekit_yaml",
+    "mergekit.scripts.multimerge": "extend_mergekit_multi",
 }
 
 

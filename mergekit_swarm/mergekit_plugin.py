@@ -1,6 +1,6 @@
 """`model_swarms` inside mergekit: the registered merge method and the `mergekit-yaml` entry.
 
-Two things, both applied by the lazy import hook (`_mergekit_swarm_hook`):
+Three things, all applied by the lazy import hook (`_mergekit_swarm_hook`):
 
 * `register_method`: registers `model_swarms` in mergekit's public registry. As a
   per-tensor method it is an affine combination with per-input `weight`s and no
@@ -10,6 +10,8 @@ Two things, both applied by the lazy import hook (`_mergekit_swarm_hook`):
   when the recipe is a swarm recipe (`merge_method: model_swarms` with a `utility:` or
   `swarm:` section), with the same result as `mergekit-swarm recipe.yml out/`; every
   other recipe goes to mergekit unchanged.
+* `extend_mergekit_multi`: lets `mergekit-multi` run a `model_swarms` search document as one of
+  its stages (`mergekit_swarm.multistage`); recipes without one run exactly as stock.
 """
 
 from __future__ import annotations
@@ -70,6 +72,52 @@ def extend_mergekit_yaml(module) -> None:
 
     command.callback = callback
     command._model_swarms = True
+
+
+def extend_mergekit_multi(module) -> None:
+    """Let `mergekit-multi` run `model_swarms` search documents as stages (see `mergekit_swarm.multistage`);
+    a multi-stage recipe without one runs exactly as stock."""
+    from pathlib import Path
+
+    from mergekit_swarm.multistage import STAGES, run_stage
+
+    if getattr(module, "_model_swarms", False):
+        return
+    stock_load, stock_patch, stock_execute = module.load_config, module.patched_config, module.MergeModelTask.execute
+    stock_callback = module.main.callback
+
+    def load_config(config_source, intermediate_dir):
+        STAGES.intermediate_dir = intermediate_dir
+        return stock_load(STAGES.split(config_source), intermediate_dir)
+
+    def patched_config(config, merge_names, working_dir):
+        config, used = stock_patch(config, merge_names, working_dir)
+        if not STAGES.stages:
+            return config, used
+        models = []
+        for model in config.models or []:  # base+stage: a LoRA-pool winner used as an adapter of its base
+            lora = model.model.lora
+            if lora is not None and lora.path in merge_names:
+                used.add(lora.path)
+                lora = lora.model_copy(update={"path": str(Path(working_dir) / lora.path)})
+                model = model.model_copy(update={"model": model.model.model_copy(update={"lora": lora})})
+            models.append(model)
+        return config.model_copy(update={"models": models}) if config.models else config, used
+
+    def execute(self, **kwargs):
+        stage = STAGES.stage(self.name)
+        if stage is None:
+            return stock_execute(self, **kwargs)
+        return run_stage(stage, self.config_yaml, self.out_path, self.options, lazy=self.lazy, name=self.name)
+
+    def callback(**kwargs):
+        STAGES.recipe_file = Path(kwargs["config_file"]).resolve()
+        return stock_callback(**kwargs)
+
+    module.load_config, module.patched_config = load_config, patched_config
+    module.MergeModelTask.execute = execute
+    module.main.callback = callback
+    module._model_swarms = True
 
 
 # Importing this module may itself have been what imported mergekit: apply to whatever is loaded.

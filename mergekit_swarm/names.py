@@ -37,6 +37,11 @@ def is_output_folder(folder: Path) -> bool:
     return (Path(folder) / OUTPUT_MARKER).is_file()
 
 
+def is_swarm_document(data: object) -> bool:
+    """Whether a parsed recipe asks for a swarm search: `merge_method: model_swarms` with a swarm section."""
+    return isinstance(data, dict) and data.get("merge_method") == METHOD_NAME and any(k in data for k in SWARM_KEYS)
+
+
 def is_swarm_recipe(path: str | Path) -> bool:
     """Whether a recipe file asks for a swarm search (not a one-shot merge).
 
@@ -50,7 +55,7 @@ def is_swarm_recipe(path: str | Path) -> bool:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
         return False  # let whoever loads it report the problem
-    return isinstance(data, dict) and data.get("merge_method") == METHOD_NAME and any(k in data for k in SWARM_KEYS)
+    return is_swarm_document(data)
 
 
 def display_names(paths: Sequence[Path], known: Mapping[Path, str] | None = None) -> list[str]:

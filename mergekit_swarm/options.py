@@ -28,6 +28,8 @@ class RunOptions:
     backend: Literal["local", "ray"] | None = None  # --backend: overrides the recipe's `evaluation: backend`
     read_to_gpu: bool | None = None  # full experts held on the device: None = when they fit (GPU only)
     svd_rank: int | None = None  # LoRA winners: also write a copy compressed to this rank (truncated SVD)
+    lora_merge_cache: str | None = None  # where base+adapter experts of a full pool are baked (mergekit's flag)
+    lora_merge_dtype: str | None = None  # the dtype they are baked in (mergekit's flag)
 
     @classmethod
     def from_merge_options(cls, merge_options, **ours) -> RunOptions:
@@ -44,6 +46,8 @@ class RunOptions:
             write_threads=merge_options.write_threads,
             cache_dir=merge_options.transformers_cache,
             read_to_gpu=True if merge_options.read_to_gpu else None,
+            lora_merge_cache=merge_options.lora_merge_cache,
+            lora_merge_dtype=merge_options.lora_merge_dtype,
             **ours,
         )
 
@@ -55,8 +59,6 @@ NO_EFFECT = {
     "low_cpu_memory": "one resident model is used",
     "multi_gpu": "one resident model is used",
     "clone_tensors": "tensors are written once each",
-    "lora_merge_cache": "model+lora experts are not supported; list the adapter folder",
-    "lora_merge_dtype": "model+lora experts are not supported; list the adapter folder",
     "unsafe_truncate_embeddings": "the experts' vocabulary is kept as it is",
 }
 

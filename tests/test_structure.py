@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("coefficients to weights", {"checkpoint_layout", "materialize", "materializer", "adapter_stack", "resident", "tokenizer"}),
     ("search", {"search"}),  # setup, evaluation engines, checkpoints, the loop
     ("output", {"output"}),  # model folder, recipe, card, plot, publishing
-    ("entry points", {"run", "apply", "compare", "rescore"}),
+    ("entry points", {"run", "apply", "compare", "rescore", "multistage"}),
     ("interfaces", {"cli", "mergekit_plugin", "__main__", "__init__"}),
 ]
 TEST_BUILDERS = "testing"

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from mergekit_swarm.config.adapters import AdapterOnBase, pool_members
 from mergekit_swarm.config.evaluation import EvaluationSettings
 from mergekit_swarm.errors import ConfigError, ExpertError
 from mergekit_swarm.fingerprints import DigestCache, identities
@@ -42,12 +43,14 @@ class MergeRecipe:
     `resolve()` turns into local snapshot folders before any work starts."""
 
     merge: Any  # mergekit.config.MergeConfiguration
-    experts: tuple[Path | HubModel, ...]
+    experts: tuple[Path | HubModel | AdapterOnBase, ...]  # after `resolve()`: local folders only
     base_model: Path | HubModel | None
     tokenizer_source: Path | HubModel | str  # a model, or "union" (checked when the tokenizers are loaded)
     source: str  # where the recipe came from, for messages
     text: str  # the recipe as written
     hub_ids: dict[Path, str]  # snapshot folder -> the Hub model it holds ("org/name" or "org/name@rev")
+    baked: dict[Path, str]  # baked folder -> "base+adapter", as recipes name it
+    written_experts: tuple[Path | HubModel | AdapterOnBase, ...]  # as written (resolve() keeps them, located)
 
     def resolve(self, options: RunOptions | None = None) -> MergeRecipe:
         """The same recipe with every Hub model downloaded (or found in the cache), as `options`
@@ -68,21 +71,47 @@ class MergeRecipe:
             hub_ids[folder] = str(model)
             return folder
 
-        experts = tuple(local(m, f"models[{i}]") for i, m in enumerate(self.experts))
+        def expert(model, where: str):
+            if isinstance(model, AdapterOnBase):
+                return AdapterOnBase(local(model.base, f"{where} (its base)"), local(model.adapter, where))
+            return local(model, where)
+
+        written = self.written_experts
+        located = [expert(m, f"models[{i}]") for i, m in enumerate(written)]
         base = local(self.base_model, "base_model") if self.base_model is not None else None
         tokenizer = local(self.tokenizer_source, "tokenizer_source")
         if isinstance(self.base_model, HubModel):
-            for i, folder in enumerate(experts):
-                if (folder / "adapter_config.json").exists():
+            for i, folder in enumerate(located):
+                if isinstance(folder, Path) and (folder / "adapter_config.json").exists():
                     config = read_json(folder / "adapter_config.json", ExpertError)
                     check_adapter_base(config, str(self.base_model), f"{self.source}: models[{i}]")
-        merge = _with_absolute_paths(self.merge, experts, base)  # mergekit helpers then read the snapshots
-        return replace(self, merge=merge, experts=experts, base_model=base, tokenizer_source=tokenizer, hub_ids=hub_ids)
+        named = replace(self, hub_ids=hub_ids)
+        folders, baked = pool_members(
+            located,
+            base,
+            source=self.source,
+            cache=options.lora_merge_cache,
+            dtype=options.lora_merge_dtype,
+            trust_remote_code=options.trust_remote_code,
+            reference=named.reference,
+        )
+        experts = tuple(folders)
+        merge = _with_absolute_paths(self.merge, experts, base)  # mergekit helpers then read the local folders
+        return replace(
+            self,
+            merge=merge,
+            experts=experts,
+            base_model=base,
+            tokenizer_source=tokenizer,
+            hub_ids=hub_ids,
+            baked=baked,
+            written_experts=tuple(located),
+        )
 
     def reference(self, folder: Path) -> str:
-        """How a model is named in recipes and cards: its Hub id (`org/name[@rev]`, mergekit's
-        syntax) if it came from the Hub, else its absolute path."""
-        return self.hub_ids.get(folder, str(folder))
+        """How a model is named in recipes and cards: `base+adapter` for an adapter baked into its base,
+        its Hub id (`org/name[@rev]`, mergekit's syntax) if it came from the Hub, else its absolute path."""
+        return self.baked.get(folder) or self.hub_ids.get(folder, str(folder))
 
     def repo_and_revision(self, folder: Path) -> tuple[str, str | None]:
         """A model as transformers/PEFT name it: (repo id or path, revision or None)."""
@@ -90,13 +119,18 @@ class MergeRecipe:
         return (repo, revision or None) if folder in self.hub_ids else (str(folder), None)
 
     def expert_names(self) -> list[str]:
-        """Short names for tables: the Hub id, or the folder name (with its parent if two collide)."""
-        return display_names(self.experts, self.hub_ids)
+        """Short names for tables: the Hub id, or the folder name (with its parent if two collide); a baked
+        adapter by the adapter's."""
+        written = self.written_experts
+        shown = [w.adapter if isinstance(w, AdapterOnBase) and w.adapter != e else e for w, e in zip(written, self.experts)]
+        return display_names([p if isinstance(p, Path) else Path(str(p)) for p in shown], self.hub_ids)
 
     def inputs(self) -> list[Path]:
-        """The local files and folders this recipe reads: the recipe file, the experts, the base model and
-        the tokenizer source (after `resolve()`, Hub models are their snapshot folders). Read-only to us."""
-        models = [*self.experts, self.base_model, self.tokenizer_source]
+        """The local files and folders this recipe reads: the recipe file, the experts (both parts of a
+        `base+adapter`), the base model and the tokenizer source (after `resolve()`, Hub models are their
+        snapshot folders and baked adapters our own cache's). Read-only to us."""
+        written = [part for e in self.written_experts for part in _parts(e)]
+        models = [*written, *(e for e in self.experts if e not in self.baked), self.base_model, self.tokenizer_source]
         recipe_file = [Path(self.source)] if Path(self.source).is_file() else []
         return recipe_file + [m for m in models if isinstance(m, Path)]
 
@@ -152,6 +186,10 @@ class SwarmRecipe(MergeRecipe):
             "packages": self.utility.package_versions(),
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _parts(expert) -> list:
+    return [expert.base, expert.adapter] if isinstance(expert, AdapterOnBase) else [expert]
 
 
 def load_recipe(path: str | Path) -> SwarmRecipe:
@@ -283,22 +321,31 @@ def _parse_merge(data: Any, base_dir: Path, source: str, text: str, *, extra_key
         raise ConfigError(f"{source}: {exc}") from None
     _check_dtypes(merge, source)
 
-    experts = tuple(_model_source(m.model, base_dir, f"models[{i}]", source) for i, m in enumerate(merge.models))
+    experts = tuple(_model_source(m.model, base_dir, f"models[{i}]", source, adapters=True) for i, m in enumerate(merge.models))
     base = _model_source(merge.base_model, base_dir, "base_model", source) if merge.base_model else None
     if len(set(experts)) != len(experts):
         raise ConfigError(f"{source}: the same expert is listed twice under models:")
-    tokenizer = _tokenizer_source(merge, base_dir, base or experts[0], source)
-    return MergeRecipe(_with_absolute_paths(merge, experts, base), experts, base, tokenizer, source, text, {})
+    first = experts[0].base if isinstance(experts[0], AdapterOnBase) else experts[0]  # a baked model has no tokenizer
+    tokenizer = _tokenizer_source(merge, base_dir, base or first, source)
+    return MergeRecipe(_with_absolute_paths(merge, experts, base), experts, base, tokenizer, source, text, {}, {}, experts)
 
 
-def _with_absolute_paths(merge, experts: tuple[Path | HubModel, ...], base: Path | HubModel | None):
+def _with_absolute_paths(merge, experts: tuple[Path | HubModel | AdapterOnBase, ...], base: Path | HubModel | None):
     """The mergekit configuration with its local model paths made absolute, so mergekit helpers
-    given it (e.g. `chat_template: auto`) find the models from any working directory."""
+    given it (e.g. `chat_template: auto`) find the models from any working directory (after
+    `resolve()`, each expert is the folder the pool reads: a baked adapter is no longer `base+adapter`)."""
 
-    def at(reference, model: Path | HubModel):
+    def placed(path, model: Path | HubModel):  # a mergekit ModelPath
+        return path if isinstance(model, HubModel) else path.model_copy(update={"path": str(model)})
+
+    def at(reference, model: Path | HubModel | AdapterOnBase):
+        if isinstance(model, AdapterOnBase):
+            return reference.model_copy(
+                update={"model": placed(reference.model, model.base), "lora": placed(reference.lora, model.adapter)}
+            )
         if isinstance(model, HubModel):
             return reference
-        return reference.model_copy(update={"model": reference.model.model_copy(update={"path": str(model)})})
+        return reference.model_copy(update={"model": placed(reference.model, model), "lora": None})
 
     update: dict[str, Any] = {"models": [m.model_copy(update={"model": at(m.model, p)}) for m, p in zip(merge.models, experts)]}
     if base is not None:
@@ -358,15 +405,24 @@ def _check_dtypes(merge, source: str) -> None:
                 raise ConfigError(f"{source}: {key}: unknown dtype {value!r} (float32, bfloat16, float16, float64)") from None
 
 
-def _model_source(reference, base_dir: Path, where: str, source: str) -> Path | HubModel:
-    """A local folder (relative to the recipe) if it exists, else a Hub repo id (`org/name[@rev]`)."""
+def _model_source(
+    reference, base_dir: Path, where: str, source: str, *, adapters: bool = False
+) -> Path | HubModel | AdapterOnBase:
+    """A local folder (relative to the recipe) if it exists, else a Hub repo id (`org/name[@rev]`); for an
+    expert (`adapters`), also `base+adapter`, mergekit's syntax for an adapter applied to a model."""
     if reference.lora is not None:
-        raise ConfigError(f"{source}: {where}: 'model+lora' syntax is not used here; list the adapter folder itself as an expert")
-    written = reference.model.path
+        if not adapters:
+            raise ConfigError(f"{source}: {where}: base+adapter names an expert; here give a model")
+        model = _location(reference.model.path, reference.model.revision, base_dir, where, source)
+        return AdapterOnBase(model, _location(reference.lora.path, reference.lora.revision, base_dir, where, source))
+    return _location(reference.model.path, reference.model.revision, base_dir, where, source)
+
+
+def _location(written: str, revision: str | None, base_dir: Path, where: str, source: str) -> Path | HubModel:
     path = Path(written).expanduser()
     resolved = (path if path.is_absolute() else base_dir / path).resolve()
     if resolved.is_dir():
         return resolved
     if looks_like_repo_id(written):
-        return HubModel(written, reference.model.revision, local_path=resolved)
+        return HubModel(written, revision, local_path=resolved)
     raise ConfigError(f"{source}: {where}: model folder {written} not found (looked in {resolved}), and it is not a Hub repo id")
