@@ -3,7 +3,7 @@
     python .ci/check_winner.py RECIPE OUT
 
 Loads OUT with `from_pretrained` (full models) or `PeftModel.from_pretrained(base, OUT)` (adapters), with
-the tokenizer written beside it, scores it with the recipe's dev utility (`mergekit_swarm.rescore`), and compares with
+the tokenizer written beside it, scores it with the recipe's dev utility (`mergekit_swarm.commands.rescore`), and compares with
 `winner_dev` in OUT/swarm_result.json (to 1e-6: the same weights and greedy decoding give the same
 figure). Also checks that every expert and the winner have a test utility. Exits 1 on any mismatch.
 """
@@ -14,8 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+from mergekit_swarm.commands.rescore import score_folder
 from mergekit_swarm.config import load_recipe
-from mergekit_swarm.rescore import score_folder
 
 
 def main(recipe_file: str, out: str) -> None:

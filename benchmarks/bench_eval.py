@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import command, header, machine, versions, write_report
+from lib.common import command, header, machine, versions, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,7 @@ def particles(layout, experts: int, count: int, seed: int = 0):
     """`count` particles as a swarm has them: experts, then affine mixtures."""
     import numpy as np
 
-    from mergekit_swarm.materialize import one_hot
+    from mergekit_swarm.weights.kernels import one_hot
 
     rng = np.random.default_rng(seed)
     mixes = [rng.dirichlet(np.ones(experts), size=len(layout)) * 1.4 - 0.1 for _ in range(max(0, count - experts))]
@@ -54,13 +54,15 @@ def particles(layout, experts: int, count: int, seed: int = 0):
 
 def resident_for(experts, base, layout_granularity: str, tokenizer, device: str, slots: int = 1):
     from mergekit_swarm.experts import open_pool
-    from mergekit_swarm.groups import group_layout
-    from mergekit_swarm.resident import ResidentModel
+    from mergekit_swarm.experts.groups import group_layout
+    from mergekit_swarm.weights.resident import ResidentModel
 
     pool = open_pool(experts)
     layout = group_layout(pool, layout_granularity)
     source = base if base is not None else experts[0]
-    resident = ResidentModel(pool, layout, model_source=source, tokenizer=tokenizer, model_dtype=None, device=device, slots=slots)
+    resident = ResidentModel.open(
+        pool, layout, model_source=source, tokenizer=tokenizer, model_dtype=None, device=device, slots=slots
+    )
     return resident, layout
 
 
@@ -189,8 +191,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from mergekit_swarm.config import load_recipe
+    from mergekit_swarm.experts.tokenizer import load_tokenizer
     from mergekit_swarm.testing import quickstart
-    from mergekit_swarm.tokenizer import load_tokenizer
 
     recipe = load_recipe(quickstart.build(ROOT / "examples" / "quickstart", quiet=True))
     tokenizer = load_tokenizer(recipe.base_model, recipe, False)

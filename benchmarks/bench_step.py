@@ -9,7 +9,7 @@ run side by side in separate processes on the same synthetic experts:
 * ours: the real search loop (`run_search`: PSO step in coefficient space, particles
   written into the resident model, checkpoint and history after every iteration), with a
   utility that only reads a few weights, so what is timed is everything but forward passes;
-* official-style: `official_style.py`, per-particle weight files updated by five whole-file
+* official-style: `lib/official_style.py`, per-particle weight files updated by five whole-file
   merges, the particle loaded from disk for its evaluation (LoRA: base + adapter), and
   folder copies of improved particles.
 
@@ -34,7 +34,7 @@ from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
-from common import (
+from lib.common import (
     RESULTS,
     MemorySampler,
     accumulate_rate,
@@ -46,7 +46,7 @@ from common import (
     versions,
     write_report,
 )
-from synthetic import Shape, build_pool
+from lib.synthetic import Shape, build_pool
 
 
 def probe_value(model, adapter: str | None = None, module=None) -> float:
@@ -66,14 +66,14 @@ def run_ours(args, pool, kind: str) -> dict:
 
     from mergekit_swarm import pso
     from mergekit_swarm.experts import open_pool
-    from mergekit_swarm.groups import group_layout
+    from mergekit_swarm.experts.groups import group_layout
     from mergekit_swarm.output.rundir import RunDirectory
     from mergekit_swarm.pso import SwarmState
-    from mergekit_swarm.resident import ResidentModel
-    from mergekit_swarm.search.checkpoint import Checkpoint
     from mergekit_swarm.search.evaluator import LocalEvaluator
     from mergekit_swarm.search.loop import run_search
+    from mergekit_swarm.search.run_state import Checkpoint
     from mergekit_swarm.utilities import Utility
+    from mergekit_swarm.weights.resident import ResidentModel
 
     class Probe(Utility):
         module = None  # the resident model's first LoRA layer, looked up once
@@ -101,7 +101,7 @@ def run_ours(args, pool, kind: str) -> dict:
     )  # the timed loop drives initialize/observe/step itself
     settings = settings.model_copy(update={"granularity": args.granularity})
     start = time.perf_counter()
-    resident = ResidentModel(
+    resident = ResidentModel.open(
         expert_pool,
         layout,
         model_source=experts[0] if kind == "full" else pool.base,
@@ -150,7 +150,7 @@ def run_ours(args, pool, kind: str) -> dict:
 
 def run_official(args, pool, kind: str) -> dict:
     import torch
-    from official_style import OfficialStyleSwarm
+    from lib.official_style import OfficialStyleSwarm
     from transformers import AutoModelForCausalLM
 
     dtype = getattr(torch, args.dtype)

@@ -16,9 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import command, header, machine, versions, write_report
+from lib.common import command, header, machine, versions, write_report
 
-from mergekit_swarm.fingerprints import DigestCache
+from mergekit_swarm.core.fingerprints import DigestCache
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import RESULTS, ROOT, command, header, machine, versions, write_report
+from lib.common import RESULTS, ROOT, command, header, machine, versions, write_report
 
 # Qwen2-0.5B's shape (its 151936-token embedding, tied), and a small one for CPUs (the tokenizer's vocabulary)
 QWEN2_05B = dict(
@@ -54,7 +54,7 @@ def main() -> None:
         "--chunk-elements",
         default="",
         help="full pool, experts on the GPU: also time these accumulator chunk sizes (e.g. 1,4,8 in Mi elements; "
-        "the default is materialize.GPU_CHUNK_ELEMENTS)",
+        "the default is kernels.GPU_CHUNK_ELEMENTS)",
     )
     parser.add_argument("--fused", action="store_true", help="full pool: also time a torch.compile'd fused kernel")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "mergekit-swarm-gpu-eval")
@@ -95,7 +95,7 @@ def quickstart(args) -> dict:
     """Seconds per iteration (10 particles) one at a time, in PEFT mixed batches, stacked."""
     from mergekit_swarm import pso
     from mergekit_swarm.config import load_recipe
-    from mergekit_swarm.options import RunOptions
+    from mergekit_swarm.core.run_options import RunOptions
     from mergekit_swarm.search.evaluator import LocalEvaluator
     from mergekit_swarm.search.setup import prepare
     from mergekit_swarm.testing import quickstart as built
@@ -195,11 +195,11 @@ def lora_pool(args, base: Path, tokenizer, data: Path) -> dict:
 
     from mergekit_swarm import pso
     from mergekit_swarm.experts import open_pool
-    from mergekit_swarm.groups import group_layout
+    from mergekit_swarm.experts.groups import group_layout
     from mergekit_swarm.pso import SwarmSettings
-    from mergekit_swarm.resident import ResidentModel
     from mergekit_swarm.search.evaluator import LocalEvaluator
     from mergekit_swarm.utilities import validate_utility
+    from mergekit_swarm.weights.resident import ResidentModel
 
     experts = [args.workdir / f"lora-{base.name}-{k}" for k in range(args.experts)]
     if not all((folder / "adapter_config.json").exists() for folder in experts):
@@ -224,7 +224,7 @@ def lora_pool(args, base: Path, tokenizer, data: Path) -> dict:
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
 
     def open_engine(slots: int) -> LocalEvaluator:
-        resident = ResidentModel(
+        resident = ResidentModel.open(
             pool,
             layout,
             model_source=base,
@@ -251,13 +251,13 @@ def full_pool(args, base: Path, tokenizer) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from mergekit_swarm import materialize, materializer
     from mergekit_swarm.experts import open_pool
-    from mergekit_swarm.groups import group_layout
-    from mergekit_swarm.resident import ResidentModel
+    from mergekit_swarm.experts.groups import group_layout
+    from mergekit_swarm.weights import kernels, writer
+    from mergekit_swarm.weights.resident import ResidentModel
 
-    default_chunk = materialize.GPU_CHUNK_ELEMENTS
-    write_flat, span = materializer.write_flat, materializer.span
+    default_chunk = kernels.GPU_CHUNK_ELEMENTS
+    write_flat, span = writer.write_flat, writer.span
 
     experts = [args.workdir / f"full-{base.name}-{k}" for k in range(args.experts)]
     if not all((folder / "model.safetensors").exists() for folder in experts):
@@ -281,10 +281,10 @@ def full_pool(args, base: Path, tokenizer) -> dict:
     reference_state: dict | None = None
     for where, chunk, mode in ways:
         if chunk:  # read when the resident model's accumulator is made
-            materialize.GPU_CHUNK_ELEMENTS = chunk
+            kernels.GPU_CHUNK_ELEMENTS = chunk
         pool = open_pool(experts)
         layout = group_layout(pool, "model")
-        resident = ResidentModel(
+        resident = ResidentModel.open(
             pool,
             layout,
             model_source=experts[0],
@@ -293,7 +293,7 @@ def full_pool(args, base: Path, tokenizer) -> dict:
             device=args.device,
             hold_experts=where.startswith("device"),
         )
-        materialize.GPU_CHUNK_ELEMENTS = default_chunk
+        kernels.GPU_CHUNK_ELEMENTS = default_chunk
         rng = np.random.default_rng(0)  # the same particles in every way
         particles = [rng.dirichlet(np.ones(len(experts)))[None] for _ in range(args.repeats + 1)]
         calls = []
@@ -304,9 +304,9 @@ def full_pool(args, base: Path, tokenizer) -> dict:
             calls.append(1)
             return write(*a, **k)
 
-        materializer.write_flat = counted
+        writer.write_flat = counted
         if mode == "per tensor":  # no two tensors seen as lying end to end: one run per tensor
-            materializer.span = lambda tensors: None
+            writer.span = lambda tensors: None
         try:
             resident.load(particles[0])  # warm-up: first read of every expert
             times = []
@@ -318,7 +318,7 @@ def full_pool(args, base: Path, tokenizer) -> dict:
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - start)
         finally:
-            materializer.write_flat, materializer.span = write_flat, span
+            writer.write_flat, writer.span = write_flat, span
         state = {name: tensor.detach().cpu() for name, tensor in resident.tensors().items()}
         reference_state = reference_state or state
         read = sum(spec.torch_dtype.itemsize * math.prod(spec.shape) for spec in pool.specs) * len(experts)
@@ -344,7 +344,7 @@ def same_bits(a, b) -> bool:
 
 
 def fused_write_flat(fallback):
-    """A candidate for materialize.write_flat on a GPU: every expert read once, the float32 sum kept in
+    """A candidate for kernels.write_flat on a GPU: every expert read once, the float32 sum kept in
     registers (one kernel per chunk, generated by torch.compile), the addcmul_ chain's arithmetic in
     the same order. Only for one target in the input dtype; otherwise `fallback`."""
     import torch

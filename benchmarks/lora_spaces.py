@@ -17,7 +17,7 @@ import dataclasses
 import statistics
 import time
 
-from common import ROOT, command, header, machine, versions, write_report
+from lib.common import ROOT, command, header, machine, versions, write_report
 
 POOLS = {"quickstart": "examples/quickstart", "smollm2": "examples/smollm2"}
 
@@ -40,7 +40,7 @@ def main() -> None:
 def time_spaces(name: str, repeats: int) -> dict:
     from mergekit_swarm import pso
     from mergekit_swarm.config import load_recipe
-    from mergekit_swarm.options import RunOptions
+    from mergekit_swarm.core.run_options import RunOptions
     from mergekit_swarm.search.evaluator import LocalEvaluator
     from mergekit_swarm.search.setup import prepare
     from mergekit_swarm.testing import quickstart, real_testbed

@@ -34,8 +34,8 @@ def main() -> None:
     import transformers
 
     import mergekit_swarm
+    from mergekit_swarm.commands.run import RunOptions, run_swarm
     from mergekit_swarm.config import load_recipe
-    from mergekit_swarm.run import RunOptions, run_swarm
     from mergekit_swarm.testing import quickstart
 
     recipe = load_recipe(quickstart.build(ROOT / "examples" / "quickstart", quiet=True))

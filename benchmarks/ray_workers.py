@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import command, header, machine, versions, write_report
+from lib.common import command, header, machine, versions, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +42,7 @@ def main() -> None:
     import torch
 
     from mergekit_swarm.config import load_recipe
-    from mergekit_swarm.options import RunOptions
+    from mergekit_swarm.core.run_options import RunOptions
     from mergekit_swarm.search.evaluator import LocalEvaluator
     from mergekit_swarm.search.ray_backend import EvaluationTask, RayEvaluator
     from mergekit_swarm.search.setup import prepare

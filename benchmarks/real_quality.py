@@ -21,9 +21,9 @@ import os
 import time
 from pathlib import Path
 
-from common import RESULTS, command, header, machine, versions, write_report
-from quality import SWARM, _cell, _curves, _difference, _key, aggregate, differences, summary
-from quality_stats import plot_budget, utility_of
+from lib.common import RESULTS, command, header, machine, versions, write_report
+from lib.quality_stats import plot_budget, utility_of
+from lib.quality_table import SWARM, aggregate, budget_curves, cell_key, differences, format_difference, format_value, summary
 
 from mergekit_swarm.testing import real_testbed
 
@@ -49,14 +49,14 @@ def main() -> None:
     name = "real_quality_quick" if args.quick else "real_quality"
     if args.report_only:
         report = json.loads((RESULTS / f"{name}.json").read_text())
-        plot_budget(_curves(report["runs"]), RESULTS / f"{name}_budget.png")
+        plot_budget(budget_curves(report["runs"]), RESULTS / f"{name}_budget.png")
         write_report(name, report, markdown(report, f"{name}_budget.png"))
         return
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from mergekit_swarm.options import silence_library_progress_bars
+    from mergekit_swarm.core.run_options import silence_library_progress_bars
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     silence_library_progress_bars()
@@ -91,7 +91,7 @@ def main() -> None:
             report.update(total_seconds=round(time.perf_counter() - start, 1), rows=aggregate(runs), cells=cells)
             report.update(weak_to_strong=weak, runs=runs)
             (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")  # a cell at a time: --report-only
-    plot_budget(_curves(runs), RESULTS / f"{name}_budget.png")
+    plot_budget(budget_curves(runs), RESULTS / f"{name}_budget.png")
     write_report(name, report, markdown(report, f"{name}_budget.png"))
 
 
@@ -108,8 +108,8 @@ def _recipe(root: Path, pool: str, objective: str, space: str | None = None):
 
 def _cell_runs(root: Path, pool: str, objective: str, space: str) -> tuple[list[dict], dict, dict]:
     """Every method of one cell (LoRA: the swarm in the other space too); per-example test scores; weak-to-strong."""
-    from mergekit_swarm.compare import SEARCH_BASELINES, CompareOptions, run_comparison
-    from mergekit_swarm.options import RunOptions
+    from mergekit_swarm.commands.compare import SEARCH_BASELINES, CompareOptions, run_comparison
+    from mergekit_swarm.core.run_options import RunOptions
 
     out = TESTBED / "runs" / "real" / pool / objective
     options = RunOptions(overwrite=True, quiet=True)
@@ -147,7 +147,7 @@ def weak_to_strong(history: Path, experts: list[str]) -> dict:
 
 
 def markdown(report: dict, plot: str) -> str:
-    rows, cells = report["rows"], {_key(c): c["differences"] for c in report["cells"]}
+    rows, cells = report["rows"], {cell_key(c): c["differences"] for c in report["cells"]}
     lines = header("Search quality on a real pretrained LLM (SmolLM2-135M-Instruct)", report)
     lines += [
         f"Real testbed (`mergekit_swarm.testing.real_testbed`): LoRA pool {', '.join(real_testbed.LORA_EXPERTS)}; full pool "
@@ -174,8 +174,8 @@ def markdown(report: dict, plot: str) -> str:
             f"{w['rank_among_particles']} of {w['particles']} |"
         )
     lines += ["", f"![budget curves]({plot})", "", "## Every cell", ""]
-    for key in dict.fromkeys(_key(r) for r in rows):
-        part = sorted((r for r in rows if _key(r) == key), key=lambda r: -(r["dev"] if r["dev"] is not None else -1e9))
+    for key in dict.fromkeys(cell_key(r) for r in rows):
+        part = sorted((r for r in rows if cell_key(r) == key), key=lambda r: -(r["dev"] if r["dev"] is not None else -1e9))
         lines += [
             f"### {key[1]} / {key[2]}",
             "",
@@ -186,8 +186,8 @@ def markdown(report: dict, plot: str) -> str:
             title = r["title"] + (f" ({r['note']})" if r["note"] else "")
             emergence = f"+{r['emergence']['new']} / -{r['emergence']['lost']}" if r["emergence"] else "-"
             lines.append(
-                f"| {title} | {_cell(r, 'dev')} | {_cell(r, 'test')} | {_difference(cells[key].get(r['method']))} | "
-                f"{emergence} | {r['evaluations']:.0f} | {r['seconds']:.1f} |"
+                f"| {title} | {format_value(r, 'dev')} | {format_value(r, 'test')} | "
+                f"{format_difference(cells[key].get(r['method']))} | {emergence} | {r['evaluations']:.0f} | {r['seconds']:.1f} |"
             )
         lines.append("")
     return "\n".join(lines) + "\n"

@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import RESULTS, command, header, machine, versions, write_report
+from lib.common import RESULTS, command, header, machine, versions, write_report
 
 HERE = Path(__file__).resolve().parent
 SIZES = {  # all 8 blocks, 32k vocabulary

@@ -22,7 +22,7 @@ import statistics
 import time
 from pathlib import Path
 
-from common import command, header, machine, versions, write_report
+from lib.common import command, header, machine, versions, write_report
 from quality import OBJECTIVES, QUICK_OBJECTIVES, TESTBED
 
 from mergekit_swarm.testing import testbed
@@ -87,7 +87,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from mergekit_swarm.options import silence_library_progress_bars
+    from mergekit_swarm.core.run_options import silence_library_progress_bars
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     silence_library_progress_bars()
@@ -157,9 +157,9 @@ def tune_cell(recipe, seed: int, work: Path, candidates: dict[str, dict]) -> lis
     """Every candidate on one resident model: (name, dev A of its winner, dev B of its winner, evaluations)."""
     import shutil
 
-    from mergekit_swarm.compare import search_baselines as search
-    from mergekit_swarm.compare.scoring import Scorer
-    from mergekit_swarm.options import RunOptions
+    from mergekit_swarm.commands.compare import search_baselines as search
+    from mergekit_swarm.commands.compare.scoring import Scorer
+    from mergekit_swarm.core.run_options import RunOptions
     from mergekit_swarm.search.setup import prepare
 
     options = RunOptions(overwrite=True, quiet=True)

@@ -11,7 +11,17 @@ Public API (imports are lazy so that `import mergekit_swarm` stays cheap):
     result = run_swarm(load_recipe("swarm.yml"), "out/", RunOptions(resume=True))
 """
 
+from typing import TYPE_CHECKING
+
 import _mergekit_swarm_hook
+
+if TYPE_CHECKING:  # the names of _LAZY, for type checkers and editors
+    from mergekit_swarm.commands.apply import apply_recipe
+    from mergekit_swarm.commands.run import run_swarm
+    from mergekit_swarm.config import SwarmRecipe, load_recipe
+    from mergekit_swarm.core.run_options import RunOptions
+    from mergekit_swarm.output.result import SwarmResult
+    from mergekit_swarm.pso import SwarmSettings
 
 __version__ = "0.1.0"
 
@@ -22,9 +32,9 @@ _mergekit_swarm_hook.install()
 _LAZY = {
     "load_recipe": "mergekit_swarm.config",
     "SwarmRecipe": "mergekit_swarm.config",
-    "run_swarm": "mergekit_swarm.run",
-    "RunOptions": "mergekit_swarm.options",
-    "apply_recipe": "mergekit_swarm.apply",
+    "run_swarm": "mergekit_swarm.commands.run",
+    "RunOptions": "mergekit_swarm.core.run_options",
+    "apply_recipe": "mergekit_swarm.commands.apply",
     "SwarmResult": "mergekit_swarm.output.result",
     "SwarmSettings": "mergekit_swarm.pso",
 }
@@ -38,4 +48,13 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module 'mergekit_swarm' has no attribute {name!r}")
 
 
-__all__ = [*_LAZY, "__version__"]
+__all__ = [  # the names of _LAZY, written out (type checkers read __all__ as a literal)
+    "load_recipe",
+    "SwarmRecipe",
+    "run_swarm",
+    "RunOptions",
+    "apply_recipe",
+    "SwarmResult",
+    "SwarmSettings",
+    "__version__",
+]

@@ -17,7 +17,7 @@ import click
 from mergekit.options import MergeOptions, PrettyPrintHelp, add_merge_options
 
 from mergekit_swarm import __version__
-from mergekit_swarm.errors import SwarmError
+from mergekit_swarm.core.errors import SwarmError
 
 # Options of a search run, as (declarations, click keyword arguments): the same list makes
 # `mergekit-swarm run`'s options and, through the plugin, `mergekit-yaml`'s extra ones.
@@ -125,17 +125,17 @@ def apply(merge_options: MergeOptions, config_file: str, out_path: str, overwrit
 
     Works for LoRA adapters too, which stock mergekit can only bake into full models.
     """
-    from mergekit_swarm.apply import apply_recipe
-    from mergekit_swarm.options import RunOptions
+    from mergekit_swarm.commands.apply import apply_recipe
+    from mergekit_swarm.core.run_options import RunOptions
 
     merge_options.apply_global_options()
     options = RunOptions.from_merge_options(merge_options, overwrite=overwrite, allow_pickle=allow_pickle)
     _guard(lambda: apply_recipe(config_file, out_path, options))
 
 
-def _names(value: str | None) -> tuple[str, ...] | None:
-    """A comma-separated option value as a tuple ("" is an empty tuple, None stays None)."""
-    return None if value is None else tuple(v.strip().replace("-", "_") for v in value.split(",") if v.strip())
+def _names(value: str) -> tuple[str, ...]:
+    """A comma-separated option value as a tuple ("" is an empty tuple)."""
+    return tuple(v.strip().replace("-", "_") for v in value.split(",") if v.strip())
 
 
 @main.command("compare", cls=PrettyPrintHelp)
@@ -180,9 +180,9 @@ def compare(
 
     Writes a leaderboard (leaderboard.md/.json/.png, README.md) and a recipe per method to OUT_PATH.
     """
-    from mergekit_swarm.compare import BASELINES, SEARCH_BASELINES, CompareOptions, run_comparison
+    from mergekit_swarm.commands.compare import BASELINES, SEARCH_BASELINES, CompareOptions, run_comparison
     from mergekit_swarm.config import load_recipe
-    from mergekit_swarm.options import RunOptions, silence_library_progress_bars
+    from mergekit_swarm.core.run_options import RunOptions, silence_library_progress_bars
 
     merge_options.apply_global_options()
     if merge_options.quiet:
@@ -194,7 +194,7 @@ def compare(
         settings = CompareOptions(
             baselines=BASELINES if baselines is None else _names(baselines),
             search=SEARCH_BASELINES if chosen == ("all",) else chosen,
-            granularities=_names(granularities),
+            granularities=None if granularities is None else _names(granularities),
             budget=budget,
             seed=seed,
             long_swarm=long_swarm,
@@ -242,8 +242,8 @@ def run_recipe_file(
     **push_options,
 ) -> None:
     """The whole command: shared by `mergekit-swarm run` and the extended `mergekit-yaml`."""
-    from mergekit_swarm.names import is_swarm_recipe
-    from mergekit_swarm.options import RunOptions, silence_library_progress_bars, unused_options
+    from mergekit_swarm.core.names import is_swarm_recipe
+    from mergekit_swarm.core.run_options import RunOptions, silence_library_progress_bars, unused_options
 
     merge_options.apply_global_options()
     if merge_options.quiet:
@@ -266,7 +266,7 @@ def run_recipe_file(
 
         _guard(lambda: check_push_target(push_to_hub))
     if not is_swarm_recipe(config_file):
-        from mergekit_swarm.apply import apply_recipe
+        from mergekit_swarm.commands.apply import apply_recipe
 
         _guard(lambda: apply_recipe(config_file, out_path, options))
         if push_to_hub:
@@ -274,8 +274,8 @@ def run_recipe_file(
         return
 
     def search():
+        from mergekit_swarm.commands.run import run_swarm
         from mergekit_swarm.config import load_recipe
-        from mergekit_swarm.run import run_swarm
 
         return run_swarm(load_recipe(config_file), out_path, options)
 

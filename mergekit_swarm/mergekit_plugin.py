@@ -11,7 +11,7 @@ Three things, all applied by the lazy import hook (`_mergekit_swarm_hook`):
   `swarm:` section), with the same result as `mergekit-swarm recipe.yml out/`; every
   other recipe goes to mergekit unchanged.
 * `extend_mergekit_multi`: lets `mergekit-multi` run a `model_swarms` search document as one of
-  its stages (`mergekit_swarm.multistage`); recipes without one run exactly as stock.
+  its stages (`mergekit_swarm.commands.multistage`); recipes without one run exactly as stock.
 """
 
 from __future__ import annotations
@@ -24,16 +24,18 @@ from mergekit.merge_methods.easy_define import merge_method
 from mergekit.merge_methods.linear import linear_merge
 
 import _mergekit_swarm_hook
-from mergekit_swarm.names import METHOD_NAME, PAPER_URL, PRETTY_NAME, is_swarm_recipe
+from mergekit_swarm.core.names import METHOD_NAME, PAPER_URL, PRETTY_NAME, is_swarm_recipe
 
 
-@merge_method(name=METHOD_NAME, pretty_name=PRETTY_NAME, reference_url=PAPER_URL)
+# mergekit's `merge_method` has no return annotation: pyright infers the union of its decorator and
+# direct forms for every method it makes (`linear_merge` too), where the result is a BatchedMergeMethod.
+@merge_method(name=METHOD_NAME, pretty_name=PRETTY_NAME, reference_url=PAPER_URL)  # pyright: ignore[reportArgumentType]
 def model_swarms_merge(
     batch: TensorBatch,
     weight: Annotated[torch.Tensor, BatchParameter(float, ParameterScope.INPUT)],
 ) -> torch.Tensor:
     """sum_k weight_k * tensor_k: a particle of the swarm, i.e. `linear` without normalisation."""
-    return linear_merge.implementation(batch, weight=weight, normalize=False)
+    return linear_merge.implementation(batch, weight=weight, normalize=False)  # pyright: ignore[reportAttributeAccessIssue]
 
 
 def register_method(module=None) -> None:
@@ -41,7 +43,7 @@ def register_method(module=None) -> None:
     from mergekit import merge_methods
 
     if all(method.spec.name != METHOD_NAME for method in merge_methods.registered_methods()):
-        merge_methods.register(model_swarms_merge)
+        merge_methods.register(model_swarms_merge)  # pyright: ignore[reportArgumentType]  (see `model_swarms_merge`)
 
 
 def extend_mergekit_yaml(module) -> None:
@@ -75,11 +77,11 @@ def extend_mergekit_yaml(module) -> None:
 
 
 def extend_mergekit_multi(module) -> None:
-    """Let `mergekit-multi` run `model_swarms` search documents as stages (see `mergekit_swarm.multistage`);
+    """Let `mergekit-multi` run `model_swarms` search documents as stages (see `mergekit_swarm.commands.multistage`);
     a multi-stage recipe without one runs exactly as stock."""
     from pathlib import Path
 
-    from mergekit_swarm.multistage import STAGES, run_stage
+    from mergekit_swarm.commands.multistage import STAGES, run_stage
 
     if getattr(module, "_model_swarms", False):
         return

@@ -1,4 +1,5 @@
-"""Session fixtures: a zoo of tiny real models (built once, offline) and recipe helpers."""
+"""Shared fixtures: a zoo of tiny real models (built once, offline), recipes and resident models over it,
+and the models and prompt files that several test modules score with. (Builders: tests/helpers.py.)"""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from mergekit_swarm.testing import toy
+from tests.helpers import resident_of, write_recipe
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -105,23 +106,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def write_recipe(folder: Path, experts, *, base=None, swarm=None, utility=None, **top) -> Path:
-    """A recipe file in `folder` (absolute model paths unless given as strings)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    recipe = {
-        "merge_method": "model_swarms",
-        "models": [{"model": str(e)} for e in experts],
-        "swarm": {"particles": 4, "max_iterations": 2, "patience": 5, "seed": 7, **(swarm or {})},
-        "utility": utility,
-        **top,
-    }
-    if base is not None:
-        recipe["base_model"] = str(base)
-    path = folder / "swarm.yml"
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    return path
-
-
 @pytest.fixture
 def recipe_factory(tmp_path, zoo):
     """Write a recipe over the zoo: `recipe_factory("lora", swarm={...}, utility={...})`."""
@@ -134,3 +118,53 @@ def recipe_factory(tmp_path, zoo):
         )
 
     return make
+
+
+@pytest.fixture(scope="session")
+def resident_factory(zoo, tokenizer):
+    """Build a resident model over the zoo: `resident_factory(zoo.lora, "layer", slots=3)` (expert folders
+    or a pool; LoRA pools on the zoo's base, full pools on their first expert; the zoo's tokenizer)."""
+
+    def make(experts, granularity: str = "model", **options):
+        return resident_of(experts, granularity, base=zoo.base, tokenizer=tokenizer, **options)
+
+    return make
+
+
+# ------------------------------------------------------------------ models and prompts that utilities score with
+@pytest.fixture(scope="module")
+def lm(zoo):
+    """The zoo's third full expert and its tokenizer: a tiny model that utilities score."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(zoo.full[2]).eval(), AutoTokenizer.from_pretrained(zoo.full[2])
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory):
+    """A file of prompts without answers (reverse and copy), for utilities that judge free answers."""
+    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
+    toy.write_jsonl(path, [{"prompt": row["prompt"]} for row in toy.make_examples(["reverse", "copy"], 8, seed=400)])
+    return path
+
+
+@pytest.fixture(scope="module")
+def reward_model_dir(tmp_path_factory):
+    """A random-init 1-label classifier whose tokenizer has no pad token (TRL convention)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaForSequenceClassification, PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(["<s>", "</s>", "<unk>", *toy.ALPHABET])}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    assert tokenizer.pad_token is None
+    torch.manual_seed(0)
+    config = toy.tiny_llama_config(
+        len(vocab), hidden_size=32, layers=1, num_attention_heads=2, num_key_value_heads=2, num_labels=1, pad_token_id=None
+    )
+    path = tmp_path_factory.mktemp("rm") / "rm"
+    LlamaForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 
 from mergekit_swarm.cli import main
 from mergekit_swarm.config import load_recipe
-from mergekit_swarm.errors import ConfigError
+from mergekit_swarm.core.errors import ConfigError
 from mergekit_swarm.experts import FullModelPool, LoraPool, open_recipe_pool
-from tests.conftest import write_recipe
+from tests.helpers import write_recipe
 
 
 def mergekit_bake(base, adapter, cache) -> dict[str, torch.Tensor]:

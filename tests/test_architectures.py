@@ -21,15 +21,13 @@ import pytest
 import torch
 import yaml
 
-from mergekit_swarm.apply import apply_recipe
+from mergekit_swarm.commands.apply import apply_recipe
+from mergekit_swarm.commands.run import run_swarm
 from mergekit_swarm.config import load_recipe
-from mergekit_swarm.errors import ConfigError, ExpertError
+from mergekit_swarm.core.errors import ConfigError, ExpertError
+from mergekit_swarm.core.run_options import RunOptions
 from mergekit_swarm.experts import open_pool
-from mergekit_swarm.groups import group_layout
-from mergekit_swarm.materialize import one_hot
-from mergekit_swarm.options import RunOptions
-from mergekit_swarm.resident import ResidentModel
-from mergekit_swarm.run import run_swarm
+from mergekit_swarm.experts.groups import group_layout
 from mergekit_swarm.testing import toy
 from mergekit_swarm.testing.architectures import (
     ARCHITECTURES,
@@ -38,7 +36,8 @@ from mergekit_swarm.testing.architectures import (
     build_lora_experts,
     build_per_expert_lora,
 )
-from tests.test_mergekit import assert_same_tensors
+from mergekit_swarm.weights.kernels import one_hot
+from tests.helpers import assert_same_tensors, resident_of
 
 QUIET = RunOptions(quiet=True)
 # Architectures whose checkpoints stock mergekit 0.1.5 plans tensor for tensor. It defines Mixtral and
@@ -118,9 +117,8 @@ def test_full_pool_of_every_architecture(matrix, architecture, tmp_path):
     loaded = [load_full(e) for e in experts]
     assert result.expert_dev == [score(m) for m in loaded]
     assert len(set(result.expert_dev)) == 3  # the experts differ: the check above has power
-    pool = open_pool(experts)
-    layout = group_layout(pool, "layer")
-    resident = ResidentModel(pool, layout, model_source=experts[0], tokenizer=toy.build_char_tokenizer(), model_dtype=None)
+    resident = resident_of(experts, "layer", tokenizer=toy.build_char_tokenizer())  # loaded from experts[0]
+    layout = resident.layout
     resident.load(one_hot(layout, 3, 2))
     reference = loaded[2].state_dict()
     for name, tensor in resident.model.state_dict().items():

@@ -12,14 +12,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from mergekit_swarm.commands.run import RunOptions, run_swarm
 from mergekit_swarm.config import load_recipe
 from mergekit_swarm.experts import FullModelPool, open_pool
-from mergekit_swarm.groups import group_layout
-from mergekit_swarm.materialize import Accumulator, combine, combine_tensor, write_combinations
-from mergekit_swarm.resident import ResidentModel
-from mergekit_swarm.run import RunOptions, run_swarm
+from mergekit_swarm.experts.groups import group_layout
 from mergekit_swarm.search.evaluator import LocalEvaluator
-from mergekit_swarm.utilities import Score, Utility, validate_utility
+from mergekit_swarm.utilities import validate_utility
+from mergekit_swarm.weights.kernels import Accumulator, combine, combine_tensor, write_combinations
+from mergekit_swarm.weights.resident import ResidentModel
+from tests.helpers import FailsOnSlot, multitask_of_exact_match_and_nll
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +62,9 @@ def test_combine_streams_the_reference_combination(mixed_pool):
         assert torch.equal(tensor, combine_tensor(mixed_pool, name, coefficients[group]).to(spec.torch_dtype)), name
 
 
-def test_lora_slots_are_filled_in_one_pass_with_each_particle(zoo, tokenizer):
-    pool = open_pool(list(zoo.lora))
-    layout = group_layout(pool, "layer")
-    resident = ResidentModel(pool, layout, model_source=zoo.base, tokenizer=tokenizer, model_dtype=None, slots=3)
+def test_lora_slots_are_filled_in_one_pass_with_each_particle(zoo, resident_factory):
+    resident = resident_factory(zoo.lora, "layer", slots=3)
+    pool, layout = resident.pool, resident.layout
     particles = [np.random.default_rng(i).normal(size=(len(layout), 3)) for i in range(3)]
 
     def no_reads(k, name):
@@ -83,7 +83,7 @@ def test_lora_slots_are_filled_in_one_pass_with_each_particle(zoo, tokenizer):
 
 @pytest.mark.parametrize("block, scratch", [(40, 50), (10**6, 10**6)])  # blocks of single tensors (some larger than
 def test_flat_groups_equal_the_reference_combination(zoo, block, scratch):  # the scratch buffer), one block
-    from mergekit_swarm.materialize import FlatGroup
+    from mergekit_swarm.weights.kernels import FlatGroup
 
     pool = open_pool(list(zoo.lora))
     specs = [s for s in pool.specs if pool.in_memory(s.name)]
@@ -101,19 +101,9 @@ def test_flat_groups_equal_the_reference_combination(zoo, block, scratch):  # th
 def test_full_pools_have_a_single_slot(zoo, tokenizer):
     pool = open_pool(list(zoo.full))
     with pytest.raises(ValueError, match="only LoRA pools"):
-        ResidentModel(pool, group_layout(pool, "model"), model_source=zoo.full[0], tokenizer=tokenizer, model_dtype=None, slots=2)
-
-
-def multitask_of_exact_match_and_nll(zoo, generation: dict) -> dict:
-    """A multitask utility config whose components batch in two different ways (generation, log-likelihood)."""
-    return {
-        "type": "multitask",
-        "aggregate": "mean",
-        "components": [
-            {"name": "em", "utility": {"type": "exact_match", **generation}},
-            {"name": "nll", "utility": {"type": "nll", "dev": str(zoo.dev)}},
-        ],
-    }
+        ResidentModel.open(
+            pool, group_layout(pool, "model"), model_source=zoo.full[0], tokenizer=tokenizer, model_dtype=None, slots=2
+        )
 
 
 def _utilities(zoo, prompts_file):
@@ -138,18 +128,15 @@ def score(model, tokenizer):
 """
 
 
-def test_batched_mixed_adapter_evaluation_equals_one_at_a_time(zoo, tokenizer, tmp_path):
+def test_batched_mixed_adapter_evaluation_equals_one_at_a_time(zoo, resident_factory, tmp_path):
     (tmp_path / "objective.py").write_text(PYTHON_UTILITY)
     pool = open_pool(list(zoo.lora))
-    layout = group_layout(pool, "tensor")
+    residents = {slots: resident_factory(pool, "tensor", slots=slots) for slots in (1, 4)}
+    layout = residents[1].layout
     rng = np.random.default_rng(11)
     particles = [np.eye(3)[k][None].repeat(len(layout), 0) for k in range(3)] + [
         rng.dirichlet(np.ones(3), size=len(layout)) * 1.5 - 0.2 for _ in range(4)
     ]  # experts and mixtures: 7 particles, so the last group of 4 slots is partly filled
-    residents = {
-        slots: ResidentModel(pool, layout, model_source=zoo.base, tokenizer=tokenizer, model_dtype=None, slots=slots)
-        for slots in (1, 4)
-    }
     for name, utility in _utilities(zoo, tmp_path / "objective.py").items():
         one_at_a_time = list(LocalEvaluator(residents[1], utility).evaluate(particles))
         batched = list(LocalEvaluator(residents[4], utility).evaluate(particles))
@@ -160,26 +147,8 @@ def test_batched_mixed_adapter_evaluation_equals_one_at_a_time(zoo, tokenizer, t
             assert len({e.utility for e in batched}) > 1, name  # the particles really differ
 
 
-class FailsOnSlot(Utility):
-    """Batched scoring raises; one at a time, only the particle in slot 1 fails."""
-
-    @property
-    def scores_adapter_batches(self) -> bool:
-        return True
-
-    def score_adapters(self, model, tokenizer, adapters):
-        raise RuntimeError("out of memory in the big batch")
-
-    def __call__(self, model, tokenizer):
-        if model.active_adapter == "swarm_1":
-            raise ValueError("bad particle")
-        return Score(float(model.active_adapter == "swarm"), {"seen": 1.0})
-
-
-def test_a_failing_batch_is_scored_again_particle_by_particle(zoo, tokenizer):
-    pool = open_pool(list(zoo.lora))
-    layout = group_layout(pool, "model")
-    resident = ResidentModel(pool, layout, model_source=zoo.base, tokenizer=tokenizer, model_dtype=None, slots=3)
+def test_a_failing_batch_is_scored_again_particle_by_particle(zoo, resident_factory):
+    resident = resident_factory(zoo.lora, "model", slots=3)
     results = list(LocalEvaluator(resident, FailsOnSlot()).evaluate([np.eye(3)[[k]] for k in range(3)]))
     assert [r.utility for r in results] == [1.0, -np.inf, 0.0]
     assert results[1].error == "ValueError: bad particle" and results[0].details == {"seen": 1.0}
@@ -261,9 +230,7 @@ class ShortBatch(FailsOnSlot):
         return float(model.active_adapter == "swarm")
 
 
-def test_a_batch_with_too_few_scores_is_scored_particle_by_particle(zoo, tokenizer):
-    pool = open_pool(list(zoo.lora))
-    layout = group_layout(pool, "model")
-    resident = ResidentModel(pool, layout, model_source=zoo.base, tokenizer=tokenizer, model_dtype=None, slots=3)
+def test_a_batch_with_too_few_scores_is_scored_particle_by_particle(zoo, resident_factory):
+    resident = resident_factory(zoo.lora, "model", slots=3)
     results = list(LocalEvaluator(resident, ShortBatch()).evaluate([np.eye(3)[[k]] for k in range(3)]))
     assert [r.utility for r in results] == [1.0, 0.0, 0.0]

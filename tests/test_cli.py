@@ -78,7 +78,7 @@ def test_merge_lora_on_full_models_is_refused_before_any_work(runner, recipe_fac
 
 
 def test_lora_pool_without_base_model_is_refused(runner, zoo, tmp_path):
-    from tests.conftest import write_recipe
+    from tests.helpers import write_recipe
 
     recipe = write_recipe(tmp_path / "r", zoo.lora, utility={"type": "nll", "dev": str(zoo.dev)})
     result = runner.invoke(main, [str(recipe), str(tmp_path / "out")])

@@ -12,14 +12,14 @@ from mergekit.config import MergeConfiguration
 from mergekit.scripts.run_yaml import main as mergekit_yaml
 
 from mergekit_swarm.cli import main
-from mergekit_swarm.compare import BASELINES, SEARCH_BASELINES, CompareOptions, Leaderboard, run_comparison
-from mergekit_swarm.compare.curves import Trace
+from mergekit_swarm.commands.compare import BASELINES, SEARCH_BASELINES, CompareOptions, Leaderboard, run_comparison
+from mergekit_swarm.commands.compare.curves import Trace
+from mergekit_swarm.commands.rescore import score_folder
+from mergekit_swarm.commands.run import run_swarm
 from mergekit_swarm.config import load_recipe
-from mergekit_swarm.options import RunOptions
+from mergekit_swarm.core.run_options import RunOptions
 from mergekit_swarm.output.emergence import emergence
-from mergekit_swarm.rescore import score_folder
-from mergekit_swarm.run import run_swarm
-from tests.conftest import write_recipe
+from tests.helpers import write_recipe
 
 BUDGET = 7
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from mergekit_swarm.config import load_recipe
-from mergekit_swarm.errors import ConfigError
+from mergekit_swarm.core.errors import ConfigError
 
 
 def write(path: Path, data: dict) -> Path:
@@ -145,7 +145,7 @@ def test_fingerprint_changes_with_settings_data_and_expert_weights(tmp_path, val
     assert fingerprint() != first
     valid["swarm"]["seed"] = 42
     assert fingerprint() == first
-    valid["swarm"]["stall_probes"] = 0  # the search of a run started before probes existed: it can resume
+    valid["swarm"]["stall_probes"] = 0  # another search
     without_probes = fingerprint()
     assert without_probes != first
     valid["swarm"]["probe_radius"] = 0.3  # unused without probes

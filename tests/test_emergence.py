@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
+from mergekit_swarm.commands.run import run_swarm
 from mergekit_swarm.config import load_recipe
-from mergekit_swarm.options import RunOptions
+from mergekit_swarm.core.run_options import RunOptions
 from mergekit_swarm.output.emergence import emergence, sentence
-from mergekit_swarm.run import run_swarm
 
 
 def test_counts_on_a_constructed_case():

@@ -15,8 +15,8 @@ from safetensors.torch import save_file
 
 from mergekit_swarm import pso
 from mergekit_swarm.experts import FullModelPool
-from mergekit_swarm.groups import group_layout
-from mergekit_swarm.materialize import combine
+from mergekit_swarm.experts.groups import group_layout
+from mergekit_swarm.weights.kernels import combine
 
 Weights = dict[str, torch.Tensor]
 

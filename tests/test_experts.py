@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from mergekit_swarm.errors import ExpertError
+from mergekit_swarm.core.errors import ExpertError
 from mergekit_swarm.experts import FullModelPool, LoraPool, open_pool
 
 
@@ -95,17 +95,15 @@ def test_lora_ranks_are_zero_padded_and_scalings_folded_into_b_exactly(zoo):
     assert (config["r"], config["lora_alpha"], config["use_rslora"]) == (8, 8, False)
 
 
-def test_padded_expert_in_the_resident_slot_matches_peft_loading_it(zoo, tokenizer):
+def test_padded_expert_in_the_resident_slot_matches_peft_loading_it(zoo, resident_factory):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from mergekit_swarm.groups import group_layout
-    from mergekit_swarm.materialize import one_hot
-    from mergekit_swarm.resident import ResidentModel
+    from mergekit_swarm.weights.kernels import one_hot
 
     pool = LoraPool(list(zoo.lora))
-    layout = group_layout(pool, "tensor")
-    resident = ResidentModel(pool, layout, model_source=zoo.base, tokenizer=tokenizer, model_dtype=None)
+    resident = resident_factory(pool, "tensor")
+    layout = resident.layout
     ids = torch.tensor([[1, 20, 7, 8, 9, 40, 7]])
     for k, path in enumerate(zoo.lora):
         reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(zoo.base), path).eval()
@@ -167,24 +165,22 @@ def embedding_adapters(zoo, tmp_path_factory):
     return paths
 
 
-def test_embedding_lora_and_modules_to_save(zoo, tokenizer, embedding_adapters, tmp_path):
+def test_embedding_lora_and_modules_to_save(zoo, resident_factory, embedding_adapters, tmp_path):
     import numpy as np
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from mergekit_swarm.apply import apply_recipe
-    from mergekit_swarm.groups import group_layout
-    from mergekit_swarm.materialize import one_hot
-    from mergekit_swarm.options import RunOptions
-    from mergekit_swarm.output.recipe import winner_recipe
-    from mergekit_swarm.resident import ResidentModel
+    from mergekit_swarm.commands.apply import apply_recipe
+    from mergekit_swarm.core.run_options import RunOptions
+    from mergekit_swarm.output.mergekit_config import winner_recipe
+    from mergekit_swarm.weights.kernels import one_hot
 
     pool = LoraPool(embedding_adapters)
     assert pool.constant_names == ["base_model.model.model.embed_tokens.base_layer.weight"]
     assert "base_model.model.lm_head.weight" in pool.tensor_names  # differs between experts: combined
     assert "base_model.model.model.embed_tokens.lora_embedding_A" in pool.tensor_names
-    layout = group_layout(pool, "tensor")
-    resident = ResidentModel(pool, layout, model_source=zoo.base, tokenizer=tokenizer, model_dtype=None)
+    resident = resident_factory(pool, "tensor")
+    layout = resident.layout
     ids = torch.tensor([[1, 20, 7, 8, 9, 40, 7]])
     for k, path in enumerate(embedding_adapters):
         reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(zoo.base), path).eval()

@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mergekit_swarm import fingerprints
 from mergekit_swarm.config import load_recipe
-from mergekit_swarm.fingerprints import DigestCache
-from tests.conftest import write_recipe
+from mergekit_swarm.core import fingerprints
+from mergekit_swarm.core.fingerprints import DigestCache
+from tests.helpers import write_recipe
 
 
 @pytest.fixture

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from mergekit_swarm import pso
+from mergekit_swarm.commands.rescore import score_folder
+from mergekit_swarm.commands.run import run_swarm
 from mergekit_swarm.config import load_recipe
-from mergekit_swarm.errors import ConfigError
-from mergekit_swarm.options import RunOptions
-from mergekit_swarm.rescore import score_folder
-from mergekit_swarm.run import run_swarm
+from mergekit_swarm.core.errors import ConfigError
+from mergekit_swarm.core.run_options import RunOptions
 from mergekit_swarm.search.selection import _best_personal_bests
 from mergekit_swarm.utilities.base import dev_part
 from mergekit_swarm.utilities.data import load_examples
@@ -42,7 +42,7 @@ def test_a_utility_that_cannot_be_cut_is_refused(recipe_factory, tmp_path):
 @pytest.fixture(scope="module", params=["factor", "update"])
 def holdout_run(zoo, tmp_path_factory, request):
     """A holdout run of the LoRA pool in each space."""
-    from tests.conftest import write_recipe
+    from tests.helpers import write_recipe
 
     root = tmp_path_factory.mktemp("holdout")
     utility = {"type": "nll", "dev": str(zoo.dev), "test": str(zoo.test), "batch_size": 16}
@@ -83,7 +83,7 @@ def test_without_holdout_the_global_best_wins(recipe_factory, tmp_path):
 
 
 def test_compare_reports_the_holdout_swarm_like_a_run(holdout_run, tmp_path):
-    from mergekit_swarm.compare import CompareOptions, run_comparison
+    from mergekit_swarm.commands.compare import CompareOptions, run_comparison
 
     recipe, result, _ = holdout_run
     board = run_comparison(

@@ -12,14 +12,14 @@ import yaml
 from click.testing import CliRunner
 
 from mergekit_swarm.cli import main
+from mergekit_swarm.commands.run import run_swarm
 from mergekit_swarm.config import load_recipe
-from mergekit_swarm.errors import ExpertError
+from mergekit_swarm.core.errors import ExpertError
+from mergekit_swarm.core.names import OUTPUT_MARKER, STATE_FILE
+from mergekit_swarm.core.run_options import RunOptions
 from mergekit_swarm.hub import HubError, HubModel, PushRequest, download, push
-from mergekit_swarm.names import OUTPUT_MARKER, STATE_FILE
-from mergekit_swarm.options import RunOptions
-from mergekit_swarm.run import run_swarm
-from tests.conftest import write_recipe
 from tests.fake_hub import FakeHub
+from tests.helpers import write_recipe
 
 TOKEN = "hf_fake_Secret_Token_0123456789"
 
@@ -365,7 +365,7 @@ def test_cli_reports_a_missing_repo_in_one_line(hub, zoo, tmp_path):
 def test_every_command_fetches_code_files_only_with_trust_remote_code(hub, zoo, tmp_path):
     """One resolution of Hub models for run, apply and compare: `apply --trust-remote-code` once
     ignored the flag and fetched no code files."""
-    from mergekit_swarm.apply import apply_recipe
+    from mergekit_swarm.commands.apply import apply_recipe
 
     for k in range(2):
         serve(hub, f"org/full{k}", zoo.full[k], **{"modeling_custom.py": b"# custom code\n"})

@@ -15,14 +15,14 @@ import subprocess
 import pytest
 from click.testing import CliRunner
 
-from mergekit_swarm import storage
-from mergekit_swarm.apply import apply_recipe
 from mergekit_swarm.cli import main
+from mergekit_swarm.commands.apply import apply_recipe
+from mergekit_swarm.commands.run import run_swarm
 from mergekit_swarm.config import load_recipe
-from mergekit_swarm.errors import OutputError
-from mergekit_swarm.names import HISTORY_FILE, OUTPUT_MARKER, STATE_FILE
-from mergekit_swarm.options import RunOptions
-from mergekit_swarm.run import run_swarm
+from mergekit_swarm.core import storage
+from mergekit_swarm.core.errors import OutputError
+from mergekit_swarm.core.names import HISTORY_FILE, OUTPUT_MARKER, STATE_FILE
+from mergekit_swarm.core.run_options import RunOptions
 
 QUIET = RunOptions(quiet=True)
 SWARM = {"particles": 4, "max_iterations": 3, "patience": 5, "seed": 11}
@@ -31,7 +31,7 @@ SWARM = {"particles": 4, "max_iterations": 3, "patience": 5, "seed": 11}
 @pytest.fixture(scope="module")
 def reference(zoo, tmp_path_factory):
     """The same searches, uninterrupted: what every resumed run must reproduce."""
-    from tests.conftest import write_recipe
+    from tests.helpers import write_recipe
 
     root = tmp_path_factory.mktemp("reference")
     results = {}
@@ -150,7 +150,7 @@ def test_apply_on_a_full_disk_leaves_nothing(recipe_factory, reference, tmp_path
 
 
 def test_compare_without_permission_leaves_nothing(recipe_factory, tmp_path, monkeypatch):
-    from mergekit_swarm.compare import leaderboard
+    from mergekit_swarm.commands.compare import leaderboard
 
     def denied(self, folder):
         raise PermissionError(errno.EACCES, "Permission denied", str(folder / "leaderboard.json"))

@@ -14,12 +14,11 @@ import pytest
 import torch
 import yaml
 
+from mergekit_swarm.commands.rescore import score_folder
+from mergekit_swarm.commands.run import RunOptions, run_swarm
 from mergekit_swarm.config import load_recipe
 from mergekit_swarm.experts import LoraPool
-from mergekit_swarm.groups import group_layout
-from mergekit_swarm.rescore import score_folder
-from mergekit_swarm.resident import ResidentModel
-from mergekit_swarm.run import RunOptions, run_swarm
+from tests.helpers import write_recipe
 
 PROMPTS = ["sort cab=", "reverse abc=", "copy hello="]
 
@@ -63,14 +62,15 @@ def logits(model, tokenizer) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("coefficients", [[0.5, 0.3, 0.1, 0.1], [0.9, 0.6, -0.3, -0.2]])
-def test_an_update_space_particle_is_the_linear_mix_of_the_baked_experts(zoo, tokenizer, pool_paths, coefficients):
+def test_an_update_space_particle_is_the_linear_mix_of_the_baked_experts(
+    zoo, tokenizer, resident_factory, pool_paths, coefficients
+):
     from transformers import AutoModelForCausalLM
 
     pool = LoraPool(pool_paths, space="update")
     assert pool.rank == 2 + 4 + 8 + 3  # q_proj and v_proj: every expert's rank, one after the other
-    layout = group_layout(pool, "model")
     c = np.asarray(coefficients)[None]
-    resident = ResidentModel(pool, layout, model_source=zoo.base, tokenizer=tokenizer, model_dtype=torch.float32, slots=2)
+    resident = resident_factory(pool, "model", model_dtype=torch.float32, slots=2)
     resident.load_many([c, np.eye(4)[[2]]])
     reference = AutoModelForCausalLM.from_pretrained(zoo.base, dtype=torch.float64)
     reference.load_state_dict(baked_mix(zoo, pool_paths, c[0]))
@@ -85,13 +85,13 @@ def test_an_update_space_particle_is_the_linear_mix_of_the_baked_experts(zoo, to
     assert stacked == alone and resident.stack.stacked_forwards > 0
 
 
-def test_factor_and_update_space_differ_where_the_paper_has_cross_terms(zoo, tokenizer, pool_paths):
+def test_factor_and_update_space_differ_where_the_paper_has_cross_terms(zoo, tokenizer, resident_factory, pool_paths):
     """At c = (1/2, 1/2) factor space is (B1 + B2)(A1 + A2)/4, not (B1 A1 + B2 A2)/2."""
     half = np.array([[0.5, 0.5, 0.0, 0.0]])
     outputs = {}
     for space in ("factor", "update"):
         pool = LoraPool(pool_paths, space=space)
-        resident = ResidentModel(pool, group_layout(pool, "model"), model_source=zoo.base, tokenizer=tokenizer, model_dtype=None)
+        resident = resident_factory(pool, "model")
         resident.load(half)
         outputs[space] = logits(resident.model, tokenizer)
     from transformers import AutoModelForCausalLM
@@ -105,8 +105,6 @@ def test_factor_and_update_space_differ_where_the_paper_has_cross_terms(zoo, tok
 
 @pytest.fixture(scope="module")
 def update_run(zoo, pool_paths, tmp_path_factory):
-    from tests.conftest import write_recipe
-
     folder = tmp_path_factory.mktemp("update-run")
     utility = {"type": "nll", "dev": str(zoo.dev), "test": str(zoo.test), "batch_size": 16}
     runs = {}
@@ -174,13 +172,12 @@ def test_the_winner_compressed_by_svd_is_written_beside_it_with_its_own_utility(
     assert json.loads((out / "swarm_result.json").read_text())["compressed"] == result.compressed
 
 
-def test_with_the_base_as_an_expert_the_experts_coefficients_are_free(zoo, tokenizer, pool_paths, tmp_path):
+def test_with_the_base_as_an_expert_the_experts_coefficients_are_free(zoo, tokenizer, resident_factory, pool_paths, tmp_path):
     """W0 + 0.6 D1 + 0.6 D2: a total of 1.2, reached with the base's coefficient at -0.2."""
     from transformers import AutoModelForCausalLM
 
     from mergekit_swarm.config import load_recipe
     from mergekit_swarm.experts import open_recipe_pool
-    from tests.conftest import write_recipe
 
     utility = {"type": "nll", "dev": str(zoo.dev), "batch_size": 16}
     swarm = {"lora_space": "update", "base_as_expert": True, "particles": 5, "max_iterations": 1}
@@ -189,7 +186,7 @@ def test_with_the_base_as_an_expert_the_experts_coefficients_are_free(zoo, token
     pool = open_recipe_pool(recipe)
     assert len(pool) == 3 and pool.names[-1] == "base (no update)"
     c = np.array([[0.6, 0.6, -0.2]])
-    resident = ResidentModel(pool, group_layout(pool, "model"), model_source=zoo.base, tokenizer=tokenizer, model_dtype=None)
+    resident = resident_factory(pool, "model")
     resident.load(c)
     reference = AutoModelForCausalLM.from_pretrained(zoo.base, dtype=torch.float64)
     reference.load_state_dict(baked_mix(zoo, pool_paths[:2], c[0, :2]))

@@ -9,9 +9,8 @@ import torch
 from safetensors.torch import save_file
 
 from mergekit_swarm.experts import FullModelPool, open_pool
-from mergekit_swarm.groups import group_layout
-from mergekit_swarm.materialize import combine
-from mergekit_swarm.resident import ResidentModel
+from mergekit_swarm.experts.groups import group_layout
+from mergekit_swarm.weights.kernels import combine
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -40,7 +39,7 @@ def test_combine_is_bit_identical_to_mergekit_linear_unnormalised(tmp_path, dtyp
 def test_a_wider_target_gets_the_rounded_merge(tmp_path):
     """A bf16 checkpoint written into a float32 parameter (e.g. `_keep_in_fp32_modules`) holds
     mergekit's bf16 result, not the unrounded float32 sum."""
-    from mergekit_swarm.materialize import write_combinations
+    from mergekit_swarm.weights.kernels import write_combinations
 
     gen = torch.Generator().manual_seed(2)
     for k in range(3):
@@ -72,7 +71,7 @@ def test_layouts_group_tensors_by_model_layer_and_tensor(zoo):
 
 
 def test_layer_groups_keep_the_blocks_of_two_towers_apart():
-    from mergekit_swarm.groups import group_key
+    from mergekit_swarm.experts.groups import group_key
 
     assert group_key("vision_tower.encoder.layers.3.mlp.fc1.weight", "layer") == "vision_tower.encoder.layers.3"
     assert group_key("language_model.model.layers.3.mlp.up_proj.weight", "layer") == "language_model.model.layers.3"
@@ -86,13 +85,9 @@ def test_layer_groups_keep_the_blocks_of_two_towers_apart():
 
 
 @pytest.mark.parametrize("kind", ["full", "lora"])
-def test_resident_model_holds_exactly_the_particle_and_nothing_else(zoo, tokenizer, kind):
-    experts = zoo.full if kind == "full" else zoo.lora
-    pool = open_pool(list(experts))
-    layout = group_layout(pool, "layer")
-    resident = ResidentModel(
-        pool, layout, model_source=experts[0] if kind == "full" else zoo.base, tokenizer=tokenizer, model_dtype=None
-    )
+def test_resident_model_holds_exactly_the_particle_and_nothing_else(zoo, resident_factory, kind):
+    resident = resident_factory(zoo.full if kind == "full" else zoo.lora, "layer")  # full: on the first expert; LoRA: the base
+    pool, layout = resident.pool, resident.layout
     rng = np.random.default_rng(3)
     first = rng.dirichlet(np.ones(3), size=len(layout))
     second = rng.normal(size=(len(layout), 3))

@@ -21,12 +21,13 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from mergekit_swarm.apply import apply_recipe
+from mergekit_swarm.commands.apply import apply_recipe
+from mergekit_swarm.commands.run import run_swarm
 from mergekit_swarm.config import load_recipe
-from mergekit_swarm.errors import ExpertError
-from mergekit_swarm.options import RunOptions
-from mergekit_swarm.run import run_swarm
+from mergekit_swarm.core.errors import ExpertError
+from mergekit_swarm.core.run_options import RunOptions
 from mergekit_swarm.testing import toy
+from tests.helpers import assert_same_tensors, tensors, write_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = RunOptions(quiet=True)
@@ -119,20 +120,6 @@ def run_in(venv: Path, *args: str, hook: bool = True, cwd: Path | None = None) -
     return subprocess.run([str(a) for a in args], env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
-def tensors(folder: Path) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for shard in sorted(folder.glob("*.safetensors")):
-        out.update(load_file(str(shard)))
-    return out
-
-
-def assert_same_tensors(a: Path, b: Path) -> None:
-    ta, tb = tensors(a), tensors(b)
-    assert ta.keys() == tb.keys() and len(ta) > 0
-    for name in ta:
-        assert torch.equal(ta[name], tb[name]), name
-
-
 # ------------------------------------------------------------------ registry (in process)
 def test_model_swarms_is_registered_and_is_unnormalised_linear():
     from mergekit.card import method_md
@@ -218,8 +205,8 @@ def test_the_winner_combines_with_stock_slerp(venv, wide, yaml_run):
 
 def test_one_shot_model_swarms_recipe_in_mergekit_yaml(venv, wide):
     from mergekit_swarm.experts import open_pool
-    from mergekit_swarm.groups import group_layout
-    from mergekit_swarm.materialize import combine
+    from mergekit_swarm.experts.groups import group_layout
+    from mergekit_swarm.weights.kernels import combine
 
     weights = [0.9, 0.4, -0.3]
     recipe = {
@@ -329,8 +316,6 @@ def test_card_follows_mergekit_and_never_asks_the_hub(zoo, tmp_path, monkeypatch
         raise AssertionError("the card must not call the Hub")
 
     monkeypatch.setattr(huggingface_hub, "repo_exists", no_network)
-    from tests.conftest import write_recipe
-
     folder = tmp_path / "project"  # relative model paths (what makes mergekit's card ask the Hub) ...
     folder.mkdir()
     for name, path in [("base", zoo.base), *((f"e{k}", p) for k, p in enumerate(zoo.lora))]:
@@ -381,8 +366,6 @@ def test_chat_template_and_tokenizer_source_keep_mergekit_meaning(zoo, recipe_fa
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (folder / "e2" / name).unlink()
         (folder / "e2" / name).symlink_to(other / name)
-    from tests.conftest import write_recipe
-
     recipe = write_recipe(
         tmp_path / "r",
         [folder / "e0", folder / "e1", folder / "e2"],
@@ -396,9 +379,9 @@ def test_chat_template_and_tokenizer_source_keep_mergekit_meaning(zoo, recipe_fa
 def test_weights_resolve_as_mergekit_resolves_them(zoo, tmp_path):
     from mergekit.config import MergeConfiguration
 
-    from mergekit_swarm.errors import ConfigError
+    from mergekit_swarm.core.errors import ConfigError
     from mergekit_swarm.experts import open_pool
-    from mergekit_swarm.output.recipe import recipe_coefficients
+    from mergekit_swarm.output.mergekit_config import recipe_coefficients
 
     pool = open_pool(list(zoo.full))
     head = "lm_head.weight"

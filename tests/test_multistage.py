@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from mergekit_swarm.commands.run import RunOptions, run_swarm
 from mergekit_swarm.config import load_recipe
-from mergekit_swarm.run import RunOptions, run_swarm
-from tests.conftest import write_recipe
+from tests.helpers import write_recipe
 
 MULTI = Path(sys.executable).parent / "mergekit-multi"
 THREE_STAGES = """\

@@ -7,11 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from mergekit_swarm import materialize, materializer
-from mergekit_swarm.experts import open_pool
-from mergekit_swarm.groups import group_layout
-from mergekit_swarm.packed import pack, pack_parameters, span
-from mergekit_swarm.resident import ResidentModel
+from mergekit_swarm.core.packing import pack, pack_parameters, span
+from mergekit_swarm.weights import kernels, writer
 
 
 def test_a_span_covers_only_tensors_lying_end_to_end():
@@ -56,45 +53,42 @@ def test_packed_parameters_keep_the_model_and_its_tied_weights():
 
 
 @pytest.mark.parametrize("granularity", ["model", "layer"])
-def test_held_experts_are_written_in_runs_with_the_same_bits(zoo, tokenizer, monkeypatch, granularity):
+def test_held_experts_are_written_in_runs_with_the_same_bits(zoo, resident_factory, monkeypatch, granularity):
     """`--read-to-gpu` (here: held in RAM): one `write_flat` per group instead of one per tensor, and
     the very bits of the memory-mapped, per-tensor way, with accumulator chunks that cut across tensors."""
-    monkeypatch.setattr(materialize, "CPU_CHUNK_ELEMENTS", 1000)
+    monkeypatch.setattr(kernels, "CPU_CHUNK_ELEMENTS", 1000)
     calls = []
-    write_flat = materializer.write_flat
-    monkeypatch.setattr(materializer, "write_flat", lambda *a, **k: calls.append(len(a[0][0])) or write_flat(*a, **k))
+    write_flat = writer.write_flat
+    monkeypatch.setattr(writer, "write_flat", lambda *a, **k: calls.append(len(a[0][0])) or write_flat(*a, **k))
     coefficients = None
     states = []
     for hold in (False, True):
-        pool = open_pool(list(zoo.full))
-        layout = group_layout(pool, granularity)
-        resident = ResidentModel(pool, layout, model_source=zoo.full[0], tokenizer=tokenizer, model_dtype=None, hold_experts=hold)
+        resident = resident_factory(zoo.full, granularity, hold_experts=hold)
+        pool, layout = resident.pool, resident.layout
         coefficients = np.random.default_rng(2).normal(size=(len(layout), 3))
         calls.clear()
         resident.load(coefficients)
         assert len(calls) == (len(layout) if hold else len(pool.specs)), hold
-        runs = resident._materializer.direct_runs(resident._destinations)
+        runs = resident._writer.direct_runs(resident._destinations)
         assert all((run.packed_sources is not None) == (len(run.specs) > 1) for run in runs)  # read per write: not kept
         assert sum(calls) == sum(p.numel() for p in resident.model.parameters())  # every element once, tied ones once
         states.append({k: v.clone() for k, v in resident.model.state_dict().items()})
-        if hold:  # held again (a second resident model on the pool): nothing is copied again
+        if hold:  # held again (a second resident model on the held pool): nothing is copied again
             held = pool.tensor(1, pool.specs[0].name)
-            pool.hold_on("cpu")
-            assert pool.tensor(1, pool.specs[0].name) is held
+            assert pool.held("cpu").tensor(1, pool.specs[0].name) is held
     assert len(pool.specs) > len(layout)
     assert states[0].keys() == states[1].keys()
     assert all(torch.equal(states[0][k].view(torch.int32), states[1][k].view(torch.int32)) for k in states[0])
 
 
-def test_parameters_moved_after_a_first_write_still_get_the_particle(zoo, tokenizer):
+def test_parameters_moved_after_a_first_write_still_get_the_particle(zoo, resident_factory):
     """The runs of a resident model are worked out again when its tensors have moved since."""
-    pool = open_pool(list(zoo.full))
-    layout = group_layout(pool, "model")
-    resident = ResidentModel(pool, layout, model_source=zoo.full[0], tokenizer=tokenizer, model_dtype=None)
+    resident = resident_factory(zoo.full, "model")
+    pool, layout = resident.pool, resident.layout
     first, second = np.random.default_rng(4).dirichlet(np.ones(3), size=(2, len(layout)))
     resident.load(first)
     pack_parameters(resident.model, resident.tensors(), pool.tensor_names)
     resident.load(second)
     parameters = dict(resident.model.named_parameters())
-    for name, tensor in materialize.combine(pool, layout, second):
+    for name, tensor in kernels.combine(pool, layout, second):
         assert torch.equal(resident.tensors()[name], tensor) and torch.equal(parameters[name], tensor), name

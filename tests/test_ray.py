@@ -13,11 +13,11 @@ import ray
 from click.testing import CliRunner
 
 from mergekit_swarm.cli import main
+from mergekit_swarm.commands.run import RunOptions, run_swarm
 from mergekit_swarm.config import load_recipe
-from mergekit_swarm.errors import ConfigError, WorkerError
-from mergekit_swarm.run import RunOptions, run_swarm
-from mergekit_swarm.search.ray_backend import EvaluationWorker, RayEvaluator, WorkerSpec
-from tests.conftest import write_recipe
+from mergekit_swarm.core.errors import ConfigError, WorkerError
+from mergekit_swarm.search.ray_backend import EvaluationWorker, WorkerSpec
+from tests.helpers import spy_on_submissions, write_recipe
 
 RAY = RunOptions(quiet=True, backend="ray")
 
@@ -57,22 +57,6 @@ def outcome(result, out) -> tuple:
 def in_process(recipe_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("local") / "out"
     return outcome(run_swarm(load_recipe(recipe_file), out, RunOptions(quiet=True)), out)
-
-
-def spy_on_submissions(monkeypatch, then=None) -> list:
-    """Record every (evaluator, worker, task) the driver submits; `then(calls)` runs after each."""
-    calls = []
-    submit = RayEvaluator._submit
-
-    def spy(self, worker, task):
-        ref = submit(self, worker, task)
-        calls.append((self, worker, task))
-        if then is not None:
-            then(calls)
-        return ref
-
-    monkeypatch.setattr(RayEvaluator, "_submit", spy)
-    return calls
 
 
 def test_ray_run_equals_the_in_process_run_and_sends_only_coefficients(cluster, recipe_file, in_process, tmp_path, monkeypatch):

@@ -1,6 +1,6 @@
 """The Ray backend on a GPU: one worker holding the GPU (`gpus_per_worker: 1`), its particles scored in
 one batch on it, gives the search of the same run in process, bit for bit. Runs on the GPU machine
-(`pytest -m gpu`), where Ray is carried in as `benchmarks/device_ray_pack.sh` packs it."""
+(`pytest -m gpu`), where Ray is carried in as `benchmarks/device/ray_pack.sh` packs it."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import logging
 
 import pytest
 
+from mergekit_swarm.commands.run import RunOptions, run_swarm
 from mergekit_swarm.config import load_recipe
-from mergekit_swarm.run import RunOptions, run_swarm
+from tests.helpers import spy_on_submissions
 
 ray = pytest.importorskip("ray")
 
@@ -33,8 +34,6 @@ def decided(result, out) -> tuple:
 def test_on_cuda_a_ray_worker_with_a_gpu_gives_the_in_process_search(
     gpu_cluster, recipe_factory, zoo, tmp_path, monkeypatch, kind
 ):
-    from tests.test_ray import spy_on_submissions
-
     # the same groups on both sides, so nll (which tells the zoo's LoRA particles apart) is bit-stable
     utility = {"type": "nll", "dev": str(zoo.dev), "test": str(zoo.test), "batch_size": 8}
     evaluation = {"particles_per_batch": 5 if kind == "lora" else 1, "workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 1}

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from mergekit_swarm.commands.rescore import score_folder
+from mergekit_swarm.commands.run import RunOptions, run_swarm
 from mergekit_swarm.config import load_recipe
-from mergekit_swarm.rescore import score_folder
-from mergekit_swarm.run import RunOptions, run_swarm
 from mergekit_swarm.testing import nl_skills, real_testbed, toy
 from mergekit_swarm.testing.smollm2 import smollm2
-from tests.conftest import write_recipe
+from tests.helpers import write_recipe
 
 pytestmark = pytest.mark.real
 SKILLS = ("add", "join")

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from mergekit_swarm.commands.run import RunOptions, run_swarm
 from mergekit_swarm.config import load_recipe
-from mergekit_swarm.errors import OutputError, UtilityError
-from mergekit_swarm.names import OUTPUT_MARKER
+from mergekit_swarm.core.errors import OutputError, UtilityError
+from mergekit_swarm.core.names import OUTPUT_MARKER
 from mergekit_swarm.output.result import SwarmResult
-from mergekit_swarm.run import RunOptions, run_swarm
 from mergekit_swarm.utilities.data import load_examples
 from mergekit_swarm.utilities.nll import NegativeLoss
 
@@ -69,8 +69,8 @@ def test_full_pool_writes_a_sharded_model_that_is_the_winner(zoo, recipe_factory
     from transformers import AutoModelForCausalLM
 
     from mergekit_swarm.experts import open_pool
-    from mergekit_swarm.groups import group_layout
-    from mergekit_swarm.materialize import combine
+    from mergekit_swarm.experts.groups import group_layout
+    from mergekit_swarm.weights.kernels import combine
 
     out = tmp_path / "out"
     result = run_swarm(

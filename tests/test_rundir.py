@@ -15,8 +15,8 @@ import yaml
 from click.testing import CliRunner
 
 from mergekit_swarm.cli import main
-from mergekit_swarm.names import OUTPUT_MARKER
-from tests.conftest import write_recipe
+from mergekit_swarm.core.names import OUTPUT_MARKER
+from tests.helpers import write_recipe
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

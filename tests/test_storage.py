@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from mergekit_swarm.cli import main
-from mergekit_swarm.errors import ConfigError
-from mergekit_swarm.storage import read_json, read_jsonl, read_text
-from tests.conftest import write_recipe
+from mergekit_swarm.core.errors import ConfigError
+from mergekit_swarm.core.storage import read_json, read_jsonl, read_text
+from tests.helpers import write_recipe
 
 FAULTS = {
     "not UTF-8": (lambda p: p.write_bytes(b'{"prompt": "caf\xe9", "answer": "x"}\n'), r"{p}:1: not UTF-8 text \(byte 0xe9\)"),

@@ -13,19 +13,17 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mergekit_swarm"
 
-# In data-flow order. A layer may import the layers above it in this list, never those below.
+# In data-flow order: each layer is one folder of the package (the interfaces are its top-level modules).
+# A layer may import the layers above it in this list, never those below.
 LAYERS: list[tuple[str, set[str]]] = [
-    (
-        "foundations",
-        {"errors", "names", "schema", "options", "storage", "console", "extras", "fingerprints", "device_memory", "packed"},
-    ),
-    ("pure engine, objectives, Hub", {"pso", "utilities", "hub"}),  # what a recipe refers to
+    ("core", {"core"}),  # errors, names, schema, storage, console, extras, fingerprints, run options, packing
+    ("engine, objectives, Hub", {"pso", "utilities", "hub"}),  # what a recipe refers to
     ("recipes", {"config"}),
-    ("experts", {"experts", "groups"}),
-    ("coefficients to weights", {"checkpoint_layout", "materialize", "materializer", "adapter_stack", "resident", "tokenizer"}),
-    ("search", {"search"}),  # setup, evaluation engines, checkpoints, the loop
-    ("output", {"output"}),  # model folder, recipe, card, plot, publishing
-    ("entry points", {"run", "apply", "compare", "rescore", "multistage"}),
+    ("experts", {"experts"}),  # pools, parameter groups, the tokenizer
+    ("weights", {"weights"}),  # coefficients to weights in the resident model
+    ("search", {"search"}),  # setup, evaluation engines, run state, the loop
+    ("output", {"output"}),  # model folder, mergekit_config.yml, card, plot, publishing
+    ("commands", {"commands"}),  # run, apply, rescore, compare, multistage
     ("interfaces", {"cli", "mergekit_plugin", "__main__", "__init__"}),
 ]
 TEST_BUILDERS = "testing"
@@ -110,7 +108,7 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 def test_the_import_graph_is_read_completely():
     edges = graph()
     assert "mergekit_swarm.search.setup" in edges["mergekit_swarm.search.evaluator"]  # module level
-    assert "mergekit_swarm.apply" in edges["mergekit_swarm.cli"]  # inside a function
+    assert "mergekit_swarm.commands.apply" in edges["mergekit_swarm.cli"]  # inside a function
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
@@ -131,3 +129,52 @@ def test_every_module_has_a_layer_and_imports_point_one_way():
             if layer_of(target) > layer_of(module):
                 upward.append(f"{module} ({LAYERS[layer_of(module)][0]}) -> {target} ({LAYERS[layer_of(target)][0]})")
     assert upward == []
+
+
+def test_the_layers_are_the_folders_and_few_modules_are_loose():
+    folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    layered = {member for _, members in LAYERS for member in members}
+    assert folders - {TEST_BUILDERS} == layered - {"cli", "mergekit_plugin", "__main__", "__init__"}
+    loose = sorted(p.stem for p in PACKAGE.glob("*.py"))
+    assert len(loose) <= 6, loose
+    for folder in folders:  # each says what it holds and what it may import
+        doc = ast.get_docstring(ast.parse((PACKAGE / folder / "__init__.py").read_text(encoding="utf-8")))
+        assert doc and len(doc) > 40, f"{folder}/__init__.py has no docstring saying what it holds"
+
+
+def test_no_module_name_is_used_twice():
+    stems = [p.stem for p in PACKAGE.rglob("*.py") if p.stem != "__init__" and TEST_BUILDERS not in p.parts]
+    assert sorted({s for s in stems if stems.count(s) > 1}) == []
+
+
+# Functions whose body (docstring excluded) may exceed MAX_BODY lines, each with its reason.
+LONG_FUNCTIONS: dict[str, str] = {}
+MAX_BODY = 60
+
+
+def test_functions_are_short_phases():
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if TEST_BUILDERS in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                body = node.body[1:] if ast.get_docstring(node) else node.body
+                lines = (body[-1].end_lineno - body[0].lineno + 1) if body else 0
+                name = f"{module_name(path)}.{node.name}"
+                if lines > MAX_BODY and name not in LONG_FUNCTIONS:
+                    long.append(f"{name}: {lines} lines")
+    assert long == [], "split these into named phases (or give a reason in LONG_FUNCTIONS)"
+    assert len(LONG_FUNCTIONS) <= 2
+
+
+def test_no_test_imports_another_test_module():
+    tests = Path(__file__).resolve().parent
+    crossing = []
+    for path in sorted(tests.glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tests.")):
+                continue
+            if node.module.split(".")[1].startswith("test_") or node.module == "tests.conftest":
+                crossing.append(f"{path.name} imports {node.module}")
+    assert crossing == [], "share builders through tests/helpers.py or fixtures in conftest.py"

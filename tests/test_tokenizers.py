@@ -16,10 +16,10 @@ import warnings
 import pytest
 import torch
 
+from mergekit_swarm.commands.run import run_swarm
 from mergekit_swarm.config import load_recipe
-from mergekit_swarm.errors import ExpertError
-from mergekit_swarm.options import RunOptions
-from mergekit_swarm.run import run_swarm
+from mergekit_swarm.core.errors import ExpertError
+from mergekit_swarm.core.run_options import RunOptions
 from mergekit_swarm.testing.chat import (
     IM_END,
     SKILLS,
@@ -29,7 +29,7 @@ from mergekit_swarm.testing.chat import (
     make_examples,
 )
 from mergekit_swarm.testing.toy import write_jsonl
-from tests.conftest import write_recipe
+from tests.helpers import write_recipe
 
 QUIET = RunOptions(quiet=True)
 JUDGE_TEMPLATE = "Rate this answer.\nQ: {prompt}\nA: {response}"

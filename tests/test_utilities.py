@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mergekit_swarm.errors import UtilityError
+from mergekit_swarm.core.errors import UtilityError
 from mergekit_swarm.utilities import multiple_choice as mc_module
 from mergekit_swarm.utilities.data import Example, load_examples
 from mergekit_swarm.utilities.exact_match import ExactMatch, contains_answer
@@ -16,13 +16,6 @@ from mergekit_swarm.utilities.multiple_choice import MultipleChoice, parse_lette
 from mergekit_swarm.utilities.nll import NegativeLoss
 from mergekit_swarm.utilities.python import PythonUtility, load_function
 from mergekit_swarm.utilities.text import NO_ADAPTERS, GenerationSettings
-
-
-@pytest.fixture(scope="module")
-def lm(zoo):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    return AutoModelForCausalLM.from_pretrained(zoo.full[2]).eval(), AutoTokenizer.from_pretrained(zoo.full[2])
 
 
 def generate_one(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
@@ -149,16 +142,12 @@ def test_python_utility_from_file_and_module(tmp_path, monkeypatch):
         load_function("not_a_module_xyz:f")
 
 
-def test_evaluator_records_failures_instead_of_raising(zoo, tokenizer):
-    from mergekit_swarm.experts import open_pool
-    from mergekit_swarm.groups import group_layout
-    from mergekit_swarm.materialize import one_hot
-    from mergekit_swarm.resident import ResidentModel
+def test_evaluator_records_failures_instead_of_raising(zoo, resident_factory):
     from mergekit_swarm.search.evaluator import LocalEvaluator
+    from mergekit_swarm.weights.kernels import one_hot
 
-    pool = open_pool(list(zoo.lora))
-    layout = group_layout(pool, "model")
-    resident = ResidentModel(pool, layout, model_source=zoo.base, tokenizer=tokenizer, model_dtype=None)
+    resident = resident_factory(zoo.lora, "model")
+    layout = resident.layout
 
     class Raises:
         def __call__(self, model, tokenizer):

@@ -13,20 +13,25 @@ a recipe's experts make once they are local folders.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
-from mergekit_swarm.errors import ConfigError, ExpertError
-from mergekit_swarm.fingerprints import cache_folder
+from mergekit_swarm.core.errors import ConfigError, ExpertError
+from mergekit_swarm.core.fingerprints import cache_folder
 from mergekit_swarm.hub import HubModel
+
+Location = TypeVar("Location", bound="Path | HubModel", covariant=True)
 
 
 @dataclass(frozen=True)
-class AdapterOnBase:
-    """`base+adapter`: a PEFT LoRA adapter named with the model it applies to (each local or a Hub model)."""
+class AdapterOnBase(Generic[Location]):
+    """`base+adapter`: a PEFT LoRA adapter named with the model it applies to (each local or a Hub model;
+    `AdapterOnBase[Path]` once both are local folders, as `MergeRecipe.resolve` leaves them)."""
 
-    base: Path | HubModel
-    adapter: Path | HubModel
+    base: Location
+    adapter: Location
 
     def __str__(self) -> str:
         return f"{self.base}+{self.adapter}"
@@ -37,14 +42,14 @@ def is_adapter_folder(folder: Path) -> bool:
 
 
 def pool_members(
-    experts: list[Path | AdapterOnBase],
+    experts: Sequence[Path | AdapterOnBase[Path]],
     base: Path | None,
     *,
     source: str,
     cache: str | None,
     dtype: str | None,
     trust_remote_code: bool,
-    reference,
+    reference: Callable[[Path], str],
 ) -> tuple[list[Path], dict[Path, str]]:
     """The experts' folders as the pool reads them (adapter folders for a LoRA pool, model folders for a
     full one), and for each baked folder the `base+adapter` reference recipes and cards name it by
@@ -78,7 +83,7 @@ def pool_members(
     return folders, baked
 
 
-def _adapter_of(expert: Path | AdapterOnBase, base: Path | None) -> bool:
+def _adapter_of(expert: Path | AdapterOnBase[Path], base: Path | None) -> bool:
     """Whether an expert is an adapter that a LoRA pool on `base` takes as it is."""
     if isinstance(expert, AdapterOnBase):
         return base is not None and Path(expert.base).resolve() == base.resolve()
@@ -90,8 +95,9 @@ def bake(base: Path, adapter: Path, *, cache: str | None, dtype: str | None, tru
     from mergekit.common import ModelPath, ModelReference
 
     folder = Path(cache) if cache else cache_folder() / "lora-merge-cache"
-    reference = ModelReference(model=ModelPath(path=str(base)), lora=ModelPath(path=str(adapter)))
-    target = folder / f"{reference.model._unique_id()}_{reference.lora._unique_id()}"  # where mergekit puts it
+    model, lora = ModelPath(path=str(base)), ModelPath(path=str(adapter))
+    reference = ModelReference(model=model, lora=lora)
+    target = folder / f"{model._unique_id()}_{lora._unique_id()}"  # where mergekit puts it
     try:
         merged = reference.merged(cache_dir=str(folder), trust_remote_code=trust_remote_code, lora_merge_dtype=dtype)
     except Exception as exc:  # PEFT's or transformers' own message says what does not fit

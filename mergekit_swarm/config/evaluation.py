@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from mergekit_swarm.schema import StrictSection
+from mergekit_swarm.core.schema import StrictSection
 
 Backend = Literal["local", "ray"]
 
@@ -21,7 +21,7 @@ class EvaluationSettings(StrictSection):
     section_name = "evaluation"
 
     particles_per_batch: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
-        "auto",
+        default="auto",
         description=(
             "LoRA pools: particles written into adapter slots of the resident model in one pass and scored together "
             "in one batch (batch_size prompts x particles rows per forward; every LoRA layer serves all slots with "
@@ -31,14 +31,14 @@ class EvaluationSettings(StrictSection):
         ),
     )
     backend: Backend = Field(
-        "local",
+        default="local",
         description=(
             "`local`: one resident model in this process. `ray`: Ray actors each hold a resident model and evaluate "
             "their share of every iteration; only coefficients travel (`pip install 'mergekit-swarm[ray]'`)."
         ),
     )
     address: str | None = Field(
-        None,
+        default=None,
         description=(
             "Ray: the cluster to join, as `ray.init(address=...)` takes it: `auto` (a cluster started with "
             "`ray start --head` on this machine's network), `ray://head:10001` (Ray Client), or unset: RAY_ADDRESS "
@@ -46,7 +46,7 @@ class EvaluationSettings(StrictSection):
         ),
     )
     workers: int | None = Field(
-        None,
+        default=None,
         ge=1,
         description=(
             "Ray: number of workers (resident models). Default: as many as the cluster's GPUs (or CPUs) fit, "
@@ -54,17 +54,17 @@ class EvaluationSettings(StrictSection):
         ),
     )
     gpus_per_worker: float | None = Field(
-        None,
+        default=None,
         ge=0,
         description="Ray: GPUs each worker reserves. Default: 1 with --device cuda, else 0.",
     )
     cpus_per_worker: float = Field(
-        1,
+        default=1,
         ge=0,
         description="Ray: CPUs each worker reserves; also its torch thread count (at least 1).",
     )
     max_retries: int = Field(
-        2,
+        default=2,
         ge=0,
         description=(
             "Ray: times a group of particles is evaluated again on a replacement worker after its worker died "

@@ -13,24 +13,25 @@ import hashlib
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import ValidationError
 
 from mergekit_swarm.config.adapters import AdapterOnBase, pool_members
 from mergekit_swarm.config.evaluation import EvaluationSettings
-from mergekit_swarm.errors import ConfigError, ExpertError
-from mergekit_swarm.fingerprints import DigestCache, identities
+from mergekit_swarm.core.errors import ConfigError, ExpertError
+from mergekit_swarm.core.fingerprints import DigestCache, identities
+from mergekit_swarm.core.names import METHOD_NAME, SWARM_KEYS, display_names
+from mergekit_swarm.core.run_options import Sources
+from mergekit_swarm.core.schema import format_validation_error, unknown_key_message
+from mergekit_swarm.core.storage import read_json, read_text
 from mergekit_swarm.hub import HubModel, allowed_files, check_adapter_base, download, looks_like_repo_id
-from mergekit_swarm.names import METHOD_NAME, SWARM_KEYS, display_names
-from mergekit_swarm.options import RunOptions
 from mergekit_swarm.pso.settings import SwarmSettings
-from mergekit_swarm.schema import format_validation_error, unknown_key_message
-from mergekit_swarm.storage import read_json, read_text
 from mergekit_swarm.utilities import UtilityConfig, validate_utility
 
 UNION = "union"
+R = TypeVar("R", bound="MergeRecipe")
 _REFUSED = {
     "slices": "slices: recipes are not supported by model_swarms; list whole models under models:",
     "modules": "modules: recipes are not supported by model_swarms; list whole models under models:",
@@ -43,22 +44,22 @@ class MergeRecipe:
     `resolve()` turns into local snapshot folders before any work starts."""
 
     merge: Any  # mergekit.config.MergeConfiguration
-    experts: tuple[Path | HubModel | AdapterOnBase, ...]  # after `resolve()`: local folders only
+    experts: tuple[Path | HubModel | AdapterOnBase[Path | HubModel], ...]  # after `resolve()`: local folders only
     base_model: Path | HubModel | None
     tokenizer_source: Path | HubModel | str  # a model, or "union" (checked when the tokenizers are loaded)
     source: str  # where the recipe came from, for messages
     text: str  # the recipe as written
     hub_ids: dict[Path, str]  # snapshot folder -> the Hub model it holds ("org/name" or "org/name@rev")
     baked: dict[Path, str]  # baked folder -> "base+adapter", as recipes name it
-    written_experts: tuple[Path | HubModel | AdapterOnBase, ...]  # as written (resolve() keeps them, located)
+    written_experts: tuple[Path | HubModel | AdapterOnBase[Path | HubModel], ...]  # as written (resolve() keeps them, located)
 
-    def resolve(self, options: RunOptions | None = None) -> MergeRecipe:
+    def resolve(self: R, options: Sources | None = None) -> R:
         """The same recipe with every Hub model downloaded (or found in the cache), as `options`
         allow: pickled weights with `allow_pickle`, code files with `trust_remote_code`, into `cache_dir`."""
-        options = options or RunOptions()
+        options = options or Sources()
         hub_ids = dict(self.hub_ids)
 
-        def local(model, where: str):
+        def local(model: Path | HubModel, where: str) -> Path:
             if not isinstance(model, HubModel):
                 return model
             folder = download(
@@ -71,7 +72,7 @@ class MergeRecipe:
             hub_ids[folder] = str(model)
             return folder
 
-        def expert(model, where: str):
+        def expert(model: Path | HubModel | AdapterOnBase[Path | HubModel], where: str) -> Path | AdapterOnBase[Path]:
             if isinstance(model, AdapterOnBase):
                 return AdapterOnBase(local(model.base, f"{where} (its base)"), local(model.adapter, where))
             return local(model, where)
@@ -79,7 +80,9 @@ class MergeRecipe:
         written = self.written_experts
         located = [expert(m, f"models[{i}]") for i, m in enumerate(written)]
         base = local(self.base_model, "base_model") if self.base_model is not None else None
-        tokenizer = local(self.tokenizer_source, "tokenizer_source")
+        tokenizer = (
+            self.tokenizer_source if isinstance(self.tokenizer_source, str) else local(self.tokenizer_source, "tokenizer_source")
+        )
         if isinstance(self.base_model, HubModel):
             for i, folder in enumerate(located):
                 if isinstance(folder, Path) and (folder / "adapter_config.json").exists():
@@ -107,6 +110,17 @@ class MergeRecipe:
             baked=baked,
             written_experts=tuple(located),
         )
+
+    @property
+    def expert_folders(self) -> tuple[Path, ...]:
+        """The experts' folders, as `resolve()` leaves them: Hub models downloaded, `base+adapter` baked (or,
+        in a LoRA pool, its adapter). A recipe not resolved yet has none: TypeError."""
+        return tuple(_folder(expert, "models") for expert in self.experts)
+
+    @property
+    def base_folder(self) -> Path | None:
+        """The base model's folder (a resolved recipe's, as `expert_folders`), or None without `base_model`."""
+        return None if self.base_model is None else _folder(self.base_model, "base_model")
 
     def reference(self, folder: Path) -> str:
         """How a model is named in recipes and cards: `base+adapter` for an adapter baked into its base,
@@ -186,6 +200,12 @@ class SwarmRecipe(MergeRecipe):
             "packages": self.utility.package_versions(),
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _folder(model: Path | HubModel | AdapterOnBase[Path | HubModel], where: str) -> Path:
+    if not isinstance(model, Path):
+        raise TypeError(f"{where}: {model} is not a local folder yet; resolve() the recipe first")
+    return model
 
 
 def _parts(expert) -> list:
@@ -321,7 +341,9 @@ def _parse_merge(data: Any, base_dir: Path, source: str, text: str, *, extra_key
         raise ConfigError(f"{source}: {exc}") from None
     _check_dtypes(merge, source)
 
-    experts = tuple(_model_source(m.model, base_dir, f"models[{i}]", source, adapters=True) for i, m in enumerate(merge.models))
+    if not merge.models:  # (mergekit requires models:, slices: or modules:, and the last two are refused above)
+        raise ConfigError(f"{source}: a recipe lists its models under models:")
+    experts = tuple(_expert_source(m.model, base_dir, f"models[{i}]", source) for i, m in enumerate(merge.models))
     base = _model_source(merge.base_model, base_dir, "base_model", source) if merge.base_model else None
     if len(set(experts)) != len(experts):
         raise ConfigError(f"{source}: the same expert is listed twice under models:")
@@ -330,7 +352,9 @@ def _parse_merge(data: Any, base_dir: Path, source: str, text: str, *, extra_key
     return MergeRecipe(_with_absolute_paths(merge, experts, base), experts, base, tokenizer, source, text, {}, {}, experts)
 
 
-def _with_absolute_paths(merge, experts: tuple[Path | HubModel | AdapterOnBase, ...], base: Path | HubModel | None):
+def _with_absolute_paths(
+    merge, experts: tuple[Path | HubModel | AdapterOnBase[Path | HubModel], ...], base: Path | HubModel | None
+):
     """The mergekit configuration with its local model paths made absolute, so mergekit helpers
     given it (e.g. `chat_template: auto`) find the models from any working directory (after
     `resolve()`, each expert is the folder the pool reads: a baked adapter is no longer `base+adapter`)."""
@@ -338,7 +362,7 @@ def _with_absolute_paths(merge, experts: tuple[Path | HubModel | AdapterOnBase, 
     def placed(path, model: Path | HubModel):  # a mergekit ModelPath
         return path if isinstance(model, HubModel) else path.model_copy(update={"path": str(model)})
 
-    def at(reference, model: Path | HubModel | AdapterOnBase):
+    def at(reference, model: Path | HubModel | AdapterOnBase[Path | HubModel]):
         if isinstance(model, AdapterOnBase):
             return reference.model_copy(
                 update={"model": placed(reference.model, model.base), "lora": placed(reference.lora, model.adapter)}
@@ -405,17 +429,19 @@ def _check_dtypes(merge, source: str) -> None:
                 raise ConfigError(f"{source}: {key}: unknown dtype {value!r} (float32, bfloat16, float16, float64)") from None
 
 
-def _model_source(
-    reference, base_dir: Path, where: str, source: str, *, adapters: bool = False
-) -> Path | HubModel | AdapterOnBase:
-    """A local folder (relative to the recipe) if it exists, else a Hub repo id (`org/name[@rev]`); for an
-    expert (`adapters`), also `base+adapter`, mergekit's syntax for an adapter applied to a model."""
+def _model_source(reference, base_dir: Path, where: str, source: str) -> Path | HubModel:
+    """A local folder (relative to the recipe) if it exists, else a Hub repo id (`org/name[@rev]`)."""
     if reference.lora is not None:
-        if not adapters:
-            raise ConfigError(f"{source}: {where}: base+adapter names an expert; here give a model")
-        model = _location(reference.model.path, reference.model.revision, base_dir, where, source)
-        return AdapterOnBase(model, _location(reference.lora.path, reference.lora.revision, base_dir, where, source))
+        raise ConfigError(f"{source}: {where}: base+adapter names an expert; here give a model")
     return _location(reference.model.path, reference.model.revision, base_dir, where, source)
+
+
+def _expert_source(reference, base_dir: Path, where: str, source: str) -> Path | HubModel | AdapterOnBase[Path | HubModel]:
+    """As `_model_source`, or `base+adapter`, mergekit's syntax for an adapter applied to a model."""
+    if reference.lora is None:
+        return _model_source(reference, base_dir, where, source)
+    model = _location(reference.model.path, reference.model.revision, base_dir, where, source)
+    return AdapterOnBase(model, _location(reference.lora.path, reference.lora.revision, base_dir, where, source))
 
 
 def _location(written: str, revision: str | None, base_dir: Path, where: str, source: str) -> Path | HubModel:

@@ -17,8 +17,8 @@ from pathlib import Path
 from pydantic_core import PydanticUndefined
 
 from mergekit_swarm.config.evaluation import EvaluationSettings
+from mergekit_swarm.core.schema import StrictSection
 from mergekit_swarm.pso.settings import SwarmSettings
-from mergekit_swarm.schema import StrictSection
 from mergekit_swarm.utilities import UTILITIES
 
 INTRO = """# Recipe reference

@@ -1,11 +1,15 @@
-"""Expert pools: full models or LoRA adapters, presented as aligned tensors."""
+"""Expert pools (full models or LoRA adapters, presented as aligned tensors), their parameter groups
+and the tokenizer of a run.
+
+May import `core`, `pso`, `utilities`, `hub` and `config`.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from mergekit_swarm.config import MergeRecipe, SwarmRecipe
-from mergekit_swarm.errors import ConfigError, ExpertError
+from mergekit_swarm.core.errors import ConfigError, ExpertError
 from mergekit_swarm.experts.full import FullModelPool
 from mergekit_swarm.experts.lora import BASE_EXPERT, LoraPool, is_adapter_folder
 from mergekit_swarm.experts.pool import ExpertPool, TensorSpec
@@ -42,26 +46,27 @@ def open_pool(
 def open_recipe_pool(recipe: MergeRecipe, *, allow_pickle: bool = False, trust_remote_code: bool = False) -> ExpertPool:
     """The pool of a resolved recipe's `models:` (LoRA adapters of its `base_model`, which they require),
     LoRA experts in the search recipe's `swarm.lora_space` (a recipe of weights: factor space)."""
-    if recipe.base_model is None and any(is_adapter_folder(p) for p in recipe.experts):
+    experts, base = recipe.expert_folders, recipe.base_folder
+    if base is None and any(is_adapter_folder(p) for p in experts):
         raise ConfigError(f"{recipe.source}: base_model: is required when the experts are LoRA adapters")
     swarm = recipe.swarm if isinstance(recipe, SwarmRecipe) else None
     if swarm is not None and swarm.base_as_expert:
-        if not all(is_adapter_folder(p) for p in recipe.experts):
+        if not all(is_adapter_folder(p) for p in experts):
             raise ConfigError(f"{recipe.source}: swarm: base_as_expert is for LoRA experts; these are full models")
         return LoraPool(
-            list(recipe.experts),
+            list(experts),
             allow_pickle=allow_pickle,
             names=[*recipe.expert_names(), BASE_EXPERT],
-            base=recipe.base_model,
+            base=base,
             trust_remote_code=trust_remote_code,
             space="update",
             zero_expert=True,
         )
     return open_pool(
-        list(recipe.experts),
+        list(experts),
         allow_pickle=allow_pickle,
         names=recipe.expert_names(),
-        base=recipe.base_model,
+        base=base,
         trust_remote_code=trust_remote_code,
         lora_space=swarm.lora_space if swarm is not None else "factor",
     )

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
 import torch
 
+from mergekit_swarm.core.packing import pack
 from mergekit_swarm.experts.pool import ExpertPool, TensorSpec, open_checkpoint
-from mergekit_swarm.packed import pack
 
 
 class FullModelPool(ExpertPool):
@@ -27,7 +28,7 @@ class FullModelPool(ExpertPool):
         first = self.files[0]
         self.specs = [TensorSpec(name, per_expert[0][name], first.dtype(name)) for name in first.names()]
         self._views: dict[tuple[int, str], torch.Tensor] = {}
-        self.held_on: torch.device | None = None  # where `hold_on` put the experts (None: memory-mapped)
+        self.held_on: torch.device | None = None  # where the experts are held (`held`; None: memory-mapped)
 
     def tensor(self, expert: int, name: str) -> torch.Tensor:
         # Views of the memory map cost no memory; keeping them saves a header lookup per read
@@ -45,17 +46,19 @@ class FullModelPool(ExpertPool):
         """Bytes of all experts' tensors together."""
         return len(self) * sum(spec.torch_dtype.itemsize * math.prod(spec.shape) for spec in self.specs)
 
-    def hold_on(self, device: str | torch.device) -> None:
-        """Keep every expert's tensors on `device` (mergekit's `--read-to-gpu`): a particle is then
-        written at the device's memory bandwidth instead of streamed from the page cache. Each
-        expert's tensors are packed end to end in checkpoint order (`packed`), so that runs of
-        them are combined by a few large operations instead of a few per tensor. Holding them on
-        the device they are held on already is a no-op."""
+    def held(self, device: str | torch.device) -> FullModelPool:
+        """This pool with every expert's tensors kept on `device` (mergekit's `--read-to-gpu`): a particle
+        is then written at the device's memory bandwidth instead of streamed from the page cache. Each
+        expert's tensors are packed end to end in checkpoint order (`core.packing`), so that runs of them
+        are combined by a few large operations instead of a few per tensor. A copy: this pool keeps reading
+        the memory-mapped files (a pool already held on `device` is returned as it is)."""
         device = torch.empty(0, device=device).device  # "cuda" and "cuda:0" alike: where tensors really land
         if self.held_on == device:
-            return
+            return self
+        held = copy.copy(self)
+        held._views = {}
         for k in range(len(self)):
-            held = pack([self.tensor(k, spec.name) for spec in self.specs], device)
-            for spec, tensor in zip(self.specs, held):
-                self._views[(k, spec.name)] = tensor
-        self.held_on = device  # only once all are there: after an out-of-memory error, holding starts over
+            packed = pack([self.tensor(k, spec.name) for spec in self.specs], device)
+            held._views.update(((k, spec.name), tensor) for spec, tensor in zip(self.specs, packed))
+        held.held_on = device
+        return held

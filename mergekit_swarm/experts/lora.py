@@ -27,10 +27,10 @@ from typing import Any
 
 import torch
 
-from mergekit_swarm.errors import ExpertError
+from mergekit_swarm.core.errors import ExpertError
+from mergekit_swarm.core.storage import read_json
 from mergekit_swarm.experts.pool import STORED_DTYPES, ExpertPool, SafetensorsFiles, TensorSpec, open_checkpoint
 from mergekit_swarm.pso.settings import LoraSpace
-from mergekit_swarm.storage import read_json
 
 # base_model.model.<module>.lora_A.weight / .lora_embedding_B (embeddings have no .weight)
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?:embedding_)?(?P<side>[AB])(?:\.weight)?$")
@@ -90,7 +90,7 @@ class LoraPool(ExpertPool):
         self.files = [open_checkpoint(p, "adapter_model", "adapter", allow_pickle=allow_pickle) for p in adapters]
         if zero_expert:
             self.configs.append(self.configs[0])
-            self.files.append(SafetensorsFiles(base, {}))
+            self.files.append(SafetensorsFiles(paths[-1], {}))  # the base, the last of the paths
         raw = [{name: f.shape(name) for name in f.names()} for f in self.files]
         ranks = self._read_ranks(raw, base, trust_remote_code)
         self.rank, self._offset = _placement(ranks, space)
@@ -109,7 +109,7 @@ class LoraPool(ExpertPool):
             TensorSpec(name, shape, self._stored_dtype(name)) for name, shape in shapes.items() if name not in self.constant_names
         ]
         # Adapters are small: their prepared (padded, scaled) A/B tensors are worth holding in memory
-        # for a whole search, which the materializer does when all experts' together fit the budget.
+        # for a whole search, which the particle writer does when all experts' together fit the budget.
         prepared_bytes = 4 * len(paths) * sum(math.prod(spec.shape) for spec in self.specs if _LORA_KEY.match(spec.name))
         self._small = prepared_bytes <= in_memory_bytes
 
@@ -190,20 +190,19 @@ class LoraPool(ExpertPool):
         out = torch.zeros(self._shapes[name], dtype=torch.float32)
         if self.space == "update" and m["side"] == "A":  # the constant: every expert's A in its own rows
             for k in range(len(self)):
-                self._place(k, name, out)
+                self._place(k, name, m, out)
             dtypes = {f.dtype(name) for f in self.files if name in f.weight_map}
             return out.to(STORED_DTYPES[dtypes.pop()]) if len(dtypes) == 1 else out  # exact either way
-        self._place(expert, name, out)
+        self._place(expert, name, m, out)
         return out
 
-    def _place(self, expert: int, name: str, out: torch.Tensor) -> None:
-        """Expert `expert`'s A (or s_k B) of `name` into its rows (columns) of `out`; nothing if it
-        does not adapt that module. PEFT stacks the experts of parameter LoRA as (experts, rank, in) in
-        lora_A and (out, rank, experts) in lora_B: each of them is placed the same way."""
+    def _place(self, expert: int, name: str, m: re.Match[str], out: torch.Tensor) -> None:
+        """Expert `expert`'s A (or s_k B) of `name` (`m`: its `_LORA_KEY` match) into its rows (columns) of
+        `out`; nothing if it does not adapt that module. PEFT stacks the experts of parameter LoRA as
+        (experts, rank, in) in lora_A and (out, rank, experts) in lora_B: each of them is placed the same way."""
         if name not in self.files[expert].weight_map:
             return
         raw = self.files[expert].get(name)
-        m = _LORA_KEY.match(name)
         experts = self._experts_of.get(m["module"], 1)
         start = self._offset[expert].get(m["module"], 0)
         if m["side"] == "A":
@@ -312,7 +311,7 @@ def _scaling(config: dict[str, Any], module: str, rank: int, folder: Path) -> fl
 
     key = module.removeprefix(PEFT_PREFIX)
     patterns = config.get("alpha_pattern") or {}
-    alpha = patterns.get(get_pattern_key(patterns.keys(), key), config.get("lora_alpha", 8))  # PEFT's default alpha
+    alpha = patterns.get(get_pattern_key(list(patterns), key), config.get("lora_alpha", 8))  # PEFT's default alpha
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or rank <= 0:
         raise ExpertError(f"{folder / 'adapter_config.json'}: invalid lora_alpha {alpha!r} for {module}")
     return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank

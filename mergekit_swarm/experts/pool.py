@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from mergekit_swarm.errors import ExpertError
-from mergekit_swarm.names import display_names
-from mergekit_swarm.storage import read_json, required
+from mergekit_swarm.core.errors import ExpertError
+from mergekit_swarm.core.names import display_names
+from mergekit_swarm.core.storage import read_json, required
 
 STORED_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 

@@ -1,1 +1,5 @@
-"""What a finished run writes: the model folder, the card, the plot and the summary."""
+"""What a finished run writes: the model folder, `mergekit_config.yml`, the card, the plot, the summary,
+and how its folder is published.
+
+May import every layer below it (`core` ... `search`).
+"""

@@ -9,8 +9,8 @@ from __future__ import annotations
 import yaml
 
 from mergekit_swarm.config import MergeRecipe
-from mergekit_swarm.console import format_utility
-from mergekit_swarm.names import HISTORY_PLOT, PAPER_URL
+from mergekit_swarm.core.console import format_utility
+from mergekit_swarm.core.names import HISTORY_PLOT, PAPER_URL
 from mergekit_swarm.output.emergence import sentence
 from mergekit_swarm.output.result import SwarmResult
 from mergekit_swarm.pso import SwarmSettings

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from mergekit_swarm.errors import ConfigError
+from mergekit_swarm.core.errors import ConfigError
 from mergekit_swarm.experts.lora import lora_module, lora_side
 
 
@@ -33,11 +33,11 @@ def compress_adapter(source: Path, target: Path, rank: int) -> dict[str, float]:
     out, worst = {}, 0.0
     pairs: dict[str, dict[str, str]] = {}
     for name in tensors:
-        module = lora_module(name)
-        if module is None:
+        module, side = lora_module(name), lora_side(name)
+        if module is None or side is None:
             out[name] = tensors[name]  # modules_to_save and the like: kept as they are
         else:
-            pairs.setdefault(module, {})[lora_side(name)] = name
+            pairs.setdefault(module, {})[side] = name
     for names in pairs.values():
         a, b = tensors[names["A"]], tensors[names["B"]]
         delta = b.double() @ a.double()

@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from mergekit_swarm.names import EXAMPLES_FILE
+from mergekit_swarm.core.names import EXAMPLES_FILE
 
 PerExample = Mapping[str, Sequence[float]]  # component ("" for one utility) -> each example's score
 

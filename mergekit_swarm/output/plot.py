@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mergekit_swarm.errors import OutputError
-from mergekit_swarm.storage import read_jsonl
+from mergekit_swarm.core.errors import OutputError
+from mergekit_swarm.core.storage import read_jsonl
 
 
 def read_history(path: Path) -> list[dict]:

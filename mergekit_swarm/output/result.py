@@ -6,11 +6,16 @@ import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
-from mergekit_swarm.console import format_utility
-from mergekit_swarm.errors import OutputError
-from mergekit_swarm.names import RESULT_FILE
-from mergekit_swarm.output.emergence import sentence
-from mergekit_swarm.storage import read_json
+from mergekit_swarm.core.console import format_utility
+from mergekit_swarm.core.errors import OutputError
+from mergekit_swarm.core.names import RESULT_FILE
+from mergekit_swarm.core.storage import read_json
+from mergekit_swarm.experts import ExpertPool
+from mergekit_swarm.experts.groups import GroupLayout
+from mergekit_swarm.output.emergence import emergence, sentence
+from mergekit_swarm.search.report import Report
+from mergekit_swarm.search.run_state import Checkpoint
+from mergekit_swarm.search.selection import Selection
 
 
 @dataclass
@@ -20,7 +25,7 @@ class SwarmResult:
     experts: list[str]
     expert_dev: list[float | None]
     expert_test: list[float | None] | None
-    winner_dev: float
+    winner_dev: float | None  # None: the winner's evaluation failed (on all of dev, measured with a holdout)
     winner_test: float | None
     groups: list[str]
     coefficients: list[list[float]]  # (groups, experts)
@@ -76,3 +81,38 @@ class SwarmResult:
             )
         found = sentence(self.emergence)
         return "\n".join(rows) + (f"\n{found}" if found else "")
+
+
+def result_of(
+    pool: ExpertPool,
+    layout: GroupLayout,
+    checkpoint: Checkpoint,
+    particles: int,
+    selection: Selection,
+    report: Report,
+    kind: str,
+) -> SwarmResult:
+    """A finished search's result. With a holdout, dev utilities are over all of dev (measured by the
+    report); without one they are the search's own."""
+    state = checkpoint.state
+    holdout = selection.report()
+    return SwarmResult(
+        experts=pool.names,
+        expert_dev=(report.expert_dev if holdout else checkpoint.expert_dev) or [],
+        expert_test=report.expert_test,
+        winner_dev=report.winner_dev if holdout else selection.utility,
+        winner_test=report.winner_test,
+        groups=list(layout.names),
+        coefficients=selection.coefficients.tolist(),
+        granularity=layout.granularity,
+        iterations=state.iteration,
+        evaluations=(state.iteration + 1) * particles - checkpoint.skipped + len(selection.candidates),
+        failed=checkpoint.failed,
+        fallbacks=checkpoint.fallbacks,
+        restarts=state.restarts,
+        probes=state.probes,
+        stop_reason=state.stop_reason or "",
+        output_kind=kind,
+        selection={"winner_search_dev": selection.utility, **holdout} if holdout else None,
+        emergence={split: emergence(e["experts"], e["winner"]) for split, e in report.examples.items()},
+    )

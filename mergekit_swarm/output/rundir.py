@@ -1,7 +1,7 @@
 """Where a run lives while it runs, and how its output folder is published.
 
 A run works in a hidden folder beside the output, `.<out>.partial/`, which holds the search's
-checkpoint and history (`search.checkpoint.RunState`) and then the output files; the output
+checkpoint and history (`search.run_state.RunState`) and then the output files; the output
 folder appears only when everything is written (one rename). `apply` and `compare` publish
 their folders the same way.
 
@@ -19,10 +19,10 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from mergekit_swarm.errors import OutputError
-from mergekit_swarm.names import HISTORY_FILE, OUTPUT_MARKER, RESULT_FILE, STATE_FILE, is_output_folder
-from mergekit_swarm.search.checkpoint import Checkpoint, RunState
-from mergekit_swarm.storage import writing
+from mergekit_swarm.core.errors import OutputError
+from mergekit_swarm.core.names import HISTORY_FILE, OUTPUT_MARKER, RESULT_FILE, STATE_FILE, is_output_folder
+from mergekit_swarm.core.storage import writing
+from mergekit_swarm.search.run_state import Checkpoint, RunState
 
 
 class RunDirectory:

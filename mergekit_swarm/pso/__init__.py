@@ -1,4 +1,7 @@
-"""Particle swarm search over expert coefficients (pure numpy, no I/O)."""
+"""Particle swarm search over expert coefficients (pure numpy, no I/O).
+
+The pure engine, above `core` (which it may import) and beside `utilities` and `hub`.
+"""
 
 from mergekit_swarm.pso.engine import initialize, observe, step, winner
 from mergekit_swarm.pso.settings import Granularity, SwarmSettings

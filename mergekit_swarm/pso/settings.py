@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from mergekit_swarm.schema import StrictSection
+from mergekit_swarm.core.schema import StrictSection
 
 Granularity = Literal["model", "layer", "tensor"]
 LoraSpace = Literal["update", "factor"]
@@ -34,22 +34,26 @@ class SwarmSettings(StrictSection):
     section_name = "swarm"
 
     particles: int | None = Field(
-        None, ge=2, description="Swarm size; >= number of experts, extra particles by crossover. Default: 2 x experts."
+        default=None, ge=2, description="Swarm size; >= number of experts, extra particles by crossover. Default: 2 x experts."
     )
-    max_iterations: int = Field(50, ge=0, description="Upper bound on swarm iterations (moves).")
-    patience: int = Field(10, ge=1, description="Stop when the global best has not improved for this many iterations.")
-    inertia: float = Field(0.2, ge=0, description="Weight of the previous velocity.")
-    cognitive: float = Field(0.3, ge=0, description="Pull towards the particle's personal best.")
-    social: float = Field(0.4, ge=0, description="Pull towards the swarm's global best.")
-    repel: float = Field(0.05, ge=0, description="Push away from the worst position ever seen.")
-    step_length: float = Field(0.5, gt=0, description="lambda: scales the move x <- x + lambda * v.")
-    step_decay: float = Field(0.95, gt=0, le=1, description="lambda <- max(lambda * step_decay, min_step_length) per iteration.")
-    min_step_length: float = Field(0.1, ge=0, description="Floor of the step length.")
+    max_iterations: int = Field(default=50, ge=0, description="Upper bound on swarm iterations (moves).")
+    patience: int = Field(default=10, ge=1, description="Stop when the global best has not improved for this many iterations.")
+    inertia: float = Field(default=0.2, ge=0, description="Weight of the previous velocity.")
+    cognitive: float = Field(default=0.3, ge=0, description="Pull towards the particle's personal best.")
+    social: float = Field(default=0.4, ge=0, description="Pull towards the swarm's global best.")
+    repel: float = Field(default=0.05, ge=0, description="Push away from the worst position ever seen.")
+    step_length: float = Field(default=0.5, gt=0, description="lambda: scales the move x <- x + lambda * v.")
+    step_decay: float = Field(
+        default=0.95, gt=0, le=1, description="lambda <- max(lambda * step_decay, min_step_length) per iteration."
+    )
+    min_step_length: float = Field(default=0.1, ge=0, description="Floor of the step length.")
     restart_patience: float = Field(
-        0.5, gt=0, description="Restart a particle at its personal best after restart_patience * patience stale iterations."
+        default=0.5,
+        gt=0,
+        description="Restart a particle at its personal best after restart_patience * patience stale iterations.",
     )
     stall_probes: float = Field(
-        0.5,
+        default=0.5,
         ge=0,
         le=1,
         description=(
@@ -59,10 +63,10 @@ class SwarmSettings(StrictSection):
         ),
     )
     probe_radius: float = Field(
-        0.1, gt=0, description="Standard deviation of a probe's offset from the global best, per coefficient."
+        default=0.1, gt=0, description="Standard deviation of a probe's offset from the global best, per coefficient."
     )
     initial: Literal["experts", "merges"] = Field(
-        "merges",
+        default="merges",
         description=(
             "merges: after the experts, the simple merges the baselines find: the uniform soup, mixes of the best "
             "two experts (t = 0.25, 0.5, 0.75) and the uniform mix of the best three; crossovers fill the rest "
@@ -71,7 +75,7 @@ class SwarmSettings(StrictSection):
         ),
     )
     holdout: float = Field(
-        0.0,
+        default=0.0,
         ge=0,
         lt=1,
         description=(
@@ -80,16 +84,16 @@ class SwarmSettings(StrictSection):
             "being the global best: a guard against a winner that only fits the rest of dev."
         ),
     )
-    holdout_candidates: int = Field(5, ge=2, description="Personal bests compared on the held-out dev examples.")
+    holdout_candidates: int = Field(default=5, ge=2, description="Personal bests compared on the held-out dev examples.")
     starting_velocity: Literal["random", "zero", "best"] = Field(
-        "random", description="random: towards another particle; zero; best: towards the global best."
+        default="random", description="random: towards another particle; zero; best: towards the global best."
     )
-    random_factors: bool = Field(True, description="Draw r ~ U(0,1) per (particle, group) for each term; false: all 1.")
+    random_factors: bool = Field(default=True, description="Draw r ~ U(0,1) per (particle, group) for each term; false: all 1.")
     granularity: Granularity = Field(
-        "model", description="One coefficient vector per model (the paper), per layer, or per tensor."
+        default="model", description="One coefficient vector per model (the paper), per layer, or per tensor."
     )
     lora_space: LoraSpace = Field(
-        "factor",
+        default="factor",
         description=(
             "LoRA experts only. update: a particle is W0 + sum_k c_k s_k B_k A_k exactly, the linear mix of the "
             "experts baked into their base (one adapter of rank sum_k r_k, as PEFT's add_weighted_adapter 'cat'). "
@@ -98,16 +102,16 @@ class SwarmSettings(StrictSection):
         ),
     )
     base_as_expert: bool = Field(
-        False,
+        default=False,
         description=(
             "LoRA experts in update space only: the base model joins the pool as one more expert, with no update, so "
             "that the experts' own coefficients need not sum to 1 (W0 + sum_k c_k s_k B_k A_k with a free total: task "
             "arithmetic with a weight per expert, which LoraHub searches)."
         ),
     )
-    seed: int = Field(42, description="Seed of every random draw of the search.")
-    drop_k: int = Field(0, ge=0, description="Evaluation dropout: skip drop_k of every drop_n particle evaluations.")
-    drop_n: int = Field(1, ge=1, description="Evaluation dropout: see drop_k.")
+    seed: int = Field(default=42, description="Seed of every random draw of the search.")
+    drop_k: int = Field(default=0, ge=0, description="Evaluation dropout: skip drop_k of every drop_n particle evaluations.")
+    drop_n: int = Field(default=1, ge=1, description="Evaluation dropout: see drop_k.")
 
     @model_validator(mode="after")
     def _consistent(self) -> SwarmSettings:

@@ -23,7 +23,6 @@ _ARRAYS = (
     "stale",
     "skip",
 )
-_ADDED_SINCE = ("probes",)  # fields a saved state may lack; they keep their defaults
 
 
 @dataclass
@@ -74,8 +73,6 @@ class SwarmState:
     def from_dict(cls, data: dict[str, Any]) -> SwarmState:
         kwargs: dict[str, Any] = {}
         for f in fields(cls):
-            if f.name not in data and f.name in _ADDED_SINCE:  # a state written by an earlier version
-                continue
             value = data[f.name]
             if f.name in _ARRAYS:
                 value = np.asarray(value["data"], dtype=value["dtype"]).reshape(value["shape"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mergekit_swarm.config import EvaluationSettings, SwarmRecipe
-from mergekit_swarm.options import RunOptions
+from mergekit_swarm.core.run_options import RunOptions
 from mergekit_swarm.search.evaluator import LocalEvaluator, ParticleEvaluator
 from mergekit_swarm.search.ray_backend import RayEvaluator
 from mergekit_swarm.search.setup import SearchSetup

@@ -28,13 +28,14 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from mergekit_swarm.device_memory import device_memory, particles_that_fit
-from mergekit_swarm.errors import SwarmError
-from mergekit_swarm.groups import GroupLayout
-from mergekit_swarm.options import RunOptions
-from mergekit_swarm.resident import ResidentModel
+from mergekit_swarm.core.errors import SwarmError
+from mergekit_swarm.core.protocols import CausalLM, Tokenizer
+from mergekit_swarm.core.run_options import ModelAccess
+from mergekit_swarm.experts.groups import GroupLayout
 from mergekit_swarm.search.setup import SearchSetup
 from mergekit_swarm.utilities import Score, Split, Utility
+from mergekit_swarm.weights.device_memory import device_memory, particles_that_fit
+from mergekit_swarm.weights.resident import ResidentModel
 
 LOG = logging.getLogger(__name__)
 
@@ -60,7 +61,10 @@ class ParticleEvaluator(Protocol):
     loop, the run's test report and `compare` use nothing else.
     """
 
-    splits: tuple[Split, ...]  # the utilities it holds: ("dev",), ("dev", "test"), and "search", "holdout"
+    @property
+    def splits(self) -> tuple[Split, ...]:
+        """The utilities it holds: ("dev",), ("dev", "test"), and "search", "holdout" with `swarm.holdout`."""
+        ...
 
     def evaluate(self, particles: Sequence[np.ndarray], split: Split = "dev") -> Iterator[Evaluation]:
         """One evaluation per particle with the `split` utility, in order, each yielded when known."""
@@ -68,6 +72,10 @@ class ParticleEvaluator(Protocol):
 
     def close(self) -> None:
         """Release the workers (and their models)."""
+        ...
+
+    def resident_model(self) -> ResidentModel | None:
+        """The model particles were written into, when it lives in this process (None on Ray workers)."""
         ...
 
 
@@ -79,7 +87,7 @@ class LocalEvaluator:
     `adapter_stack`). A group whose batched scoring raises is scored again one particle at a
     time (so that each particle gets its own result or error); that fallback is logged once,
     counted (`fallbacks`) and marked on each evaluation. On a GPU, the group size is set by
-    measuring one particle's scoring once, and halved on out-of-memory (`device_memory`).
+    measuring one particle's scoring once, and halved on out-of-memory (`weights.device_memory`).
     """
 
     def __init__(
@@ -96,7 +104,7 @@ class LocalEvaluator:
 
     @classmethod
     def open(
-        cls, setup: SearchSetup, options: RunOptions, slots: int = 1, layout: GroupLayout | None = None, *, fewer_slots=False
+        cls, setup: SearchSetup, options: ModelAccess, slots: int = 1, layout: GroupLayout | None = None, *, fewer_slots=False
     ) -> LocalEvaluator:
         """The setup's resident model (with `slots` adapter slots, for particles of `layout`) and
         utilities; `fewer_slots`: the slots are a wish (`particles_per_batch: auto`), not a must."""
@@ -118,7 +126,7 @@ class LocalEvaluator:
             group, pending = pending[: self.batch_limit], pending[self.batch_limit :]
             yield from self._evaluate_group(group, utility)
 
-    def score_model(self, model, split: Split = "dev") -> Evaluation:
+    def score_model(self, model: CausalLM, split: Split = "dev") -> Evaluation:
         """The `split` utility of a model built elsewhere (e.g. by mergekit), with the run's tokenizer."""
         start = time.perf_counter()
         return evaluation_of(call_utility(self.utilities[split], model, self.resident.tokenizer), time.perf_counter() - start)
@@ -126,12 +134,17 @@ class LocalEvaluator:
     def close(self) -> None:
         pass  # the resident model stays usable (e.g. to bake the winner with --merge-lora)
 
+    def resident_model(self) -> ResidentModel:
+        return self.resident
+
     def _measure(self, particle: np.ndarray, utility: Utility) -> Iterator[Evaluation]:
         """Score one particle alone while measuring its peak memory; batch as many as fit."""
-        with self._memory.peak() as used:
+        memory = self._memory
+        assert memory is not None  # measured only where there is device memory to measure (`_measured`)
+        with memory.peak() as used:
             evaluations = list(self._evaluate_group([particle], utility))
         self._measured = True
-        fit = particles_that_fit(self._memory.free_bytes(), used[0], self.batch_limit)
+        fit = particles_that_fit(memory.free_bytes(), used[0], self.batch_limit)
         if fit < self.batch_limit:
             self._note("memory", f"{fit} particles per batch fit in the device's memory (of {self.batch_limit} adapter slots)")
             self.batch_limit = fit
@@ -180,7 +193,7 @@ class LocalEvaluator:
             LOG.warning(message)
 
 
-def call_utility(utility: Utility, model, tokenizer) -> float | Score | Exception:
+def call_utility(utility: Utility, model: CausalLM, tokenizer: Tokenizer) -> float | Score | Exception:
     """What `utility` returns on `model`, or the exception it raised: any failure of the user's
     objective is recorded, not fatal; but a `SwarmError` (e.g. the judge's endpoint is down) stops the run."""
     try:

@@ -7,12 +7,12 @@ import math
 from tqdm.auto import tqdm
 
 from mergekit_swarm import pso
-from mergekit_swarm.console import format_utility
-from mergekit_swarm.errors import UtilityError
-from mergekit_swarm.groups import GroupLayout
-from mergekit_swarm.materialize import one_hot
-from mergekit_swarm.search.checkpoint import Checkpoint, RunState
+from mergekit_swarm.core.console import format_utility
+from mergekit_swarm.core.errors import UtilityError
+from mergekit_swarm.experts.groups import GroupLayout
 from mergekit_swarm.search.evaluator import Evaluation, ParticleEvaluator
+from mergekit_swarm.search.run_state import Checkpoint, History, RunState
+from mergekit_swarm.weights.kernels import one_hot
 
 
 def start_swarm(
@@ -44,67 +44,95 @@ def run_search(
     """
     known = dict(known or {}) if checkpoint.state.iteration == 0 and not checkpoint.state.evaluated else {}
     state = checkpoint.state
-    particles = state.shape[0]
-    bar = tqdm(
-        total=settings.max_iterations,
-        initial=state.iteration,
-        desc="model swarms",
-        unit="it",
-        disable=quiet,
-        dynamic_ncols=True,
-        mininterval=0.5,
-    )
-
-    def show(particle: int | None = None) -> None:
-        postfix = {"best": format_utility(state.global_best_utility), "failed": checkpoint.failed}
-        if particle is not None:
-            postfix["particle"] = f"{particle}/{particles}"
-        bar.set_postfix(postfix, refresh=False)
-        bar.update(0)  # redraws at most every `mininterval` seconds, so logs stay readable
-
-    show()
+    progress = _Progress(settings, checkpoint, quiet)
     with files.history() as history:
         while True:
             if not state.evaluated:
-                # evaluated in groups (adapter slots), yielded one by one as they finish
-                pending = [state.positions[i] for i in range(particles) if not state.skip[i] and i not in known]
-                results = evaluator.evaluate(pending, settings.search_split)
-                utilities, errors = [], []
-                for i in range(particles):
-                    show(i + 1)
-                    if state.skip[i]:  # evaluation dropout: keep the particle's last utility
-                        checkpoint.skipped += 1
-                        utilities.append(float(state.utilities[i]))
-                        history.append(_skipped_record(state.iteration, i, utilities[-1]))
-                        continue
-                    result = known.pop(i) if i in known else next(results)
-                    checkpoint.fallbacks += result.fallback is not None
-                    if result.failed:
-                        checkpoint.failed += 1
-                        errors.append(result.error)
-                        if fail_fast:
-                            raise UtilityError(f"utility failed on particle {i} at iteration {state.iteration}: {result.error}")
-                    history.append(_record(state.iteration, i, result))
-                    utilities.append(result.utility)
-                evaluated = particles - int(state.skip.sum())
-                if errors and len(errors) == evaluated:  # systemic: stop, resumable
-                    raise UtilityError(
-                        f"the utility failed on all {evaluated} evaluated particles of iteration {state.iteration}; "
-                        f"first error: {errors[0]}"
-                    )
+                utilities = _evaluate_iteration(settings, evaluator, checkpoint, history, progress, known, fail_fast)
                 pso.observe(state, utilities, settings)
                 if state.iteration == 0:
                     checkpoint.expert_dev = [u if math.isfinite(u) else None for u in utilities[: state.shape[2]]]
                 checkpoint.history_bytes = history.sync()
                 files.save(checkpoint)
-                show()
-                if state.iteration > 0:
-                    bar.update(1)
+                progress.iteration_done(state.iteration)
             if state.done:
                 break
             pso.step(state, settings)
-    bar.close()
+    progress.close()
     return checkpoint
+
+
+class _Progress:
+    """The tqdm bar of a search: iterations, the best utility so far, failed evaluations, the ETA."""
+
+    def __init__(self, settings: pso.SwarmSettings, checkpoint: Checkpoint, quiet: bool):
+        self.checkpoint = checkpoint
+        self.bar = tqdm(
+            total=settings.max_iterations,
+            initial=checkpoint.state.iteration,
+            desc="model swarms",
+            unit="it",
+            disable=quiet,
+            dynamic_ncols=True,
+            mininterval=0.5,
+        )
+        self.show()
+
+    def show(self, particle: int | None = None) -> None:
+        state = self.checkpoint.state
+        postfix = {"best": format_utility(state.global_best_utility), "failed": self.checkpoint.failed}
+        if particle is not None:
+            postfix["particle"] = f"{particle}/{state.shape[0]}"
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(0)  # redraws at most every `mininterval` seconds, so logs stay readable
+
+    def iteration_done(self, iteration: int) -> None:
+        self.show()
+        if iteration > 0:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _evaluate_iteration(
+    settings: pso.SwarmSettings,
+    evaluator: ParticleEvaluator,
+    checkpoint: Checkpoint,
+    history: History,
+    progress: _Progress,
+    known: dict[int, Evaluation],
+    fail_fast: bool,
+) -> list[float]:
+    """Every particle's utility at this iteration (evaluated in groups, recorded one by one as they
+    finish); a particle skipped by evaluation dropout keeps its last one."""
+    state = checkpoint.state
+    particles = state.shape[0]
+    pending = [state.positions[i] for i in range(particles) if not state.skip[i] and i not in known]
+    results = evaluator.evaluate(pending, settings.search_split)
+    utilities, errors = [], []
+    for i in range(particles):
+        progress.show(i + 1)
+        if state.skip[i]:  # evaluation dropout: keep the particle's last utility
+            checkpoint.skipped += 1
+            utilities.append(float(state.utilities[i]))
+            history.append(_skipped_record(state.iteration, i, utilities[-1]))
+            continue
+        result = known.pop(i) if i in known else next(results)
+        checkpoint.fallbacks += result.fallback is not None
+        if result.failed:
+            checkpoint.failed += 1
+            errors.append(result.error)
+            if fail_fast:
+                raise UtilityError(f"utility failed on particle {i} at iteration {state.iteration}: {result.error}")
+        history.append(_record(state.iteration, i, result))
+        utilities.append(result.utility)
+    evaluated = particles - int(state.skip.sum())
+    if errors and len(errors) == evaluated:  # systemic: stop, resumable
+        raise UtilityError(
+            f"the utility failed on all {evaluated} evaluated particles of iteration {state.iteration}; first error: {errors[0]}"
+        )
+    return utilities
 
 
 def _record(iteration: int, particle: int, result: Evaluation) -> dict:

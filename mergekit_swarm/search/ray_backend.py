@@ -22,16 +22,17 @@ import math
 import os
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
 from mergekit_swarm.config import SwarmRecipe
 from mergekit_swarm.config.evaluation import EvaluationSettings
-from mergekit_swarm.console import printer
-from mergekit_swarm.errors import ConfigError, SwarmError, WorkerError
-from mergekit_swarm.extras import require
-from mergekit_swarm.options import RunOptions, silence_library_progress_bars
+from mergekit_swarm.core.console import printer
+from mergekit_swarm.core.errors import ConfigError, SwarmError, WorkerError
+from mergekit_swarm.core.extras import require
+from mergekit_swarm.core.run_options import ModelAccess, RunOptions, silence_library_progress_bars
+from mergekit_swarm.pso import Granularity
 from mergekit_swarm.search.evaluator import Evaluation, LocalEvaluator
 from mergekit_swarm.search.setup import SearchSetup, prepare
 from mergekit_swarm.utilities import Split
@@ -52,8 +53,8 @@ class WorkerSpec:
     """What a worker needs to build its resident model (sent once, when it starts)."""
 
     recipe: SwarmRecipe  # as written: Hub models are resolved on the worker's node
-    options: RunOptions
-    granularity: str
+    options: ModelAccess  # the driver's, on the worker's device
+    granularity: Granularity
     slots: int
     fewer_slots: bool  # `particles_per_batch: auto`: the worker's device and PEFT may lower it
     fingerprint: str  # the driver's: a worker that sees other files refuses to start
@@ -130,7 +131,7 @@ class RayEvaluator:
                 slots = min(slots, -(-particles // count))
             self._spec = WorkerSpec(
                 recipe,
-                replace(options, device=device, quiet=True),
+                ModelAccess.of(options, device=device),
                 setup.layout.granularity,
                 slots,
                 auto,
@@ -235,7 +236,7 @@ class RayEvaluator:
         self.replacements += 1
         self._say(f"Ray worker {index} died ({_first_line(cause)}); replaced, its particles are evaluated again")
 
-    def _lost_worker_errors(self) -> tuple[type[BaseException], ...]:
+    def _lost_worker_errors(self) -> tuple[type[Exception], ...]:
         errors = self._ray.exceptions
         return (
             errors.RayActorError,  # the actor process exited or was killed (ray.kill, OOM killer)
@@ -244,6 +245,9 @@ class RayEvaluator:
             errors.ObjectLostError,
             errors.OutOfMemoryError,  # Ray's memory monitor
         )
+
+    def resident_model(self) -> None:
+        return None  # the models live on the workers
 
     def close(self) -> None:
         """Kill the workers; stop the cluster if this run started it. Safe to call twice."""

@@ -18,7 +18,7 @@ from mergekit_swarm.search.evaluator import ParticleEvaluator
 
 
 @dataclass(frozen=True)
-class Candidate:
+class HoldoutCandidate:
     """A personal best compared on the held-out examples."""
 
     particle: int
@@ -33,7 +33,7 @@ class Selection:
 
     coefficients: np.ndarray
     utility: float
-    candidates: list[Candidate] = field(default_factory=list)
+    candidates: list[HoldoutCandidate] = field(default_factory=list)
     chosen: int = 0  # index into `candidates`
 
     def report(self) -> dict | None:
@@ -52,7 +52,7 @@ def select_winner(state: pso.SwarmState, settings: pso.SwarmSettings, evaluator:
     particles = _best_personal_bests(state, settings.holdout_candidates)
     results = list(evaluator.evaluate([state.best_positions[i] for i in particles], "holdout"))
     candidates = [
-        Candidate(int(i), float(state.best_utilities[i]), None if r.failed or not math.isfinite(r.utility) else r.utility)
+        HoldoutCandidate(int(i), float(state.best_utilities[i]), None if r.failed or not math.isfinite(r.utility) else r.utility)
         for i, r in zip(particles, results)
     ]
     chosen = max(range(len(candidates)), key=lambda j: (_or_worst(candidates[j].holdout), -j))

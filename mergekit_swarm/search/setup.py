@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Literal
 
 from mergekit_swarm.config import SwarmRecipe
-from mergekit_swarm.errors import ConfigError
+from mergekit_swarm.core.errors import ConfigError
+from mergekit_swarm.core.run_options import ModelAccess, Sources
 from mergekit_swarm.experts import ExpertPool, LoraPool, open_recipe_pool
-from mergekit_swarm.groups import GroupLayout, group_layout
-from mergekit_swarm.options import RunOptions
+from mergekit_swarm.experts.groups import GroupLayout, group_layout
+from mergekit_swarm.experts.tokenizer import load_tokenizer, tokenizer_folder, vocabulary_note
 from mergekit_swarm.pso import Granularity
-from mergekit_swarm.resident import ResidentModel
-from mergekit_swarm.tokenizer import load_tokenizer, tokenizer_folder, vocabulary_note
 from mergekit_swarm.utilities import Split, Utility
+from mergekit_swarm.weights.resident import ResidentModel
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class SearchSetup:
     recipe: SwarmRecipe
     pool: ExpertPool
     layout: GroupLayout
-    tokenizer_source: Path | str
+    tokenizer_source: Path
     notes: tuple[str, ...] = ()  # what the user should know before the search (printed by the run)
 
     @property
@@ -45,19 +45,23 @@ class SearchSetup:
             return 1
         return particles if particles_per_batch == "auto" else particles_per_batch
 
+    def check_utilities(self) -> None:
+        """Build the utilities now, so that a broken objective fails before any output is touched."""
+        self.utilities  # noqa: B018  (built and kept on first use)
+
     @cached_property
     def utilities(self) -> dict[Split, Utility]:
         """The recipe's utility on each split it has data for: "dev", "test" if given, and with
         `swarm.holdout` the two parts of dev ("search", "holdout")."""
         holdout = self.recipe.swarm.holdout
-        splits = ("dev", "test", *(("search", "holdout") if holdout else ()))
-        built = {split: self.recipe.utility.build(split, holdout) for split in splits}
+        splits: tuple[Split, ...] = ("dev", "test", *(("search", "holdout") if holdout else ()))
+        built: dict[Split, Utility | None] = {split: self.recipe.utility.build(split, holdout) for split in splits}
         if built["dev"] is None:
             raise ConfigError(f"{self.recipe.source}: utility: nothing to evaluate on the dev side")
         return {split: utility for split, utility in built.items() if utility is not None}
 
     def resident_model(
-        self, options: RunOptions, slots: int = 1, layout: GroupLayout | None = None, *, fewer_slots: bool = False
+        self, options: ModelAccess, slots: int = 1, layout: GroupLayout | None = None, *, fewer_slots: bool = False
     ) -> ResidentModel:
         """Load the model particles are written into (the base with adapter slots, or the first
         expert), for particles of `layout` (default: the setup's). With `fewer_slots` (`auto`), one
@@ -66,10 +70,13 @@ class SearchSetup:
 
         recipe = self.recipe
         merge_dtype, out_dtype = dtype_from_name(recipe.dtype), dtype_from_name(recipe.out_dtype)
-        return ResidentModel(
+        source = recipe.base_folder if self.is_lora else recipe.expert_folders[0]
+        if source is None:  # (the pool of LoRA experts was refused already)
+            raise ConfigError(f"{recipe.source}: base_model: is required when the experts are LoRA adapters")
+        return ResidentModel.open(
             self.pool,
             layout or self.layout,
-            model_source=recipe.base_model if self.is_lora else recipe.experts[0],
+            model_source=source,
             tokenizer=load_tokenizer(self.tokenizer_source, recipe, options.trust_remote_code),
             model_dtype=merge_dtype if self.is_lora else out_dtype,
             merge_dtype=merge_dtype,
@@ -82,12 +89,10 @@ class SearchSetup:
         )
 
 
-def prepare(recipe: SwarmRecipe, options: RunOptions, granularity: Granularity) -> SearchSetup:
+def prepare(recipe: SwarmRecipe, options: Sources, granularity: Granularity) -> SearchSetup:
     """Open the expert pool, its parameter groups at `granularity` and the tokenizer source of a
     resolved recipe (`SwarmRecipe.resolve`); refuse what cannot be searched."""
     pool = open_recipe_pool(recipe, allow_pickle=options.allow_pickle, trust_remote_code=options.trust_remote_code)
-    if options.merge_lora and not isinstance(pool, LoraPool):
-        raise ConfigError("--merge-lora applies to LoRA experts only; these experts are full models")
     tokenizer_source = tokenizer_folder(recipe, options.trust_remote_code)
     note = vocabulary_note(recipe, tokenizer_source, options.trust_remote_code)
     return SearchSetup(recipe, pool, group_layout(pool, granularity), tokenizer_source, notes=(note,) if note else ())

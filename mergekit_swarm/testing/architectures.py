@@ -32,7 +32,7 @@ _DECODER = {
 _MOE = {"num_experts_per_tok": 2, "moe_intermediate_size": 16}
 
 # name -> (model_type, config overrides, LoRA target_modules: None = PEFT's default for the model type)
-ARCHITECTURES: dict[str, tuple[str, dict, object]] = {
+ARCHITECTURES: dict[str, tuple[str, dict, list[str] | str | None]] = {
     "llama": ("llama", {}, None),
     "llama-tied": ("llama", {"tie_word_embeddings": True}, None),
     "mistral": ("mistral", {}, None),
@@ -114,7 +114,7 @@ def build_lora_experts(architecture: str, base: Path, folder: Path, ranks: tuple
                 if "lora_B" in name:
                     param.normal_(0.0, 0.5)
         path = folder / f"lora{k}"
-        peft_model.save_pretrained(path)
+        peft_model.save_pretrained(str(path))
         experts.append(path)
     return experts
 
@@ -144,5 +144,5 @@ def build_per_expert_lora(base: Path, folder: Path, rank: int, seed: int) -> Pat
     save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
     targets = ["q_proj", "w1", "w2", "w3"]
     config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=targets, base_model_name_or_path=str(base))
-    config.save_pretrained(folder)
+    config.save_pretrained(str(folder))
     return folder

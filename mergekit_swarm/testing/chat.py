@@ -110,5 +110,5 @@ def build_chat_lora(base: Path, folder: Path, rows: Sequence[dict], *, rank: int
     peft_model = get_peft_model(model, config)
     end = tokenizer.convert_tokens_to_ids(IM_END)
     toy.train_lm(peft_model, tokenizer, chat_rows(tokenizer, rows), steps, 3e-3, seed, end=end)
-    peft_model.save_pretrained(folder)
+    peft_model.save_pretrained(str(folder))
     return folder

@@ -140,7 +140,7 @@ def train_lora(base: Path, out: Path, rows: Sequence[dict], recipe: LoraRecipe, 
     peft_model = get_peft_model(model, config)
     end = _end_of_turn(tokenizer, model)
     toy.train_lm(peft_model, tokenizer, _chat_rows(tokenizer, rows), steps, LORA_LR, seed, TRAIN_BATCH, end=end)
-    peft_model.save_pretrained(out)
+    peft_model.save_pretrained(str(out))
     return out
 
 

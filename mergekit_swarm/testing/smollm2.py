@@ -86,9 +86,9 @@ def _dequantize(gguf: Path, folder: Path, dtype: str) -> None:
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch_dtype)
     # save_pretrained refuses a model loaded from GGUF ("not serializable") while these are set;
     # the weights are plain dequantized tensors by now
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # pyright: ignore[reportArgumentType]  (nn.Module.__setattr__ types values as tensors or modules)
     if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+        delattr(model.config, "quantization_config")
     model.config.name_or_path = NAME
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -98,7 +98,7 @@ def _dequantize(gguf: Path, folder: Path, dtype: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
     parser.add_argument("--cache", type=Path, default=None, help=f"default: {default_cache()}")
     args = parser.parse_args()

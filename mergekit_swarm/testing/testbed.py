@@ -174,7 +174,7 @@ def parse_objectives(text: str) -> dict[str, tuple[str, ...]]:
 
 def main(cache: Path) -> None:
     """The command line of `benchmarks/testbed/build.py` (builds under `cache/seed-N` by default)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skills", default=",".join(EXPERT_SKILLS), help="the experts' skills, comma-separated")
     parser.add_argument("--objectives", default=None, help="name=skill[+skill...],... (default: the standard four)")

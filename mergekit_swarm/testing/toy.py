@@ -258,7 +258,7 @@ def build_lora_expert(
     )
     peft_model = get_peft_model(model, config)
     train_lm(peft_model, tokenizer, make_examples([skill], 4000, 100 + seed), steps, lr, seed)
-    peft_model.save_pretrained(out)
+    peft_model.save_pretrained(str(out))
     return out
 
 

@@ -1,4 +1,7 @@
-"""Utilities: what the swarm maximises. One module per kind, behind a registry."""
+"""Utilities: what the swarm maximises. One module per kind, behind a registry.
+
+The objectives, above `core` (which they may import) and beside `pso` and `hub`.
+"""
 
 from mergekit_swarm.utilities import (  # noqa: F401  (registration)
     exact_match,

@@ -13,13 +13,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 from pydantic import Field
 
-from mergekit_swarm.errors import ConfigError
-from mergekit_swarm.schema import RecipePath, StrictSection
+from mergekit_swarm.core.errors import ConfigError
+from mergekit_swarm.core.protocols import CausalLM, Tokenizer
+from mergekit_swarm.core.schema import RecipePath, StrictSection
 from mergekit_swarm.utilities.data import Example, load_examples
 from mergekit_swarm.utilities.text import NO_ADAPTERS, Adapters, GenerationSettings
 
@@ -46,7 +47,7 @@ class Utility(ABC):
     """Scores the resident model; called once per particle evaluation."""
 
     @abstractmethod
-    def __call__(self, model, tokenizer) -> float | Score:
+    def __call__(self, model: CausalLM, tokenizer: Tokenizer) -> float | Score:
         """Return the utility (higher is better). Raising marks the evaluation as failed."""
 
     @property
@@ -54,7 +55,7 @@ class Utility(ABC):
         """Whether `score_adapters` can score several adapter slots in one pass."""
         return False
 
-    def score_adapters(self, model, tokenizer, adapters: Sequence[str]) -> list[float | Score]:
+    def score_adapters(self, model: CausalLM, tokenizer: Tokenizer, adapters: Sequence[str]) -> list[float | Score]:
         """The utility of each of `adapters` (slots of the PeftModel `model`), in one pass of
         mixed-adapter batches. Only called when `scores_adapter_batches` is true."""
         raise NotImplementedError(f"{type(self).__name__} scores one model at a time")
@@ -64,7 +65,7 @@ class AdapterBatchedUtility(Utility):
     """A utility written once, for a list of adapters: `score_adapters` does the work, and
     scoring the model as it is is the one-element case (`NO_ADAPTERS`)."""
 
-    def __call__(self, model, tokenizer) -> float | Score:
+    def __call__(self, model: CausalLM, tokenizer: Tokenizer) -> float | Score:
         return self.score_adapters(model, tokenizer, NO_ADAPTERS)[0]
 
     @property
@@ -72,7 +73,7 @@ class AdapterBatchedUtility(Utility):
         return True
 
     @abstractmethod
-    def score_adapters(self, model, tokenizer, adapters: Adapters) -> list[float | Score]:
+    def score_adapters(self, model: CausalLM, tokenizer: Tokenizer, adapters: Adapters) -> list[float | Score]:
         """One score per adapter (`NO_ADAPTERS`: one score, for the model as it is)."""
 
 
@@ -123,8 +124,8 @@ class DatasetUtilityConfig(UtilityConfig):
     """Utilities computed on JSONL examples: a dev split for the search, a test split to report."""
 
     dev: RecipePath = Field(description="JSONL used by the search.")
-    test: RecipePath | None = Field(None, description="JSONL reported only, never used by the search.")
-    batch_size: int = Field(32, ge=1, description="Examples per forward/generate batch.")
+    test: RecipePath | None = Field(default=None, description="JSONL reported only, never used by the search.")
+    batch_size: int = Field(default=32, ge=1, description="Examples per forward/generate batch.")
 
     example_format: ClassVar[dict[str, bool]] = {}  # how this kind reads its JSONL (`load_examples` keywords)
 
@@ -151,8 +152,8 @@ class DatasetUtilityConfig(UtilityConfig):
 class GenerativeUtilityConfig(DatasetUtilityConfig):
     """Utilities that read the model's greedy generations for the prompts."""
 
-    max_new_tokens: int = Field(16, ge=1, description="Tokens generated per prompt (greedy).")
-    chat_template: bool = Field(False, description="Wrap each prompt in the tokenizer's chat template (as a user turn).")
+    max_new_tokens: int = Field(default=16, ge=1, description="Tokens generated per prompt (greedy).")
+    chat_template: bool = Field(default=False, description="Wrap each prompt in the tokenizer's chat template (as a user turn).")
 
     def generation(self) -> GenerationSettings:
         return GenerationSettings(self.max_new_tokens, self.batch_size, self.chat_template)
@@ -170,9 +171,10 @@ def dev_part(examples: list[Example], share: float, part: Split, source: Path) -
 
 
 UTILITIES: dict[str, type[UtilityConfig]] = {}
+C = TypeVar("C", bound=UtilityConfig)
 
 
-def register_utility(cls: type[UtilityConfig]) -> type[UtilityConfig]:
+def register_utility(cls: type[C]) -> type[C]:
     """Class decorator: make a utility config available under its `type` literal."""
     name = cls.model_fields["type"].default
     if not isinstance(name, str) or name in UTILITIES:

@@ -6,8 +6,8 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
-from mergekit_swarm.errors import UtilityError
-from mergekit_swarm.storage import read_jsonl
+from mergekit_swarm.core.errors import UtilityError
+from mergekit_swarm.core.storage import read_jsonl
 
 LETTERS = string.ascii_uppercase
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
+from mergekit_swarm.core.protocols import CausalLM, Tokenizer
 from mergekit_swarm.utilities.base import AdapterBatchedUtility, GenerativeUtilityConfig, Score, Utility, register_utility
 from mergekit_swarm.utilities.data import Example
 from mergekit_swarm.utilities.text import Adapters, GenerationSettings, generate_for_adapters
@@ -26,7 +27,7 @@ class ExactMatch(AdapterBatchedUtility):
     def __init__(self, examples: list[Example], generation: GenerationSettings):
         self.examples, self.generation = examples, generation
 
-    def score_adapters(self, model, tokenizer, adapters: Adapters) -> list[Score]:
+    def score_adapters(self, model: CausalLM, tokenizer: Tokenizer, adapters: Adapters) -> list[Score]:
         prompts = [e.prompt for e in self.examples]
         return [self.accuracy(g) for g in generate_for_adapters(model, tokenizer, prompts, self.generation, adapters)]
 

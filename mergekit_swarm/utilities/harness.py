@@ -22,13 +22,14 @@ import contextlib
 import functools
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast
 
 from pydantic import Field
 
-from mergekit_swarm.errors import ConfigError, UtilityError
-from mergekit_swarm.extras import require
-from mergekit_swarm.schema import RecipePath
+from mergekit_swarm.core.errors import ConfigError, UtilityError
+from mergekit_swarm.core.extras import require
+from mergekit_swarm.core.protocols import CausalLM, Tokenizer
+from mergekit_swarm.core.schema import RecipePath
 from mergekit_swarm.utilities.base import Score, Split, Utility, UtilityConfig, register_utility
 
 FEWSHOT_SEED = 1234  # lm-eval's default fewshot_random_seed
@@ -37,7 +38,11 @@ FEWSHOT_SEED = 1234  # lm-eval's default fewshot_random_seed
 def _import_harness():
     require("lm_eval", "lm-eval", "the lm_eval utility", UtilityError, known_as="lm-evaluation-harness")
     from lm_eval import evaluator
-    from lm_eval.models.huggingface import HFLM
+    from lm_eval.models import huggingface
+
+    # lm-eval's `@register_model` decorator is inferred to return `type[LM]`, which hides HFLM's own
+    # signatures (`pretrained=`, `disable_tqdm=`, `.model`) from type checkers: typed as what it is at run time.
+    HFLM = cast("type[Any]", huggingface.HFLM)
 
     class QuietHFLM(HFLM):
         """HFLM without its per-request progress bars (one evaluation = one particle)."""
@@ -96,9 +101,9 @@ class HarnessUtility(Utility):
                 task.set_config(key="num_fewshot", value=0)
             task.set_fewshot_seed(seed=FEWSHOT_SEED)
         self.config, self.tasks, self.limit = config, tasks, limit
-        self._lm = None  # one HFLM wrapper around the resident model
+        self._lm: Any = None  # one HFLM wrapper around the resident model
 
-    def _wrap(self, model, tokenizer):
+    def _wrap(self, model: CausalLM, tokenizer: Tokenizer):
         if self._lm is None or self._lm.model is not model:
             harness_logger = logging.getLogger("lm_eval")
             previous, harness_logger.level = harness_logger.level, logging.ERROR  # its "not a str" warning is expected
@@ -108,7 +113,7 @@ class HarnessUtility(Utility):
                 harness_logger.setLevel(previous)
         return self._lm
 
-    def __call__(self, model, tokenizer) -> Score:
+    def __call__(self, model: CausalLM, tokenizer: Tokenizer) -> Score:
         with _quiet_harness():
             results = self.evaluator.evaluate(
                 lm=self._wrap(model, tokenizer),
@@ -132,14 +137,16 @@ class HarnessUtility(Utility):
 class LmEvalConfig(UtilityConfig):
     type: Literal["lm_eval"] = "lm_eval"
     tasks: list[str] = Field(min_length=1, description="Task names (lm-eval's, or from include_path).")
-    include_path: RecipePath | None = Field(None, description="Folder of local task YAMLs.")
-    metric: str = Field("acc,none", description="Result key, metric and filter as lm-eval names it.")
-    limit: int | float | None = Field(None, gt=0, description="Examples per task (or a share if < 1).")
-    num_fewshot: int | None = Field(None, ge=0, description="Few-shot examples per prompt (default: the task's).")
-    apply_chat_template: bool = Field(False, description="Wrap prompts in the tokenizer's chat template (lm-eval's option).")
-    batch_size: int = Field(8, ge=1, description="Requests per forward batch (HFLM's batch_size).")
-    test_tasks: list[str] | None = Field(None, description="Tasks reported on the test side only.")
-    test_limit: int | float | None = Field(None, gt=0, description="`limit` for test_tasks.")
+    include_path: RecipePath | None = Field(default=None, description="Folder of local task YAMLs.")
+    metric: str = Field(default="acc,none", description="Result key, metric and filter as lm-eval names it.")
+    limit: int | float | None = Field(default=None, gt=0, description="Examples per task (or a share if < 1).")
+    num_fewshot: int | None = Field(default=None, ge=0, description="Few-shot examples per prompt (default: the task's).")
+    apply_chat_template: bool = Field(
+        default=False, description="Wrap prompts in the tokenizer's chat template (lm-eval's option)."
+    )
+    batch_size: int = Field(default=8, ge=1, description="Requests per forward batch (HFLM's batch_size).")
+    test_tasks: list[str] | None = Field(default=None, description="Tasks reported on the test side only.")
+    test_limit: int | float | None = Field(default=None, gt=0, description="`limit` for test_tasks.")
 
     def build(self, split: Split, holdout: float = 0.0) -> Utility | None:
         if split not in ("dev", "test"):

@@ -22,8 +22,10 @@ import re
 import string
 from typing import Annotated, ClassVar, Literal
 
+import torch
 from pydantic import Field, field_validator
 
+from mergekit_swarm.core.protocols import CausalLM, Tokenizer
 from mergekit_swarm.utilities.base import AdapterBatchedUtility, GenerativeUtilityConfig, Score, Utility, register_utility
 from mergekit_swarm.utilities.data import Example
 from mergekit_swarm.utilities.judge_backends import LocalJudgeConfig, OpenAIJudgeConfig
@@ -51,12 +53,12 @@ class JudgeUtility(AdapterBatchedUtility):
     def __init__(self, examples: list[Example], generation: GenerationSettings, template: str, judge):
         self.prompts, self.generation, self.template, self.judge = [e.prompt for e in examples], generation, template, judge
 
-    def score_adapters(self, model, tokenizer, adapters: Adapters) -> list[Score]:
+    def score_adapters(self, model: CausalLM, tokenizer: Tokenizer, adapters: Adapters) -> list[Score]:
         per_adapter = generate_for_adapters(model, tokenizer, self.prompts, self.generation, adapters)
         # judged adapter by adapter: the judge's batches, and so its answers, do not depend on the batching
         return [self._score(responses, model_device(model)) for responses in per_adapter]
 
-    def _score(self, responses: list[str], device) -> Score:
+    def _score(self, responses: list[str], device: torch.device) -> Score:
         # format() reads braces in the template only, never in the prompts or responses it inserts
         questions = [self.template.format(prompt=p, response=r) for p, r in zip(self.prompts, responses)]
         answers = self.judge(questions, device)
@@ -71,8 +73,8 @@ class JudgeUtility(AdapterBatchedUtility):
 @register_utility
 class JudgeConfig(GenerativeUtilityConfig):
     type: Literal["judge"] = "judge"
-    max_new_tokens: int = Field(64, ge=1, description="Tokens the particle generates per prompt (greedy).")
-    template: str = Field(DEFAULT_TEMPLATE, description="The judge's prompt, with {prompt} and {response}.")
+    max_new_tokens: int = Field(default=64, ge=1, description="Tokens the particle generates per prompt (greedy).")
+    template: str = Field(default=DEFAULT_TEMPLATE, description="The judge's prompt, with {prompt} and {response}.")
     backend: Annotated[LocalJudgeConfig | OpenAIJudgeConfig, Field(discriminator="type")] = Field(
         description="type: local (a causal LM folder) or openai (a chat-completions endpoint)."
     )

@@ -22,13 +22,14 @@ import threading
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
 
-from mergekit_swarm.errors import UtilityError
-from mergekit_swarm.schema import RecipePath, StrictSection
+from mergekit_swarm.core.errors import UtilityError
+from mergekit_swarm.core.protocols import CausalLM
+from mergekit_swarm.core.schema import RecipePath, StrictSection
 from mergekit_swarm.utilities.text import GenerationSettings, greedy_generate, model_device
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -47,11 +48,11 @@ class LocalJudgeConfig(StrictSection):
     """A local causal LM answers the judge prompts greedily (loaded once per run)."""
 
     section_name: ClassVar[str] = "judge backend"
-    type: Literal["local"] = Field("local", description="A local model.")
+    type: Literal["local"] = Field(default="local", description="A local model.")
     model: RecipePath = Field(description="Folder of a causal LM used as the judge.")
-    max_new_tokens: int = Field(32, ge=1, description="Tokens the judge may write.")
-    batch_size: int = Field(8, ge=1, description="Judge prompts per generate batch.")
-    chat_template: bool = Field(True, description="Use the judge tokenizer's chat template when it has one.")
+    max_new_tokens: int = Field(default=32, ge=1, description="Tokens the judge may write.")
+    batch_size: int = Field(default=8, ge=1, description="Judge prompts per generate batch.")
+    chat_template: bool = Field(default=True, description="Use the judge tokenizer's chat template when it has one.")
 
     def connect(self) -> LocalJudge:
         return LocalJudge(self)
@@ -61,29 +62,29 @@ class OpenAIJudgeConfig(StrictSection):
     """An OpenAI-compatible chat-completions endpoint answers the judge prompts."""
 
     section_name: ClassVar[str] = "judge backend"
-    type: Literal["openai"] = Field("openai", description="An OpenAI-compatible endpoint.")
+    type: Literal["openai"] = Field(default="openai", description="An OpenAI-compatible endpoint.")
     base_url: str = Field(description="e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1")
     model: str = Field(description="Model name sent in each request.")
-    api_key_env: str | None = Field(None, description="Name of the environment variable holding the API key.")
-    concurrency: int = Field(4, ge=1, description="Requests in flight at most.")
-    timeout: float = Field(60.0, gt=0, description="Seconds a request waits for the answer (each read of it).")
+    api_key_env: str | None = Field(default=None, description="Name of the environment variable holding the API key.")
+    concurrency: int = Field(default=4, ge=1, description="Requests in flight at most.")
+    timeout: float = Field(default=60.0, gt=0, description="Seconds a request waits for the answer (each read of it).")
     connect_timeout: float = Field(
-        10.0,
+        default=10.0,
         gt=0,
         description="Seconds to open the connection (TLS included), at most `timeout`: "
         "a host that drops packets costs this per attempt, not `timeout`.",
     )
-    retries: int = Field(3, ge=0, description="Retries of a request on timeouts, connection errors, 429 and 5xx.")
-    backoff: float = Field(1.0, ge=0, description="Seconds before the first retry; doubles each time.")
+    retries: int = Field(default=3, ge=0, description="Retries of a request on timeouts, connection errors, 429 and 5xx.")
+    backoff: float = Field(default=1.0, ge=0, description="Seconds before the first retry; doubles each time.")
     max_consecutive_failures: int = Field(
-        5,
+        default=5,
         ge=0,
         description="Failed attempts in a row (no answer: refused, reset or timed out; or HTTP 5xx), over all requests, "
         "after which the endpoint is taken as down and the run stops with an error (resumable) instead of failing "
         "particle after particle. Attempts in flight together count once; any other answer resets the count. "
         "0: never stop.",
     )
-    max_tokens: int = Field(64, ge=1, description="Tokens the judge may write.")
+    max_tokens: int = Field(default=64, ge=1, description="Tokens the judge may write.")
 
     def connect(self) -> OpenAIJudge:
         return OpenAIJudge(self)
@@ -97,7 +98,8 @@ class LocalJudge:
 
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(config.model)
-            self.model = AutoModelForCausalLM.from_pretrained(config.model).eval()
+            # transformers types `generate`'s self as a Protocol its own models fail (pyright finds no generate)
+            self.model: CausalLM = AutoModelForCausalLM.from_pretrained(config.model).eval()  # pyright: ignore[reportAttributeAccessIssue]
         except Exception as exc:  # any loading problem is the recipe's, in one line
             raise UtilityError(f"cannot load the judge model from {config.model}: {type(exc).__name__}: {exc}") from None
         if self.tokenizer.pad_token is None:
@@ -141,11 +143,12 @@ class OpenAIJudge:
         batch = _Batch()
         with ThreadPoolExecutor(max_workers=self.config.concurrency) as pool:
             futures = [pool.submit(self._request, prompt, batch) for prompt in prompts]
-        if batch.cause is None:
+        cause = batch.cause
+        if cause is None:
             return [future.result() for future in futures]
         # a tripped breaker stops the run: its error wins over a failure that stopped the batch first
-        tripped = [future.exception() for future in futures if isinstance(future.exception(), JudgeUnreachable)]
-        raise tripped[0] if tripped else batch.cause
+        tripped = [error for error in (future.exception() for future in futures) if isinstance(error, JudgeUnreachable)]
+        raise tripped[0] if tripped else cause
 
     def _request(self, prompt: str, batch: _Batch) -> str:
         try:
@@ -187,6 +190,7 @@ class OpenAIJudge:
     def _attempt(self, body: bytes, batch: _Batch) -> str:
         """One POST: the answer's content; `_Retry` for a problem worth another attempt, `JudgeError` otherwise."""
         request = _BatchRequest(self.url, body, self.headers, batch)
+        answer: Any  # parsed JSON, None when the body is not JSON
         try:
             with self.opener.open(request, timeout=self.config.timeout) as response:
                 answer = json.load(response)

@@ -15,6 +15,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
+from mergekit_swarm.core.protocols import CausalLM, Tokenizer
 from mergekit_swarm.utilities.base import AdapterBatchedUtility, GenerativeUtilityConfig, Score, Utility, register_utility
 from mergekit_swarm.utilities.data import LETTERS, Example
 from mergekit_swarm.utilities.text import Adapters, GenerationSettings, generate_for_adapters, logprobs_for_adapters
@@ -43,7 +44,7 @@ class MultipleChoice(AdapterBatchedUtility):
     def __init__(self, examples: list[Example], parse: str, generation: GenerationSettings, target_delimiter: str = ""):
         self.examples, self.parse, self.generation, self.delimiter = examples, parse, generation, target_delimiter
 
-    def predictions(self, model, tokenizer, adapters: Adapters) -> list[list[int | None]]:
+    def predictions(self, model: CausalLM, tokenizer: Tokenizer, adapters: Adapters) -> list[list[int | None]]:
         """The chosen answer index of every example, for each adapter."""
         if self.parse == "generate":
             prompts = [e.prompt for e in self.examples]
@@ -63,7 +64,7 @@ class MultipleChoice(AdapterBatchedUtility):
             predictions.append(max(range(len(totals)), key=totals.__getitem__))  # first on ties
         return predictions
 
-    def score_adapters(self, model, tokenizer, adapters: Adapters) -> list[Score]:
+    def score_adapters(self, model: CausalLM, tokenizer: Tokenizer, adapters: Adapters) -> list[Score]:
         scores = []
         for predictions in self.predictions(model, tokenizer, adapters):
             hits = tuple(float(p == e.answer_index) for p, e in zip(predictions, self.examples))
@@ -74,9 +75,11 @@ class MultipleChoice(AdapterBatchedUtility):
 @register_utility
 class MultipleChoiceConfig(GenerativeUtilityConfig):
     type: Literal["multiple_choice"] = "multiple_choice"
-    parse: Literal["loglikelihood", "generate"] = Field("loglikelihood", description="How the chosen answer is read.")
-    max_new_tokens: int = Field(8, ge=1, description="Tokens generated per prompt with parse: generate.")
-    target_delimiter: str = Field("", description='Put between prompt and choice with parse: loglikelihood (lm-eval: " ").')
+    parse: Literal["loglikelihood", "generate"] = Field(default="loglikelihood", description="How the chosen answer is read.")
+    max_new_tokens: int = Field(default=8, ge=1, description="Tokens generated per prompt with parse: generate.")
+    target_delimiter: str = Field(
+        default="", description='Put between prompt and choice with parse: loglikelihood (lm-eval: " ").'
+    )
 
     example_format: ClassVar[dict[str, bool]] = {"multiple_choice": True}
 

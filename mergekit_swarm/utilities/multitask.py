@@ -22,7 +22,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from mergekit_swarm.schema import StrictSection
+from mergekit_swarm.core.protocols import CausalLM, Tokenizer
+from mergekit_swarm.core.schema import StrictSection
 from mergekit_swarm.utilities.base import Score, Split, Utility, UtilityConfig, register_utility, validate_utility
 
 
@@ -43,8 +44,8 @@ class Component(StrictSection):
     """One utility of a multi-task objective."""
 
     section_name: ClassVar[str] = "multitask component"
-    name: str | None = Field(None, description="Name in the history and card (default: its position and type).")
-    weight: float = Field(1.0, gt=0, description="Relative weight in the mean / harmonic mean.")
+    name: str | None = Field(default=None, description="Name in the history and card (default: its position and type).")
+    weight: float = Field(default=1.0, gt=0, description="Relative weight in the mean / harmonic mean.")
     utility: Any = Field(description="A utility section, e.g. {type: exact_match, dev: ...}.")
 
     @field_validator("utility", mode="before")
@@ -61,14 +62,14 @@ class MultiTask(Utility):
     def __init__(self, names: list[str], weights: list[float], utilities: list[Utility], how: str):
         self.names, self.weights, self.utilities, self.how = names, weights, utilities, how
 
-    def __call__(self, model, tokenizer) -> Score:
+    def __call__(self, model: CausalLM, tokenizer: Tokenizer) -> Score:
         return self._combine([utility(model, tokenizer) for utility in self.utilities])
 
     @property
     def scores_adapter_batches(self) -> bool:
         return all(u.scores_adapter_batches for u in self.utilities)
 
-    def score_adapters(self, model, tokenizer, adapters: Sequence[str]) -> list[Score]:
+    def score_adapters(self, model: CausalLM, tokenizer: Tokenizer, adapters: Sequence[str]) -> list[Score]:
         per_component = [utility.score_adapters(model, tokenizer, adapters) for utility in self.utilities]
         return [self._combine([scores[i] for scores in per_component]) for i in range(len(adapters))]
 
@@ -88,7 +89,7 @@ class MultiTask(Utility):
 @register_utility
 class MultitaskConfig(UtilityConfig):
     type: Literal["multitask"] = "multitask"
-    aggregate: Literal["mean", "harmonic", "min"] = Field("harmonic", description="How the component scores combine.")
+    aggregate: Literal["mean", "harmonic", "min"] = Field(default="harmonic", description="How the component scores combine.")
     components: list[Component] = Field(min_length=2, description="The utilities combined.")
 
     @model_validator(mode="after")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from mergekit_swarm.core.protocols import CausalLM, Tokenizer
 from mergekit_swarm.utilities.base import AdapterBatchedUtility, DatasetUtilityConfig, Utility, register_utility
 from mergekit_swarm.utilities.data import Example
 from mergekit_swarm.utilities.text import Adapters, logprobs_for_adapters
@@ -17,7 +18,7 @@ class NegativeLoss(AdapterBatchedUtility):
     def __init__(self, examples: list[Example], batch_size: int):
         self.examples, self.batch_size = examples, batch_size
 
-    def score_adapters(self, model, tokenizer, adapters: Adapters) -> list[float]:
+    def score_adapters(self, model: CausalLM, tokenizer: Tokenizer, adapters: Adapters) -> list[float]:
         pairs = [(e.prompt, e.answer) for e in self.examples]
         per_adapter = logprobs_for_adapters(model, tokenizer, pairs, batch_size=self.batch_size, adapters=adapters)
         return [sum(s for s, _ in scores) / sum(n for _, n in scores) for scores in per_adapter]

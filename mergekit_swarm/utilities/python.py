@@ -15,7 +15,8 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from mergekit_swarm.errors import ConfigError, UtilityError
+from mergekit_swarm.core.errors import ConfigError, UtilityError
+from mergekit_swarm.core.protocols import CausalLM, Tokenizer
 from mergekit_swarm.utilities.base import Split, Utility, UtilityConfig, register_utility
 
 
@@ -58,7 +59,7 @@ class PythonUtility(Utility):
     def __init__(self, function: Callable):
         self.function = function
 
-    def __call__(self, model, tokenizer) -> float:
+    def __call__(self, model: CausalLM, tokenizer: Tokenizer) -> float:
         value = self.function(model, tokenizer)
         if isinstance(value, bool):
             raise TypeError(f"utility returned a bool ({value}), expected a number")
@@ -69,7 +70,7 @@ class PythonUtility(Utility):
 class PythonConfig(UtilityConfig):
     type: Literal["python"] = "python"
     function: str = Field(description="'file.py:function' (relative to the recipe) or 'module:function'.")
-    test_function: str | None = Field(None, description="Optional function reported on the test side.")
+    test_function: str | None = Field(default=None, description="Optional function reported on the test side.")
 
     @field_validator("function", "test_function")
     @classmethod

@@ -20,8 +20,9 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import Field, model_validator
 
-from mergekit_swarm.errors import UtilityError
-from mergekit_swarm.schema import RecipePath, StrictSection
+from mergekit_swarm.core.errors import UtilityError
+from mergekit_swarm.core.protocols import CausalLM, Tokenizer
+from mergekit_swarm.core.schema import RecipePath, StrictSection
 from mergekit_swarm.utilities.base import AdapterBatchedUtility, GenerativeUtilityConfig, Score, Utility, register_utility
 from mergekit_swarm.utilities.data import Example
 from mergekit_swarm.utilities.text import Adapters, GenerationSettings, batches, generate_for_adapters, model_device
@@ -86,12 +87,12 @@ class RewardUtility(AdapterBatchedUtility):
         self.prompts = [e.prompt for e in examples]
         self.generation, self.reward_model, self.config = generation, reward_model, config
 
-    def score_adapters(self, model, tokenizer, adapters: Adapters) -> list[Score]:
+    def score_adapters(self, model: CausalLM, tokenizer: Tokenizer, adapters: Adapters) -> list[Score]:
         per_adapter = generate_for_adapters(model, tokenizer, self.prompts, self.generation, adapters)
         # scored adapter by adapter: the reward model's batches, and so its rewards, do not depend on the batching
         return [self._score(responses, model_device(model), tokenizer) for responses in per_adapter]
 
-    def _score(self, responses: list[str], device, tokenizer) -> Score:
+    def _score(self, responses: list[str], device: torch.device, tokenizer: Tokenizer) -> Score:
         rewards = self.reward_model(self.prompts, responses, device)
         lengths = [len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses]
         scores = [self.config.score(reward, length) for reward, length in zip(rewards, lengths)]
@@ -115,10 +116,12 @@ class RewardRange(StrictSection):
 class RewardModelConfig(GenerativeUtilityConfig):
     type: Literal["reward_model"] = "reward_model"
     model: RecipePath = Field(description="Folder of the reward model (sequence classification, 1 label).")
-    max_new_tokens: int = Field(64, ge=1, description="Tokens generated per prompt (greedy).")
-    normalize: RewardRange | None = Field(None, description="Map rewards [low, high] to [0, 1], clipped (as the paper).")
-    length_penalty: Literal["none", "concise", "verbose"] = Field("none", description="The paper's rm_concise / rm_verbose.")
-    length_weight: float = Field(0.5, ge=0, description="Weight of the length term for concise / verbose.")
+    max_new_tokens: int = Field(default=64, ge=1, description="Tokens generated per prompt (greedy).")
+    normalize: RewardRange | None = Field(default=None, description="Map rewards [low, high] to [0, 1], clipped (as the paper).")
+    length_penalty: Literal["none", "concise", "verbose"] = Field(
+        default="none", description="The paper's rm_concise / rm_verbose."
+    )
+    length_weight: float = Field(default=0.5, ge=0, description="Weight of the length term for concise / verbose.")
 
     def may_be_negative(self) -> bool:
         return self.normalize is None or self.length_penalty == "concise"

@@ -14,6 +14,8 @@ from typing import TypeVar
 
 import torch
 
+from mergekit_swarm.core.protocols import CausalLM, Tokenizer, TorchModule
+
 T = TypeVar("T")
 
 
@@ -22,7 +24,7 @@ def batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         yield items[start : start + size]
 
 
-def model_device(model) -> torch.device:
+def model_device(model: TorchModule) -> torch.device:
     return next(model.parameters()).device
 
 
@@ -33,7 +35,7 @@ class GenerationSettings:
     chat_template: bool = False  # wrap each prompt as a user turn of the tokenizer's chat template
 
 
-def as_chat(tokenizer, prompt: str) -> str:
+def as_chat(tokenizer: Tokenizer, prompt: str) -> str:
     """`prompt` as the user turn of the tokenizer's chat template, ready for the reply."""
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("chat_template: true, but the tokenizer has no chat template (set one with the recipe's chat_template:)")
@@ -55,14 +57,14 @@ def _rows_for(adapters: Adapters, rows: int) -> dict:
     return {"adapter_names": [a for a in adapters for _ in range(rows)]}
 
 
-def greedy_generate(model, tokenizer, prompts: Sequence[str], settings: GenerationSettings) -> list[str]:
+def greedy_generate(model: CausalLM, tokenizer: Tokenizer, prompts: Sequence[str], settings: GenerationSettings) -> list[str]:
     """Greedy continuations of `prompts` (left-padded batches), special tokens removed."""
     return generate_for_adapters(model, tokenizer, prompts, settings, NO_ADAPTERS)[0]
 
 
 @torch.inference_mode()
 def generate_for_adapters(
-    model, tokenizer, prompts: Sequence[str], settings: GenerationSettings, adapters: Adapters
+    model: CausalLM, tokenizer: Tokenizer, prompts: Sequence[str], settings: GenerationSettings, adapters: Adapters
 ) -> list[list[str]]:
     """Greedy continuations of `prompts` under each of `adapters` (adapter slots of a
     PeftModel): every batch of prompts is repeated once per adapter and generated as one
@@ -90,7 +92,7 @@ def generate_for_adapters(
     return texts
 
 
-def stop_token_ids(model, tokenizer) -> list[int]:
+def stop_token_ids(model: CausalLM, tokenizer: Tokenizer) -> list[int]:
     """The tokens that end a response: the model's own (its `generation_config`, e.g. `<|im_end|>`
     or `<|eot_id|>` of chat models, whose tokenizer's EOS may be the end-of-text token) and the
     tokenizer's EOS, as `pipeline` and `generate` with the model's defaults stop."""
@@ -103,7 +105,7 @@ def stop_token_ids(model, tokenizer) -> list[int]:
 # A search evaluates the same prompts thousands of times: each batch is tokenized once. (The
 # tokenizer is part of the key, by identity; entries are small integer tensors.)
 @functools.lru_cache(maxsize=64)
-def _by_length(tokenizer, prompts: tuple[str, ...], chat_template: bool) -> tuple[int, ...]:
+def _by_length(tokenizer: Tokenizer, prompts: tuple[str, ...], chat_template: bool) -> tuple[int, ...]:
     """Indices of `prompts` from the shortest to the longest in tokens (stable)."""
     if chat_template:
         prompts = tuple(as_chat(tokenizer, p) for p in prompts)
@@ -112,7 +114,7 @@ def _by_length(tokenizer, prompts: tuple[str, ...], chat_template: bool) -> tupl
 
 
 @functools.lru_cache(maxsize=1024)
-def _encode_prompts(tokenizer, prompts: tuple[str, ...], chat_template: bool) -> dict[str, torch.Tensor]:
+def _encode_prompts(tokenizer: Tokenizer, prompts: tuple[str, ...], chat_template: bool) -> dict[str, torch.Tensor]:
     """Left-padded input ids and attention mask of one batch of prompts."""
     if chat_template:  # the template already holds the special tokens it wants
         prompts = tuple(as_chat(tokenizer, p) for p in prompts)
@@ -124,7 +126,9 @@ def _encode_prompts(tokenizer, prompts: tuple[str, ...], chat_template: bool) ->
     return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
 
-def continuation_logprobs(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_size: int) -> list[tuple[float, int]]:
+def continuation_logprobs(
+    model: CausalLM, tokenizer: Tokenizer, pairs: Sequence[tuple[str, str]], *, batch_size: int
+) -> list[tuple[float, int]]:
     """(sum of log p(continuation tokens | prompt), number of tokens) for each pair.
 
     Prompt and continuation are tokenized separately and concatenated, so the
@@ -135,7 +139,7 @@ def continuation_logprobs(model, tokenizer, pairs: Sequence[tuple[str, str]], *,
 
 @torch.inference_mode()
 def logprobs_for_adapters(
-    model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_size: int, adapters: Adapters
+    model: CausalLM, tokenizer: Tokenizer, pairs: Sequence[tuple[str, str]], *, batch_size: int, adapters: Adapters
 ) -> list[list[tuple[float, int]]]:
     """`continuation_logprobs` under each of `adapters`, in mixed-adapter batches (see
     `generate_for_adapters`). One list per adapter."""
@@ -164,14 +168,14 @@ def logprobs_for_adapters(
 
 
 @functools.lru_cache(maxsize=64)
-def _pairs_by_length(tokenizer, pairs: tuple[tuple[str, str], ...]) -> tuple[int, ...]:
+def _pairs_by_length(tokenizer: Tokenizer, pairs: tuple[tuple[str, str], ...]) -> tuple[int, ...]:
     """Indices of `pairs` from the shortest prompt + continuation to the longest, in tokens (stable)."""
     lengths = [len(tokenizer(p)["input_ids"]) + len(tokenizer(c, add_special_tokens=False)["input_ids"]) for p, c in pairs]
     return tuple(sorted(range(len(pairs)), key=lengths.__getitem__))
 
 
 @functools.lru_cache(maxsize=1024)
-def _encode_pairs(tokenizer, pairs: tuple[tuple[str, str], ...]) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+def _encode_pairs(tokenizer: Tokenizer, pairs: tuple[tuple[str, str], ...]) -> tuple[torch.Tensor, torch.Tensor, tuple]:
     """Right-padded ids and mask of prompt + continuation rows, and each continuation's span."""
     rows, spans = [], []
     for prompt, continuation in pairs:
@@ -182,7 +186,10 @@ def _encode_pairs(tokenizer, pairs: tuple[tuple[str, str], ...]) -> tuple[torch.
         rows.append(head + tail)
         spans.append((len(head), len(head) + len(tail)))
     width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    pad = tokenizer.pad_token_id  # any id: padded positions are masked out
+    if pad is None:  # (as torch.full would, with a message that says what is missing)
+        raise TypeError("the tokenizer has no pad token: set tokenizer.pad_token (e.g. to its eos_token)")
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
         ids[i, : len(row)] = torch.tensor(row)

@@ -1,0 +1,144 @@
+"""The state of a search on disk: the checkpoint and the history, in the run's work folder.
+
+The checkpoint (`swarm_state.json`) is saved atomically after every iteration together with
+the size of the history file (`swarm_history.jsonl`, one JSON line per evaluation) at that
+moment, so a run stopped at any point resumes from its last complete iteration, with the
+history cut back to match. A write the storage refuses is an `OutputError` naming the file,
+and the run stays resumable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mergekit_swarm.core.errors import OutputError
+from mergekit_swarm.core.names import HISTORY_FILE, STATE_FILE
+from mergekit_swarm.core.storage import read_json, required, write_atomic, writing
+from mergekit_swarm.pso import SwarmState
+
+FORMAT_VERSION = 3  # 3: fingerprints hash every byte of the inputs
+
+
+@dataclass
+class Checkpoint:
+    """The search state plus the loop's own bookkeeping."""
+
+    fingerprint: str
+    state: SwarmState
+    history_bytes: int = 0  # size of the history file when the state was saved
+    failed: int = 0  # failed evaluations so far
+    skipped: int = 0  # evaluations skipped by evaluation dropout
+    fallbacks: int = 0  # evaluations scored one at a time because their batched scoring failed
+    expert_dev: list[float | None] | None = None  # the experts' dev utilities (iteration 0; None: failed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_VERSION,
+            "fingerprint": self.fingerprint,
+            "history_bytes": self.history_bytes,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "fallbacks": self.fallbacks,
+            "expert_dev": self.expert_dev,
+            "state": self.state.to_dict(),
+        }
+
+    @classmethod
+    def load(cls, path: Path) -> Checkpoint:
+        """The checkpoint at `path`; an OutputError naming it if it cannot be read or is not ours."""
+        data = read_json(path, OutputError, what="checkpoint")
+        if data.get("format") != FORMAT_VERSION:
+            raise OutputError(f"{path} was written by another version of mergekit-swarm (format {data.get('format')!r})")
+        where = str(path)
+        try:
+            return cls(
+                fingerprint=required(data, "fingerprint", where, OutputError, str),
+                state=SwarmState.from_dict(required(data, "state", where, OutputError, dict)),
+                history_bytes=required(data, "history_bytes", where, OutputError, int),
+                failed=required(data, "failed", where, OutputError, int),
+                skipped=required(data, "skipped", where, OutputError, int),
+                fallbacks=required(data, "fallbacks", where, OutputError, int),
+                expert_dev=data.get("expert_dev"),
+            )
+        except (KeyError, ValueError, TypeError) as exc:  # inside the search state
+            raise OutputError(f"{path}: not a search state ({type(exc).__name__}: {exc})") from None
+
+    @classmethod
+    def read(cls, path: Path) -> Checkpoint | None:
+        """The checkpoint at `path`, or None if there is none or it is not ours."""
+        try:
+            return cls.load(path)
+        except OutputError:
+            return None
+
+
+class History:
+    """The append-only history file of a run (one JSON line per evaluation); a failed write is an
+    OutputError naming it, and the run stays resumable from its last checkpoint."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        with writing(path, resumable=True):
+            self._handle = path.open("a", encoding="utf-8")
+
+    def append(self, record: dict) -> None:
+        with writing(self.path, resumable=True):
+            self._handle.write(json.dumps(record) + "\n")
+            self._handle.flush()
+
+    def sync(self) -> int:
+        """Make every line durable; returns the file's size (what the next checkpoint covers)."""
+        with writing(self.path, resumable=True):
+            os.fsync(self._handle.fileno())
+            return self._handle.tell()
+
+    def close(self) -> None:
+        with suppress(OSError):  # lines after the last sync are cut on resume anyway
+            self._handle.close()
+
+    def __enter__(self) -> History:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class RunState:
+    """The checkpoint and history files of a search, in `folder`."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.folder / STATE_FILE
+
+    @property
+    def history_path(self) -> Path:
+        return self.folder / HISTORY_FILE
+
+    def read(self) -> Checkpoint | None:
+        return Checkpoint.read(self.checkpoint_path)
+
+    def load(self) -> Checkpoint:
+        return Checkpoint.load(self.checkpoint_path)
+
+    def save(self, checkpoint: Checkpoint) -> None:
+        with writing(self.checkpoint_path, resumable=True):
+            write_atomic(self.checkpoint_path, json.dumps(checkpoint.to_dict()))
+
+    def history(self) -> History:
+        return History(self.history_path)
+
+    def truncate_history(self, size: int) -> None:
+        """Cut the history back to what the checkpoint covers (lines written after it are redone)."""
+        path = self.history_path
+        if not path.exists() or path.stat().st_size < size:
+            raise OutputError(f"{path} is shorter than its checkpoint says; the run cannot be resumed")
+        with path.open("r+b") as handle:
+            handle.truncate(size)
