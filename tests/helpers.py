@@ -1,7 +1,7 @@
 """Builders shared by the test modules (test modules never import one another: what two of them
 need lives here, and pytest fixtures over it in conftest.py).
 
-* recipes: `write_recipe`;
+* recipes: `write_recipe`, and `experts_answers`, a dev file on which the zoo's experts differ;
 * resident models: `resident_of` (the `resident_factory` fixture fills in the zoo's base and tokenizer);
 * utilities scored in batches: `FailsOnSlot`, `multitask_of_exact_match_and_nll`;
 * a chat-completions judge endpoint: `FakeChatCompletions` and its `API_KEY`;
@@ -41,6 +41,35 @@ def write_recipe(folder: Path, experts, *, base=None, swarm=None, utility=None, 
         recipe["base_model"] = str(base)
     path = folder / "swarm.yml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def experts_answers(zoo, kind: str, tokenizer, folder, source: Path | None = None, favourite: float = 0.0) -> Path:
+    """An exact-match dev file on which the experts of the `kind` pool, and so their mixes, score
+    differently: the gold answer of prompt i is what expert i % 3 itself generates for it. (On the
+    zoo's own answers its LoRA particles all score 0, equal whatever batching does.) `source`: the
+    prompts (default: the zoo's dev file); `favourite`: the share of the prompts (every other one
+    first) whose gold answer is expert 0's instead, so that it and its mixes score high."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from mergekit_swarm.testing import toy
+    from mergekit_swarm.utilities.data import load_examples
+    from mergekit_swarm.utilities.text import GenerationSettings, greedy_generate
+
+    examples = load_examples(source or zoo.dev)
+    experts = zoo.lora if kind == "lora" else zoo.full
+    rows = [{"prompt": e.prompt, "answer": e.answer} for e in examples]
+    for k, expert in enumerate(experts):
+        model = AutoModelForCausalLM.from_pretrained(zoo.base if kind == "lora" else expert)
+        model = PeftModel.from_pretrained(model, expert) if kind == "lora" else model
+        favoured = set(range(0, len(rows), 2)[: round(favourite * len(rows))])
+        mine = [i for i in range(len(rows)) if (0 if i in favoured else i % len(experts)) == k]
+        generated = greedy_generate(model.eval(), tokenizer, [rows[i]["prompt"] for i in mine], GenerationSettings(6, 8))
+        for i, text in zip(mine, generated):
+            rows[i]["answer"] = text.strip() or rows[i]["answer"]
+    path = Path(folder) / f"{kind}_dev{'_' + str(favourite) if favourite else ''}.jsonl"
+    toy.write_jsonl(path, rows)
     return path
 
 

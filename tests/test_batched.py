@@ -5,7 +5,6 @@ against one particle at a time."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ from mergekit_swarm.search.evaluator import LocalEvaluator
 from mergekit_swarm.utilities import validate_utility
 from mergekit_swarm.weights.kernels import Accumulator, combine, combine_tensor, write_combinations
 from mergekit_swarm.weights.resident import ResidentModel
-from tests.helpers import FailsOnSlot, multitask_of_exact_match_and_nll
+from tests.helpers import FailsOnSlot, experts_answers, multitask_of_exact_match_and_nll
 
 
 @pytest.fixture(scope="module")
@@ -153,32 +152,6 @@ def test_a_failing_batch_is_scored_again_particle_by_particle(zoo, resident_fact
     assert [r.utility for r in results] == [1.0, -np.inf, 0.0]
     assert results[1].error == "ValueError: bad particle" and results[0].details == {"seen": 1.0}
     assert resident.model.active_adapter == "swarm"
-
-
-def experts_answers(zoo, kind: str, tokenizer, folder) -> Path:
-    """An exact-match dev file on which the experts of the `kind` pool, and so their mixes, score
-    differently: the gold answer of prompt i is what expert i % 3 itself generates for it. (On the
-    zoo's own answers its LoRA particles all score 0, equal whatever batching does.)"""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    from mergekit_swarm.testing import toy
-    from mergekit_swarm.utilities.data import load_examples
-    from mergekit_swarm.utilities.text import GenerationSettings, greedy_generate
-
-    examples = load_examples(zoo.dev)
-    experts = zoo.lora if kind == "lora" else zoo.full
-    rows = [{"prompt": e.prompt, "answer": e.answer} for e in examples]
-    for k, expert in enumerate(experts):
-        model = AutoModelForCausalLM.from_pretrained(zoo.base if kind == "lora" else expert)
-        model = PeftModel.from_pretrained(model, expert) if kind == "lora" else model
-        mine = [i for i in range(len(rows)) if i % len(experts) == k]
-        generated = greedy_generate(model.eval(), tokenizer, [rows[i]["prompt"] for i in mine], GenerationSettings(6, 8))
-        for i, text in zip(mine, generated):
-            rows[i]["answer"] = text.strip() or rows[i]["answer"]
-    path = Path(folder) / f"{kind}_dev.jsonl"
-    toy.write_jsonl(path, rows)
-    return path
 
 
 def _search_with_batches(recipe_factory, tmp_path, zoo, tokenizer, kind: str, batch, device: str = "cpu") -> dict:

@@ -317,7 +317,7 @@ def test_start_swarm_evaluates_the_experts_once():
         def __init__(self):
             self.seen = []
 
-        def evaluate(self, particles, split="dev"):
+        def evaluate(self, particles, split="dev", racing=None):
             for p in particles:
                 self.seen.append(p.copy())
                 yield Evaluation(float(p[0] @ np.arange(1, 4)), 0.0)

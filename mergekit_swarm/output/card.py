@@ -113,7 +113,8 @@ def _swarm_sections(result: SwarmResult, settings: SwarmSettings) -> list[str]:
         f"{result.restarts} particle restarts"
         + (f", {result.probes} probes near the global best" if result.probes else "")
         + f"; stopped: {result.stop_reason}."
-        + _fallbacks(result),
+        + _fallbacks(result)
+        + _racing(result),
         _selection(result, settings),
         sentence(result.emergence) + (" (per example: `swarm_examples.json`)" if any(result.emergence.values()) else ""),
         f"![search history]({HISTORY_PLOT})",
@@ -191,4 +192,16 @@ def _fallbacks(result: SwarmResult) -> str:
     return (
         f" {result.fallbacks} evaluations were scored one particle at a time because the batched scoring of their "
         "group failed (the error is in each one's `fallback` in swarm_history.jsonl)."
+    )
+
+
+def _racing(result: SwarmResult) -> str:
+    if not result.racing:
+        return ""
+    r = result.racing
+    return (
+        f" Racing (`swarm.racing`) scored {r['examples_scored']:,} of the {r['examples_in_full']:,} dev examples that scoring "
+        f"every evaluation in full would have ({r['saved']:.0%} saved): {r['stopped']} evaluations stopped once they could "
+        f"no longer change the search, {r['finished_for_probes']} of them scored to the end later for a stall probe step "
+        "(each one's `examples` and `stopped` bounds are in swarm_history.jsonl)."
     )

@@ -45,6 +45,9 @@ class SwarmResult:
     # with swarm.holdout: the personal bests compared on the held-out dev examples and which won
     # (dev utilities above are then over all of dev; `winner_search_dev` over the searched part)
     selection: dict | None = None
+    # with swarm.racing: dev examples scored, what scoring every evaluation in full would have scored, the
+    # share saved, the evaluations stopped early and those of them scored to the end for a stall probe step
+    racing: dict | None = None
 
     def write(self, folder: Path) -> None:
         (folder / RESULT_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
@@ -115,4 +118,19 @@ def result_of(
         output_kind=kind,
         selection={"winner_search_dev": selection.utility, **holdout} if holdout else None,
         emergence={split: emergence(e["experts"], e["winner"]) for split, e in report.examples.items()},
+        racing=_racing(checkpoint),
     )
+
+
+def _racing(checkpoint: Checkpoint) -> dict | None:
+    scored, full = checkpoint.examples_scored, checkpoint.examples_in_full
+    if not full:
+        return None
+    saved = round(1 - scored / full, 4)
+    return {
+        "examples_scored": scored,
+        "examples_in_full": full,
+        "saved": saved,
+        "stopped": checkpoint.stopped,
+        "finished_for_probes": checkpoint.finished,
+    }

@@ -9,6 +9,7 @@ scripts (10 experts grown to 20 particles by crossover), and `max_iterations` (5
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -109,6 +110,24 @@ class SwarmSettings(StrictSection):
             "arithmetic with a weight per expert, which LoraHub searches)."
         ),
     )
+    racing: Literal["off", "exact", "confident"] = Field(
+        default="off",
+        description=(
+            "exact: score each particle slice by slice of dev and stop as soon as its utility on all of dev is sure "
+            "to stay at or below its personal best and at or above the global worst, so that no decision of the "
+            "search changes (same winner, bit for bit, for fewer examples scored). confident: stop when a confidence "
+            "interval (racing_confidence) says so: far fewer examples, at the risk of missing an improvement. For "
+            "utilities that are a share of examples answered right (exact_match, multiple_choice with parse: generate, "
+            "multitask of them); others are scored on all of dev. off: every particle on all of dev."
+        ),
+    )
+    racing_slices: int = Field(default=4, ge=2, description="Slices of dev a racing particle is scored in (whole batches each).")
+    racing_confidence: float = Field(
+        default=0.95,
+        gt=0.5,
+        lt=1,
+        description="racing: confident: the confidence of each bound of the interval, over all the looks at a particle.",
+    )
     seed: int = Field(default=42, description="Seed of every random draw of the search.")
     drop_k: int = Field(default=0, ge=0, description="Evaluation dropout: skip drop_k of every drop_n particle evaluations.")
     drop_n: int = Field(default=1, ge=1, description="Evaluation dropout: see drop_k.")
@@ -121,6 +140,8 @@ class SwarmSettings(StrictSection):
             raise ValueError(f"min_step_length ({self.min_step_length}) is larger than step_length ({self.step_length})")
         if self.base_as_expert and self.lora_space != "update":
             raise ValueError("base_as_expert needs lora_space: update (in factor space the base has no factors to mix)")
+        if self.racing != "off" and self.drop_k:
+            raise ValueError("racing needs drop_k: 0 (a skipped particle would reuse a bound, not a utility)")
         if self.drop_k >= self.drop_n:
             raise ValueError(f"drop_k ({self.drop_k}) must be smaller than drop_n ({self.drop_n}); some evaluations must run")
         return self
@@ -129,6 +150,16 @@ class SwarmSettings(StrictSection):
     def search_split(self) -> Literal["dev", "search"]:
         """The utility split the particles are scored on: all of dev, or its part not held out."""
         return "search" if self.holdout else "dev"
+
+    @property
+    def racing_z(self) -> float | None:
+        """With `racing: confident`, the interval's half-width in standard errors (None: exact bounds): a
+        particle is looked at after each slice but the last, so each look gets an equal share of the
+        error allowed (Bonferroni), and the chance of stopping a particle whose full-dev utility is
+        above its bound stays within 1 - racing_confidence (for a random sample; see `utilities.racing`)."""
+        if self.racing != "confident":
+            return None
+        return NormalDist().inv_cdf(1 - (1 - self.racing_confidence) / (self.racing_slices - 1))
 
     def skipped_per_iteration(self, particles: int) -> int:
         """How many particle evaluations evaluation dropout skips in each iteration after the first."""

@@ -34,6 +34,8 @@ from mergekit_swarm.core.run_options import ModelAccess
 from mergekit_swarm.experts.groups import GroupLayout
 from mergekit_swarm.search.setup import SearchSetup
 from mergekit_swarm.utilities import Score, Split, Utility
+from mergekit_swarm.utilities.racing import Partial, RaceLimit, Racer
+from mergekit_swarm.utilities.text import NO_ADAPTERS
 from mergekit_swarm.weights.device_memory import device_memory, particles_that_fit
 from mergekit_swarm.weights.resident import ResidentModel
 
@@ -48,10 +50,26 @@ class Evaluation:
     details: dict[str, float] = field(default_factory=dict)  # a Score's details (components, counts)
     fallback: str | None = None  # why the batched scoring of its group failed, when it was scored alone
     per_example: dict[str, tuple[float, ...]] = field(default_factory=dict)  # a Score's, see `utilities.Score`
+    examples: int | None = None  # dev examples scored, with racing (None: not counted)
+    of: int | None = None  # with racing: the examples of all of dev
+    stopped: tuple[float, float] | None = None  # racing stopped it: the bounds of its utility (`utility` is the upper)
+    partial: Partial | None = field(default=None, compare=False, repr=False)  # its scores so far, to finish it later
+    finished_from: int | None = None  # racing stopped it after this many examples, then it was scored to the end
 
     @property
     def failed(self) -> bool:
         return self.error is not None
+
+
+@dataclass(frozen=True)
+class Racing:
+    """`swarm.racing` for one call of `evaluate`: dev scored in `slices` slices, particle i stopped as soon
+    as `limits[i]` is settled (None: scored to the end)."""
+
+    slices: int
+    limits: Sequence[RaceLimit | None]
+    z: float | None = None  # `racing: confident`: the interval's half-width in standard errors (None: exact bounds);
+    # it also picks the slices (random examples, or whole batches), fixed by the evaluator's first call
 
 
 class ParticleEvaluator(Protocol):
@@ -66,8 +84,15 @@ class ParticleEvaluator(Protocol):
         """The utilities it holds: ("dev",), ("dev", "test"), and "search", "holdout" with `swarm.holdout`."""
         ...
 
-    def evaluate(self, particles: Sequence[np.ndarray], split: Split = "dev") -> Iterator[Evaluation]:
-        """One evaluation per particle with the `split` utility, in order, each yielded when known."""
+    def evaluate(
+        self, particles: Sequence[np.ndarray], split: Split = "dev", racing: Racing | None = None
+    ) -> Iterator[Evaluation]:
+        """One evaluation per particle with the `split` utility, in order, each yielded when known;
+        with `racing`, where the utility races, a particle may be stopped early (`Evaluation.stopped`)."""
+        ...
+
+    def finish(self, particles: Sequence[np.ndarray], stopped: Sequence[Evaluation], split: Split = "dev") -> list[Evaluation]:
+        """The particles that racing stopped, scored on the rest of dev: their full evaluations."""
         ...
 
     def close(self) -> None:
@@ -101,6 +126,7 @@ class LocalEvaluator:
         self._memory = memory if memory is not None else device_memory(resident.device)
         self._measured = self._memory is None
         self._warned: set[str] = set()
+        self._racers: dict[Split, Racer | None] = {}
 
     @classmethod
     def open(
@@ -117,14 +143,52 @@ class LocalEvaluator:
     def splits(self) -> tuple[Split, ...]:
         return tuple(self.utilities)
 
-    def evaluate(self, particles: Sequence[np.ndarray], split: Split = "dev") -> Iterator[Evaluation]:
+    def evaluate(
+        self, particles: Sequence[np.ndarray], split: Split = "dev", racing: Racing | None = None
+    ) -> Iterator[Evaluation]:
         """One evaluation per particle, in order, in groups of at most `batch_limit` particles."""
         utility, pending = self.utilities[split], list(particles)
-        if not self._measured and len(pending) > 1 and utility.scores_adapter_batches:
-            yield from self._measure(pending.pop(0), utility)
+        racer = self._racer(split, racing)
+        limits = list(racing.limits) if racing is not None and racer is not None else [None] * len(pending)
+        if not self._measured and len(pending) > 1 and utility.scores_adapter_batches:  # (not raced)
+            count = racer.examples if racer is not None else None
+            yield from (replace(e, examples=count, of=count) for e in self._measure(pending.pop(0), utility))
+            limits.pop(0)
         while pending:
             group, pending = pending[: self.batch_limit], pending[self.batch_limit :]
-            yield from self._evaluate_group(group, utility)
+            bounds, limits = limits[: len(group)], limits[len(group) :]
+            if racer is not None and racing is not None:
+                yield from self._race_group(group, utility, racer, bounds, [Partial() for _ in group], racing.z)
+            else:
+                yield from self._evaluate_group(group, utility)
+
+    def finish(self, particles: Sequence[np.ndarray], stopped: Sequence[Evaluation], split: Split = "dev") -> list[Evaluation]:
+        racer = self._racers.get(split)
+        if racer is None or any(e.partial is None for e in stopped):
+            raise ValueError("finish() takes evaluations that racing stopped, of this evaluator")
+        done: list[Evaluation] = []
+        for start in range(0, len(particles), self.batch_limit):
+            group, evaluations = list(particles[start : start + self.batch_limit]), stopped[start : start + self.batch_limit]
+            partials = [e.partial.copy() for e in evaluations if e.partial is not None]
+            finished = self._race_group(group, self.utilities[split], racer, [None] * len(group), partials)
+            done += [
+                replace(e, seconds=e.seconds + before.seconds, finished_from=before.examples)
+                for e, before in zip(finished, evaluations)
+            ]
+        return done
+
+    def _racer(self, split: Split, racing: Racing | None) -> Racer | None:
+        """The split utility's racer (built once), when `racing` asks for one and the utility races."""
+        if racing is None:
+            return None
+        if split not in self._racers:
+            self._racers[split] = self.utilities[split].racer(self.resident.tokenizer, racing.slices, racing.z is None)
+            if self._racers[split] is None:
+                self._note(
+                    "racing",
+                    f"racing: {type(self.utilities[split]).__name__} does not race; every particle is scored on all of dev",
+                )
+        return self._racers[split]
 
     def score_model(self, model: CausalLM, split: Split = "dev") -> Evaluation:
         """The `split` utility of a model built elsewhere (e.g. by mergekit), with the run's tokenizer."""
@@ -185,6 +249,63 @@ class LocalEvaluator:
             score = call_utility(utility, self.resident.model, self.resident.tokenizer)
             yield replace(evaluation_of(score, share + time.perf_counter() - begin), fallback=fallback)
         self.resident.activate(0)
+
+    def _race_group(
+        self,
+        group: list[np.ndarray],
+        utility: Utility,
+        racer: Racer,
+        limits: Sequence[RaceLimit | None],
+        partials: list[Partial],
+        z: float | None = None,
+    ) -> Iterator[Evaluation]:
+        """Score the group slice by slice from where `partials` stand, its live particles together; a
+        particle whose limit is settled stops. A slice that fails is scored again without racing."""
+        start = time.perf_counter()
+        slots = self.resident.load_many(group)
+        adapters = slots if len(group) > 1 else None
+        stopped: dict[int, tuple[float, float]] = {}
+        try:
+            for index in range(min(p.slices for p in partials), racer.slices):  # (finishing: each from where it stopped)
+                live = [i for i in range(len(group)) if i not in stopped and partials[i].slices <= index]
+                if not live:
+                    continue
+                names = [adapters[i] for i in live] if adapters is not None else NO_ADAPTERS
+                with torch.no_grad():
+                    scored = racer.score_slice(self.resident.model, self.resident.tokenizer, names, index)
+                for i, per_component in zip(live, scored):
+                    for component, scores in per_component.items():
+                        partials[i].add(component, scores)
+                    partials[i].slices = index + 1
+                    limit = limits[i]
+                    if limit is not None and index + 1 < racer.slices and limit.settled(*racer.bounds(partials[i], z)):
+                        stopped[i] = racer.bounds(partials[i], z)
+                if len(stopped) == len(group):
+                    break
+        except torch.cuda.OutOfMemoryError:  # fewer particles per batch; the same scores
+            if self._memory is not None:
+                self._memory.release()
+            self.batch_limit = max(1, len(group) // 2)
+            self._note("memory", f"out of memory with {len(group)} particles per batch: continuing with {self.batch_limit}")
+            half = self.batch_limit
+            # each half goes on from where its particles stand: a slice's scores do not depend on its company
+            yield from self._race_group(group[:half], utility, racer, limits[:half], partials[:half], z)
+            yield from self._race_group(group[half:], utility, racer, limits[half:], partials[half:], z)
+            return
+        except SwarmError:
+            raise
+        except Exception as exc:  # scored again in full, one by one, so that each particle gets its own result or error
+            self._note("fallback", f"racing failed ({type(exc).__name__}: {exc}); its particles are scored on all of dev")
+            yield from (replace(e, examples=racer.examples, of=racer.examples) for e in self._evaluate_group(group, utility))
+            return
+        self.resident.activate(0)
+        share = (time.perf_counter() - start) / len(group)
+        for i, partial in enumerate(partials):
+            if i in stopped:
+                low, high = stopped[i]
+                yield Evaluation(high, share, examples=partial.count(), of=racer.examples, stopped=(low, high), partial=partial)
+            else:
+                yield replace(evaluation_of(racer.result(partial), share), examples=partial.count(), of=racer.examples)
 
     def _note(self, kind: str, message: str) -> None:
         """Log `message` once per kind (a fallback in every iteration is said once, counted always)."""

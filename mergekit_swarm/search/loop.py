@@ -10,8 +10,9 @@ from mergekit_swarm import pso
 from mergekit_swarm.core.console import format_utility
 from mergekit_swarm.core.errors import UtilityError
 from mergekit_swarm.experts.groups import GroupLayout
-from mergekit_swarm.search.evaluator import Evaluation, ParticleEvaluator
+from mergekit_swarm.search.evaluator import Evaluation, ParticleEvaluator, Racing
 from mergekit_swarm.search.run_state import Checkpoint, History, RunState
+from mergekit_swarm.utilities.racing import RaceLimit
 from mergekit_swarm.weights.kernels import one_hot
 
 
@@ -22,7 +23,8 @@ def start_swarm(
     the experts are evaluated first (the merges need their utilities), and not again."""
     if settings.initial != "merges":
         return pso.initialize(settings, experts, len(layout)), {}
-    results = list(evaluator.evaluate([one_hot(layout, experts, k) for k in range(experts)], settings.search_split))
+    racing = Racing(settings.racing_slices, [None] * experts, settings.racing_z) if settings.racing != "off" else None
+    results = list(evaluator.evaluate([one_hot(layout, experts, k) for k in range(experts)], settings.search_split, racing))
     return pso.initialize(settings, experts, len(layout), [r.utility for r in results]), dict(enumerate(results))
 
 
@@ -38,9 +40,9 @@ def run_search(
 ) -> Checkpoint:
     """Drive the swarm in `checkpoint` to the end, saving after every iteration.
 
-    History lines (one per evaluation) are appended as evaluations finish; the checkpoint
-    records how many bytes of history belong to the saved state. `known`: evaluations of
-    iteration 0 already made (`start_swarm`), by particle.
+    History lines (one per evaluation, one more for a raced evaluation finished later) are appended
+    as evaluations finish; the checkpoint records how many bytes of history belong to the saved
+    state. `known`: evaluations of iteration 0 already made (`start_swarm`), by particle.
     """
     known = dict(known or {}) if checkpoint.state.iteration == 0 and not checkpoint.state.evaluated else {}
     state = checkpoint.state
@@ -48,10 +50,11 @@ def run_search(
     with files.history() as history:
         while True:
             if not state.evaluated:
-                utilities = _evaluate_iteration(settings, evaluator, checkpoint, history, progress, known, fail_fast)
-                pso.observe(state, utilities, settings)
+                results = _evaluate_iteration(settings, evaluator, checkpoint, history, progress, known, fail_fast)
+                pso.observe(state, [r.utility if isinstance(r, Evaluation) else r for r in results], settings)
+                _finish_for_probes(settings, evaluator, checkpoint, history, results)
                 if state.iteration == 0:
-                    checkpoint.expert_dev = [u if math.isfinite(u) else None for u in utilities[: state.shape[2]]]
+                    checkpoint.expert_dev = [float(u) if math.isfinite(u) else None for u in state.utilities[: state.shape[2]]]
                 checkpoint.history_bytes = history.sync()
                 files.save(checkpoint)
                 progress.iteration_done(state.iteration)
@@ -60,6 +63,20 @@ def run_search(
             pso.step(state, settings)
     progress.close()
     return checkpoint
+
+
+def racing_for(settings: pso.SwarmSettings, state: pso.SwarmState, particles: list[int]) -> Racing | None:
+    """What `swarm.racing` asks of the evaluation of `particles` at this iteration: each stopped once it
+    can no longer (exact), or most likely not (confident), beat its personal best nor fall below the global
+    worst (at iteration 0, with no personal best yet, none is stopped: they are only counted)."""
+    if settings.racing == "off":
+        return None
+    if state.iteration == 0:
+        return Racing(settings.racing_slices, [None] * len(particles), settings.racing_z)  # counted only
+    worst = state.global_worst_utility
+    return Racing(
+        settings.racing_slices, [RaceLimit(float(state.best_utilities[i]), worst) for i in particles], settings.racing_z
+    )
 
 
 class _Progress:
@@ -81,6 +98,8 @@ class _Progress:
     def show(self, particle: int | None = None) -> None:
         state = self.checkpoint.state
         postfix = {"best": format_utility(state.global_best_utility), "failed": self.checkpoint.failed}
+        if self.checkpoint.examples_in_full:  # racing: the share of dev examples scored so far
+            postfix["examples"] = f"{self.checkpoint.examples_scored / self.checkpoint.examples_in_full:.0%}"
         if particle is not None:
             postfix["particle"] = f"{particle}/{state.shape[0]}"
         self.bar.set_postfix(postfix, refresh=False)
@@ -103,36 +122,66 @@ def _evaluate_iteration(
     progress: _Progress,
     known: dict[int, Evaluation],
     fail_fast: bool,
-) -> list[float]:
-    """Every particle's utility at this iteration (evaluated in groups, recorded one by one as they
-    finish); a particle skipped by evaluation dropout keeps its last one."""
+) -> list[Evaluation | float]:
+    """Every particle's evaluation at this iteration (evaluated in groups, recorded one by one as they
+    finish); for a particle skipped by evaluation dropout, the last utility it keeps."""
     state = checkpoint.state
     particles = state.shape[0]
-    pending = [state.positions[i] for i in range(particles) if not state.skip[i] and i not in known]
-    results = evaluator.evaluate(pending, settings.search_split)
-    utilities, errors = [], []
+    order = [i for i in range(particles) if not state.skip[i] and i not in known]
+    results = evaluator.evaluate([state.positions[i] for i in order], settings.search_split, racing_for(settings, state, order))
+    outcome: list[Evaluation | float] = []
+    errors = []
     for i in range(particles):
         progress.show(i + 1)
         if state.skip[i]:  # evaluation dropout: keep the particle's last utility
             checkpoint.skipped += 1
-            utilities.append(float(state.utilities[i]))
-            history.append(_skipped_record(state.iteration, i, utilities[-1]))
+            reused = float(state.utilities[i])
+            outcome.append(reused)
+            history.append(_skipped_record(state.iteration, i, reused))
             continue
         result = known.pop(i) if i in known else next(results)
-        checkpoint.fallbacks += result.fallback is not None
+        _count(checkpoint, result)
         if result.failed:
-            checkpoint.failed += 1
             errors.append(result.error)
             if fail_fast:
                 raise UtilityError(f"utility failed on particle {i} at iteration {state.iteration}: {result.error}")
         history.append(_record(state.iteration, i, result))
-        utilities.append(result.utility)
+        outcome.append(result)
     evaluated = particles - int(state.skip.sum())
     if errors and len(errors) == evaluated:  # systemic: stop, resumable
         raise UtilityError(
             f"the utility failed on all {evaluated} evaluated particles of iteration {state.iteration}; first error: {errors[0]}"
         )
-    return utilities
+    return outcome
+
+
+def _count(checkpoint: Checkpoint, result: Evaluation) -> None:
+    checkpoint.fallbacks += result.fallback is not None
+    checkpoint.failed += result.failed
+    checkpoint.stopped += result.stopped is not None
+    if result.examples is not None and result.of is not None:
+        checkpoint.examples_scored += result.examples
+        checkpoint.examples_in_full += result.of
+
+
+def _finish_for_probes(
+    settings: pso.SwarmSettings, evaluator: ParticleEvaluator, checkpoint: Checkpoint, history: History, results: list
+) -> None:
+    """Stall probes move the particles with the lowest utilities, so where a probe step follows, the
+    particles racing stopped are scored to the end (the search's decisions were already exact; the
+    probes then choose as they would without racing). Each gets a second history line."""
+    state = checkpoint.state
+    stopped = [i for i, r in enumerate(results) if isinstance(r, Evaluation) and r.stopped is not None]
+    probing = settings.probe_count(state.shape[0]) and state.global_stale > 0 and math.isfinite(state.global_best_utility)
+    if not stopped or state.done or not probing:
+        return
+    evaluations = [r for r in results if isinstance(r, Evaluation) and r.stopped is not None]
+    finished = evaluator.finish([state.positions[i] for i in stopped], evaluations, settings.search_split)
+    for i, result in zip(stopped, finished):
+        state.utilities[i] = result.utility  # (-inf when failed, as observe records it)
+        checkpoint.finished += 1
+        checkpoint.examples_scored += (result.examples or 0) - (result.finished_from or 0)
+        history.append(_record(state.iteration, i, result))
 
 
 def _record(iteration: int, particle: int, result: Evaluation) -> dict:
@@ -140,7 +189,7 @@ def _record(iteration: int, particle: int, result: Evaluation) -> dict:
     record = {
         "iteration": iteration,
         "particle": particle,
-        "utility": None if result.failed else result.utility,
+        "utility": None if result.failed or result.stopped is not None else result.utility,
         "wall_time": round(result.seconds, 6),
     }
     if result.failed:
@@ -149,6 +198,12 @@ def _record(iteration: int, particle: int, result: Evaluation) -> dict:
         record["details"] = result.details
     if result.fallback:
         record["fallback"] = result.fallback
+    if result.examples is not None:  # racing: examples scored (a finished evaluation: on its second line, the rest)
+        record["examples"] = result.examples - (result.finished_from or 0)
+    if result.stopped is not None:  # racing: its utility on all of dev lies in [low, high], below its personal best
+        record["stopped"] = {"low": result.stopped[0], "high": result.stopped[1], "of": result.of}
+    if result.finished_from is not None:  # racing stopped it, then a stall probe step needed its full utility
+        record["finished_from"] = result.finished_from
     return record
 
 

@@ -33,7 +33,7 @@ from mergekit_swarm.core.errors import ConfigError, SwarmError, WorkerError
 from mergekit_swarm.core.extras import require
 from mergekit_swarm.core.run_options import ModelAccess, RunOptions, silence_library_progress_bars
 from mergekit_swarm.pso import Granularity
-from mergekit_swarm.search.evaluator import Evaluation, LocalEvaluator
+from mergekit_swarm.search.evaluator import Evaluation, LocalEvaluator, Racing
 from mergekit_swarm.search.setup import SearchSetup, prepare
 from mergekit_swarm.utilities import Split
 from mergekit_swarm.utilities.text import batches
@@ -110,6 +110,7 @@ class RayEvaluator:
         self.settings, self.quiet = settings, options.quiet
         self._say = printer(options.quiet)
         self.replacements = 0
+        self._racing_noted = False
         self.workers: list = []
         self._started_ray = False
         gpus = settings.gpus_per_worker
@@ -192,8 +193,14 @@ class RayEvaluator:
             raise WorkerError(f"a Ray worker died while loading the models: {_first_line(exc)}") from None
 
     # -- evaluation ----------------------------------------------------------------------------
-    def evaluate(self, particles: Sequence[np.ndarray], split: Split = "dev") -> Iterator[Evaluation]:
-        """Groups go to idle workers as they free up; evaluations are yielded in particle order."""
+    def evaluate(
+        self, particles: Sequence[np.ndarray], split: Split = "dev", racing: Racing | None = None
+    ) -> Iterator[Evaluation]:
+        """Groups go to idle workers as they free up; evaluations are yielded in particle order.
+        (`racing` is not served on workers yet: every particle is scored on all of dev.)"""
+        if racing is not None and not self._racing_noted:
+            self._racing_noted = True
+            self._say("racing is not served on Ray workers yet: every particle is scored on all of dev")
         slots = self._spec.slots  # the local evaluator's groups, so each particle is scored in the same company
         tasks = [EvaluationTask(i * slots, np.stack(group), split) for i, group in enumerate(batches(particles, slots))]
         waiting, idle = deque(range(len(tasks))), deque(range(len(self.workers)))
@@ -245,6 +252,9 @@ class RayEvaluator:
             errors.ObjectLostError,
             errors.OutOfMemoryError,  # Ray's memory monitor
         )
+
+    def finish(self, particles: Sequence[np.ndarray], stopped: Sequence[Evaluation], split: Split = "dev") -> list[Evaluation]:
+        raise ValueError("Ray workers do not race: no evaluation of theirs was stopped")
 
     def resident_model(self) -> None:
         return None  # the models live on the workers

@@ -21,7 +21,7 @@ from mergekit_swarm.core.names import HISTORY_FILE, STATE_FILE
 from mergekit_swarm.core.storage import read_json, required, write_atomic, writing
 from mergekit_swarm.pso import SwarmState
 
-FORMAT_VERSION = 3  # 3: fingerprints hash every byte of the inputs
+FORMAT_VERSION = 4  # 3: fingerprints hash every byte of the inputs; 4: racing's example counts
 
 
 @dataclass
@@ -35,6 +35,10 @@ class Checkpoint:
     skipped: int = 0  # evaluations skipped by evaluation dropout
     fallbacks: int = 0  # evaluations scored one at a time because their batched scoring failed
     expert_dev: list[float | None] | None = None  # the experts' dev utilities (iteration 0; None: failed)
+    examples_scored: int = 0  # with racing: dev examples scored so far
+    examples_in_full: int = 0  # with racing: what scoring every evaluation on all of dev would have scored
+    stopped: int = 0  # with racing: evaluations stopped early
+    finished: int = 0  # with racing: stopped evaluations scored to the end later, for a stall probe step
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -45,6 +49,10 @@ class Checkpoint:
             "skipped": self.skipped,
             "fallbacks": self.fallbacks,
             "expert_dev": self.expert_dev,
+            "examples_scored": self.examples_scored,
+            "examples_in_full": self.examples_in_full,
+            "stopped": self.stopped,
+            "finished": self.finished,
             "state": self.state.to_dict(),
         }
 
@@ -64,6 +72,10 @@ class Checkpoint:
                 skipped=required(data, "skipped", where, OutputError, int),
                 fallbacks=required(data, "fallbacks", where, OutputError, int),
                 expert_dev=data.get("expert_dev"),
+                examples_scored=required(data, "examples_scored", where, OutputError, int),
+                examples_in_full=required(data, "examples_in_full", where, OutputError, int),
+                stopped=required(data, "stopped", where, OutputError, int),
+                finished=required(data, "finished", where, OutputError, int),
             )
         except (KeyError, ValueError, TypeError) as exc:  # inside the search state
             raise OutputError(f"{path}: not a search state ({type(exc).__name__}: {exc})") from None

@@ -11,9 +11,8 @@ from __future__ import annotations
 import difflib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 from pydantic import Field
@@ -22,25 +21,16 @@ from mergekit_swarm.core.errors import ConfigError
 from mergekit_swarm.core.protocols import CausalLM, Tokenizer
 from mergekit_swarm.core.schema import RecipePath, StrictSection
 from mergekit_swarm.utilities.data import Example, load_examples
+from mergekit_swarm.utilities.score import Score
 from mergekit_swarm.utilities.text import NO_ADAPTERS, Adapters, GenerationSettings
+
+if TYPE_CHECKING:
+    from mergekit_swarm.utilities.racing import Racer
 
 Split = Literal["dev", "test", "search", "holdout"]
 """`dev` is searched on and `test` only reported; with `swarm.holdout`, dev is cut in two: the search
 sees `search` and the winner is chosen on `holdout` (see `UtilityConfig.build`)."""
 HOLDOUT_SEED = 0  # which dev examples are held out depends on the data only, not on the swarm's seed
-
-
-@dataclass(frozen=True)
-class Score:
-    """A utility value with details worth keeping (per-component scores, parse failures),
-    which the search records in its history beside the value, and, for a utility that is a mean
-    over examples, each example's score in dataset order (1/0 when it is right or wrong), keyed
-    by component ("" for a single utility): what the run's correctness report and the quality
-    table's paired bootstrap read."""
-
-    value: float
-    details: dict[str, float] = field(default_factory=dict)
-    per_example: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
 
 class Utility(ABC):
@@ -59,6 +49,13 @@ class Utility(ABC):
         """The utility of each of `adapters` (slots of the PeftModel `model`), in one pass of
         mixed-adapter batches. Only called when `scores_adapter_batches` is true."""
         raise NotImplementedError(f"{type(self).__name__} scores one model at a time")
+
+    def racer(self, tokenizer: Tokenizer, slices: int, whole_batches: bool = True) -> Racer | None:
+        """How to score this utility `slices` slices of dev at a time for `swarm.racing` (see
+        `utilities.racing`: slices of whole batches, or with `whole_batches` false, of examples drawn
+        at random); None where it is not a mean over examples each scored within a known range
+        (every particle is then scored on all of dev)."""
+        return None
 
 
 class AdapterBatchedUtility(Utility):

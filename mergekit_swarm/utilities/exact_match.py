@@ -12,7 +12,8 @@ from typing import Literal
 from mergekit_swarm.core.protocols import CausalLM, Tokenizer
 from mergekit_swarm.utilities.base import AdapterBatchedUtility, GenerativeUtilityConfig, Score, Utility, register_utility
 from mergekit_swarm.utilities.data import Example
-from mergekit_swarm.utilities.text import Adapters, GenerationSettings, generate_for_adapters
+from mergekit_swarm.utilities.racing import Batches, MeanRacer, Racer, SliceScores, plan_slices
+from mergekit_swarm.utilities.text import Adapters, GenerationSettings, generate_for_adapters, prompt_batches
 
 
 def normalize(text: str) -> str:
@@ -26,14 +27,28 @@ def contains_answer(generation: str, answer: str) -> bool:
 class ExactMatch(AdapterBatchedUtility):
     def __init__(self, examples: list[Example], generation: GenerationSettings):
         self.examples, self.generation = examples, generation
+        self.prompts = [e.prompt for e in examples]
 
     def score_adapters(self, model: CausalLM, tokenizer: Tokenizer, adapters: Adapters) -> list[Score]:
-        prompts = [e.prompt for e in self.examples]
-        return [self.accuracy(g) for g in generate_for_adapters(model, tokenizer, prompts, self.generation, adapters)]
+        return [self.accuracy(g) for g in generate_for_adapters(model, tokenizer, self.prompts, self.generation, adapters)]
 
     def accuracy(self, generations: list[str]) -> Score:
-        hits = tuple(float(contains_answer(g, e.answer)) for g, e in zip(generations, self.examples))
-        return Score(sum(hits) / len(hits), per_example={"": hits})
+        return share_right(tuple(float(contains_answer(g, e.answer)) for g, e in zip(generations, self.examples)))
+
+    def racer(self, tokenizer: Tokenizer, slices: int, whole_batches: bool = True) -> Racer:
+        plan = plan_slices(prompt_batches(tokenizer, self.prompts, self.generation), slices, whole_batches)
+
+        def score_batches(model: CausalLM, tokenizer: Tokenizer, adapters: Adapters, batches: Batches) -> list[SliceScores]:
+            texts = generate_for_adapters(model, tokenizer, self.prompts, self.generation, adapters, batches)
+            rows = [i for batch in batches for i in batch]
+            return [{i: float(contains_answer(t[i], self.examples[i].answer)) for i in rows} for t in texts]
+
+        return MeanRacer(len(self.examples), plan, (0.0, 1.0), score_batches, share_right)
+
+
+def share_right(hits: tuple[float, ...]) -> Score:
+    """The utility of examples each right (1) or wrong (0), in dataset order: the share right."""
+    return Score(sum(hits) / len(hits), per_example={"": hits})
 
 
 @register_utility

@@ -18,7 +18,15 @@ from pydantic import Field
 from mergekit_swarm.core.protocols import CausalLM, Tokenizer
 from mergekit_swarm.utilities.base import AdapterBatchedUtility, GenerativeUtilityConfig, Score, Utility, register_utility
 from mergekit_swarm.utilities.data import LETTERS, Example
-from mergekit_swarm.utilities.text import Adapters, GenerationSettings, generate_for_adapters, logprobs_for_adapters
+from mergekit_swarm.utilities.exact_match import share_right
+from mergekit_swarm.utilities.racing import Batches, MeanRacer, Racer, SliceScores, plan_slices
+from mergekit_swarm.utilities.text import (
+    Adapters,
+    GenerationSettings,
+    generate_for_adapters,
+    logprobs_for_adapters,
+    prompt_batches,
+)
 
 # Most explicit first: "answer is (B)" / "Answer: B", then a leading "B." / "(B)", then "(B)"
 # anywhere, then any standalone capital letter (which an article "A" can fool).
@@ -67,9 +75,31 @@ class MultipleChoice(AdapterBatchedUtility):
     def score_adapters(self, model: CausalLM, tokenizer: Tokenizer, adapters: Adapters) -> list[Score]:
         scores = []
         for predictions in self.predictions(model, tokenizer, adapters):
-            hits = tuple(float(p == e.answer_index) for p, e in zip(predictions, self.examples))
-            scores.append(Score(sum(hits) / len(hits), per_example={"": hits}))
+            scores.append(share_right(tuple(float(p == e.answer_index) for p, e in zip(predictions, self.examples))))
         return scores
+
+    @staticmethod
+    def _letter_right(generation: str, example: Example) -> bool:
+        return parse_letter(generation, len(example.choices)) == example.answer_index
+
+    def racer(self, tokenizer: Tokenizer, slices: int, whole_batches: bool = True) -> Racer | None:
+        """With `parse: generate`: slices of the generation batches. (The log-likelihood batches are of
+        (prompt, choice) pairs, an example's choices spread over several: not raced yet.)"""
+        if self.parse != "generate":
+            return None
+        prompts = [e.prompt for e in self.examples]
+        plan = plan_slices(prompt_batches(tokenizer, prompts, self.generation), slices, whole_batches)
+
+        def score_batches(model: CausalLM, tokenizer: Tokenizer, adapters: Adapters, batches: Batches) -> list[SliceScores]:
+            texts = generate_for_adapters(model, tokenizer, prompts, self.generation, adapters, batches)
+            rows = [i for batch in batches for i in batch]
+            return [{i: float(_letter_right(t[i], self.examples[i])) for i in rows} for t in texts]
+
+        return MeanRacer(len(self.examples), plan, (0.0, 1.0), score_batches, share_right)
+
+
+def _letter_right(generation: str, example: Example) -> bool:
+    return parse_letter(generation, len(example.choices)) == example.answer_index
 
 
 @register_utility

@@ -25,6 +25,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from mergekit_swarm.core.protocols import CausalLM, Tokenizer
 from mergekit_swarm.core.schema import StrictSection
 from mergekit_swarm.utilities.base import Score, Split, Utility, UtilityConfig, register_utility, validate_utility
+from mergekit_swarm.utilities.racing import ComponentsRacer, Racer
 
 
 def aggregate(values: list[float], weights: list[float], how: str) -> float:
@@ -73,7 +74,18 @@ class MultiTask(Utility):
         per_component = [utility.score_adapters(model, tokenizer, adapters) for utility in self.utilities]
         return [self._combine([scores[i] for scores in per_component]) for i in range(len(adapters))]
 
-    def _combine(self, results: list[float | Score]) -> Score:
+    def racer(self, tokenizer: Tokenizer, slices: int, whole_batches: bool = True) -> Racer | None:
+        """Slice k is slice k of every component; only when every component races."""
+        racers = [utility.racer(tokenizer, slices, whole_batches) for utility in self.utilities]
+        if any(racer is None for racer in racers):
+            return None
+
+        def bound(values: list[float]) -> float:
+            return aggregate(values, self.weights, self.how)
+
+        return ComponentsRacer(self.names, [r for r in racers if r is not None], self._combine, bound)
+
+    def _combine(self, results: Sequence[float | Score]) -> Score:
         details: dict[str, float] = {}
         per_example: dict[str, tuple[float, ...]] = {}
         values = []

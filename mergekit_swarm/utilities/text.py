@@ -62,13 +62,27 @@ def greedy_generate(model: CausalLM, tokenizer: Tokenizer, prompts: Sequence[str
     return generate_for_adapters(model, tokenizer, prompts, settings, NO_ADAPTERS)[0]
 
 
+def prompt_batches(tokenizer: Tokenizer, prompts: Sequence[str], settings: GenerationSettings) -> list[Sequence[int]]:
+    """The batches `generate_for_adapters` generates `prompts` in: indices of prompts of similar
+    lengths (little padding), from the shortest to the longest."""
+    return list(batches(_by_length(tokenizer, tuple(prompts), settings.chat_template), settings.batch_size))
+
+
 @torch.inference_mode()
 def generate_for_adapters(
-    model: CausalLM, tokenizer: Tokenizer, prompts: Sequence[str], settings: GenerationSettings, adapters: Adapters
+    model: CausalLM,
+    tokenizer: Tokenizer,
+    prompts: Sequence[str],
+    settings: GenerationSettings,
+    adapters: Adapters,
+    batches_of: Sequence[Sequence[int]] | None = None,
 ) -> list[list[str]]:
     """Greedy continuations of `prompts` under each of `adapters` (adapter slots of a
     PeftModel): every batch of prompts is repeated once per adapter and generated as one
-    mixed-adapter batch, so the base model's forward passes are shared. One list per adapter."""
+    mixed-adapter batch, so the base model's forward passes are shared. One list per adapter.
+
+    `batches_of`: generate these batches of prompt indices alone, in place of `prompt_batches` (racing
+    scores dev a slice at a time); the other prompts' texts stay ""."""
     from transformers import GenerationConfig
 
     config = GenerationConfig(
@@ -79,8 +93,7 @@ def generate_for_adapters(
     )
     device = model_device(model)
     texts: list[list[str]] = [[""] * len(prompts) for _ in adapters]
-    order = _by_length(tokenizer, tuple(prompts), settings.chat_template)  # batches of similar lengths: little padding
-    for chunk in batches(order, settings.batch_size):
+    for chunk in prompt_batches(tokenizer, prompts, settings) if batches_of is None else batches_of:
         encoded = _encode_prompts(tokenizer, tuple(prompts[i] for i in chunk), settings.chat_template)
         width = encoded["input_ids"].shape[1]
         inputs = {key: value.repeat(len(adapters), 1).to(device) for key, value in encoded.items()}

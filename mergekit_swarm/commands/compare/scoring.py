@@ -26,7 +26,7 @@ from mergekit_swarm.core.errors import ConfigError
 from mergekit_swarm.core.run_options import RunOptions
 from mergekit_swarm.experts.groups import GroupLayout, group_layout
 from mergekit_swarm.pso import Granularity
-from mergekit_swarm.search.evaluator import Evaluation, LocalEvaluator, evaluation_of
+from mergekit_swarm.search.evaluator import Evaluation, LocalEvaluator, Racing, evaluation_of
 from mergekit_swarm.search.setup import SearchSetup
 from mergekit_swarm.utilities import Split
 
@@ -172,8 +172,14 @@ class _MixEvaluator:
     def splits(self) -> tuple[Split, ...]:
         return self.scorer.splits
 
-    def evaluate(self, particles: Sequence[np.ndarray], split: Split = "dev") -> Iterator[Evaluation]:
+    def evaluate(
+        self, particles: Sequence[np.ndarray], split: Split = "dev", racing: Racing | None = None
+    ) -> Iterator[Evaluation]:
+        """(Mixes of another layout are scored on all of dev: `racing` is not served here.)"""
         return self.scorer.iter_evaluate([Mix(p, self.granularity) for p in particles], split)
+
+    def finish(self, particles: Sequence[np.ndarray], stopped: Sequence[Evaluation], split: Split = "dev") -> list[Evaluation]:
+        raise ValueError("mixes of another layout do not race: no evaluation was stopped")
 
     def close(self) -> None:
         pass  # the scorer's resident model serves every method of the comparison

@@ -1,0 +1,184 @@
+"""Racing (`swarm.racing`): dev examples scored, wall time and quality per whole run, off vs exact vs confident.
+
+    python benchmarks/racing.py            # LoRA and full pools, the objectives whose utility races
+    python benchmarks/racing.py --quick    # LoRA pool, 2 objectives
+
+On the toy testbed (`mergekit_swarm.testing.testbed`, seed 0), each cell runs the same search
+(`run_swarm`, the testbed's budget) with racing off, `racing: exact` in 4 and 8 slices and
+`racing: confident`, and racing off and confident at twice the iterations, with the utility's
+`batch_size` lowered to 25 in every run so that dev (200 examples) has 8 batches to cut into slices
+(a slice is whole batches). Exact racing changes no decision: its winners must equal racing off's,
+and the report checks it. Results in benchmarks/results/racing.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+from lib.common import RESULTS, command, header, machine, versions, write_report
+
+from mergekit_swarm.testing import testbed
+
+TESTBED = Path(__file__).resolve().parent / "testbed"
+OBJECTIVES = ("add", "reverse_shift", "mix_reverse_add", "mix_sort_shift_count", "multitask")
+QUICK_OBJECTIVES = ("add", "mix_reverse_add")
+CONFIGS = {
+    "off": {"racing": "off"},
+    "exact, 4 slices": {"racing": "exact"},
+    "exact, 8 slices": {"racing": "exact", "racing_slices": 8},
+    "confident, 8 slices": {"racing": "confident", "racing_slices": 8},
+    "off, 2x iterations": {"racing": "off", "max_iterations": 16, "patience": 10},
+    "confident, 8 slices, 2x iterations": {"racing": "confident", "racing_slices": 8, "max_iterations": 16, "patience": 10},
+}
+BATCH = 25
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="LoRA pool, 2 objectives")
+    parser.add_argument("--pools", nargs="+", default=None, choices=("lora", "full"))
+    parser.add_argument("--report-only", action="store_true", help="rewrite the .md from the saved .json")
+    args = parser.parse_args()
+    name = "racing_quick" if args.quick else "racing"
+    if args.report_only:
+        report = json.loads((RESULTS / f"{name}.json").read_text())
+        write_report(name, report, markdown(report))
+        return
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    from mergekit_swarm.core.run_options import silence_library_progress_bars
+
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    silence_library_progress_bars()
+    objectives = QUICK_OBJECTIVES if args.quick else OBJECTIVES
+    pools = args.pools or (["lora"] if args.quick else ["lora", "full"])
+    root = testbed.build(0, root=TESTBED / "cache" / "seed-0")
+    start = time.perf_counter()
+    runs = []
+    for pool in pools:
+        for objective in objectives:
+            for name, overrides in CONFIGS.items():
+                runs.append({"pool": pool, "objective": objective, "config": name, **_run(root, pool, objective, overrides)})
+                print(runs[-1], flush=True)
+    report = {
+        "command": command(),
+        "machine": machine(),
+        "versions": versions(),
+        "swarm": testbed.SWARM,
+        "batch_size": BATCH,
+        "total_seconds": round(time.perf_counter() - start, 1),
+        "runs": runs,
+    }
+    write_report(name, report, markdown(report))
+
+
+def _run(root: Path, pool: str, objective: str, overrides: dict) -> dict:
+    from mergekit_swarm.commands.run import run_swarm
+    from mergekit_swarm.config import load_recipe
+    from mergekit_swarm.core.run_options import RunOptions
+
+    recipe = load_recipe(root / "recipes" / pool / f"{objective}.yml")
+    utility = recipe.utility
+    if utility.type == "multitask":
+        components = [
+            c.model_copy(update={"utility": c.utility.model_copy(update={"batch_size": BATCH})}) for c in utility.components
+        ]
+        utility = utility.model_copy(update={"components": components})
+    else:
+        utility = utility.model_copy(update={"batch_size": BATCH})
+    recipe = dataclasses.replace(recipe, utility=utility, swarm=recipe.swarm.model_copy(update=overrides))
+    out = TESTBED / "runs" / "racing" / pool / objective / "-".join(f"{k}={v}" for k, v in overrides.items())
+    began = time.perf_counter()
+    result = run_swarm(recipe, out, RunOptions(overwrite=True, quiet=True))
+    seconds = time.perf_counter() - began
+    racing = result.racing or {}
+    return {
+        "seconds": round(seconds, 1),
+        "winner_dev": result.winner_dev,
+        "winner_test": result.winner_test,
+        "coefficients": result.coefficients,
+        "iterations": result.iterations,
+        "evaluations": result.evaluations,
+        "examples_scored": racing.get("examples_scored"),
+        "examples_in_full": racing.get("examples_in_full"),
+        "saved": racing.get("saved", 0.0),
+        "stopped": racing.get("stopped", 0),
+        "finished_for_probes": racing.get("finished_for_probes", 0),
+        "best_expert_test": max(t for t in result.expert_test or [0.0] if t is not None),
+        "wrong_stops": wrong_stops(out / "swarm_history.jsonl"),
+    }
+
+
+def wrong_stops(history: Path) -> int:
+    """Stopped evaluations scored to the end later (for a stall probe step) whose full-dev utility would
+    have beaten the particle's personal best: the decisions `racing: confident` got wrong, among the
+    stops that can be checked (exact racing never has one)."""
+    rows = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
+    best: dict[int, float] = {}
+    wrong = 0
+    for iteration in sorted({r["iteration"] for r in rows}):
+        before = dict(best)
+        for r in rows:
+            if r["iteration"] != iteration or r["utility"] is None:
+                continue
+            if "finished_from" in r:
+                wrong += r["utility"] > before.get(r["particle"], float("-inf"))
+            else:
+                best[r["particle"]] = max(best.get(r["particle"], float("-inf")), r["utility"])
+    return wrong
+
+
+def markdown(report: dict) -> str:
+    lines = header("Racing: examples scored and wall time per run, off vs exact vs confident", report)
+    lines += [
+        f"Toy testbed seed 0, the testbed's budget ({report['swarm']}; `2x iterations`: 16, patience 10), utility "
+        f"batch_size {report['batch_size']} in every run. `test gain`: winner minus best expert on test; `saved`: the share "
+        "of dev examples not scored; `stopped`: evaluations stopped early, of which `finished`: scored to the end later for "
+        "a stall probe step, and `wrong`: of those, the ones that would have beaten their personal best; `same winner`: "
+        "coefficients equal to racing off's, bit for bit.",
+        "",
+        "| pool | objective | racing | winner dev | test gain | examples scored | saved | stopped (finished, wrong) "
+        "| seconds | vs off | same winner |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    reference = {(r["pool"], r["objective"]): r for r in report["runs"] if r["config"] == "off"}
+
+    def cell(r: dict) -> tuple[str, str]:
+        return r["pool"], r["objective"]
+
+    # examples one evaluation scores in full (a multitask: every component's), from the exact runs, which count them
+    per_evaluation = {
+        cell(r): r["examples_in_full"] // r["evaluations"] for r in report["runs"] if r["config"] == "exact, 4 slices"
+    }
+    for r in report["runs"]:
+        off = reference[(r["pool"], r["objective"])]
+        scored = r["examples_scored"] if r["examples_scored"] is not None else r["evaluations"] * per_evaluation[cell(r)]
+        lines.append(
+            f"| {r['pool']} | {r['objective']} | {r['config']} | {r['winner_dev']:.4f} "
+            f"| {r['winner_test'] - r['best_expert_test']:+.4f} | {scored:,} | {r['saved']:.1%} "
+            f"| {r['stopped']} ({r['finished_for_probes']}, {r['wrong_stops']}) | {r['seconds']:.1f} "
+            f"| {off['seconds'] / r['seconds']:.2f}x | {'yes' if r['coefficients'] == off['coefficients'] else 'no'} |"
+        )
+    lines += ["", "Per configuration, over the cells:", ""]
+    lines += [
+        "| racing | mean saved | mean test gain | same winner as off | wrong stops / checked |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for config in dict.fromkeys(r["config"] for r in report["runs"]):
+        rows = [r for r in report["runs"] if r["config"] == config]
+        same = sum(r["coefficients"] == reference[(r["pool"], r["objective"])]["coefficients"] for r in rows)
+        gain = sum(r["winner_test"] - r["best_expert_test"] for r in rows) / len(rows)
+        wrong, checked = sum(r["wrong_stops"] for r in rows), sum(r["finished_for_probes"] for r in rows)
+        saved = sum(r["saved"] for r in rows) / len(rows)
+        lines.append(f"| {config} | {saved:.1%} | {gain:+.4f} | {same}/{len(rows)} | {wrong}/{checked} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

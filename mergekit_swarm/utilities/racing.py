@@ -1,0 +1,240 @@
+"""Racing: score a particle slice by slice of dev, and stop when it can no longer change the search.
+
+A utility that is a mean over examples, each scored within a known range (exact match and
+multiple choice: 0 or 1), can say after part of dev how high and how low its value on all of dev
+can still be. `swarm.racing: exact` stops a particle as soon as that interval lies below its
+personal best and not below the global worst: the full-dev value would then change no decision of
+the search (no personal best, global best or worst-ever point moves), so the search goes on as
+if it had been scored in full, bit for bit (see `search.loop` for stall probes, which rank the
+particles and are served by scoring the stopped ones to the end when a probe step follows).
+
+Exactness of the values themselves: with exact racing a slice is made of whole batches of the full
+scoring (the same prompts padded together, in the same order), so every example is scored in the
+very batch that scoring all of dev puts it in, and a particle that runs every slice gets the value
+the utility gives on all of dev.
+
+`swarm.racing: confident` stops on a confidence interval instead (`confidence_bounds`): far earlier,
+and no longer exact: a particle it stops may have been about to beat its personal best. Its
+interval takes the scored examples for a random sample of dev, so its slices are seeded random
+shares of the examples (batched by length within each slice), not whole batches: a batch of
+prompts of similar lengths is no random sample. (Every evaluation of such a run is scored in those
+slices, so its values agree with each other; against racing off, padding may differ in the last bits.)
+
+A `Racer` is built per utility and tokenizer: fixed slices (`plan_slices`); `score_slice` scores
+one for several adapter slots at once; `bounds` and `result` read the per-example scores gathered
+so far (a `Partial`).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mergekit_swarm.core.protocols import CausalLM, Tokenizer
+from mergekit_swarm.utilities.score import Score
+from mergekit_swarm.utilities.text import Adapters
+
+RACING_SEED = 0  # the order of the slices depends on the data only, not on the swarm's seed
+
+# per adapter slot: example index -> its score, for the examples of one slice (of one component)
+SliceScores = dict[int, float]
+Batches = Sequence[Sequence[int]]  # batches of example indices, each scored in one pass
+
+
+@dataclass
+class Partial:
+    """A particle's per-example scores so far, by component ("" for a single utility), and how
+    many slices they cover."""
+
+    scores: dict[str, dict[int, float]] = field(default_factory=dict)
+    slices: int = 0
+
+    def add(self, component: str, scores: SliceScores) -> None:
+        self.scores.setdefault(component, {}).update(scores)
+
+    def count(self) -> int:
+        return sum(len(scores) for scores in self.scores.values())
+
+    def copy(self) -> Partial:
+        return Partial({component: dict(scores) for component, scores in self.scores.items()}, self.slices)
+
+
+@dataclass(frozen=True)
+class RaceLimit:
+    """What a particle must be shown unable to reach before it is stopped: `best`, its personal best
+    (its value must stay at or below it: no improvement, strict in the engine), and `worst`, the global
+    worst utility so far (its value must stay at or above it: no new worst point)."""
+
+    best: float
+    worst: float
+
+    def settled(self, low: float, high: float) -> bool:
+        return high <= self.best and low >= self.worst
+
+
+class Racer(ABC):
+    """A utility scored slice by slice (see the module docstring)."""
+
+    examples: int  # examples of dev in all (all components)
+
+    @property
+    @abstractmethod
+    def slices(self) -> int:
+        """How many slices dev is cut into."""
+
+    @abstractmethod
+    def score_slice(self, model: CausalLM, tokenizer: Tokenizer, adapters: Adapters, index: int) -> list[dict[str, SliceScores]]:
+        """Slice `index` scored under each of `adapters` (in one mixed-adapter pass where the utility
+        can): per adapter, per component, the scores of the slice's examples."""
+
+    @abstractmethod
+    def bounds(self, partial: Partial, z: float | None = None) -> tuple[float, float]:
+        """The lowest and highest value the utility can take on all of dev, given `partial`; with `z`,
+        a confidence interval instead (`confidence_bounds`), inside those."""
+
+    @abstractmethod
+    def result(self, partial: Partial) -> Score:
+        """The utility on all of dev, from a `partial` that covers every slice: exactly the value
+        (and details) that scoring all of dev at once gives."""
+
+
+def deal_batches(batches: int, slices: int) -> list[list[int]]:
+    """Batch indices per slice: a seeded permutation of the batches, dealt out in turn (at most one
+    slice per batch), each slice in the batches' own order."""
+    order = np.random.default_rng(RACING_SEED).permutation(batches).tolist()
+    count = max(1, min(slices, batches))
+    return [sorted(order[k::count]) for k in range(count)]
+
+
+def plan_slices(batches: Batches, slices: int, whole_batches: bool) -> list[list[tuple[int, ...]]]:
+    """The batches of each slice, from the utility's own `batches` (examples of similar lengths together).
+
+    `whole_batches` (exact racing): each slice is whole batches of the utility's (`deal_batches`), so
+    every example is scored in the batch a full evaluation puts it in, bit for bit. Otherwise
+    (confident racing, whose interval takes the scored examples for a random sample of dev): each
+    slice is a seeded random share of the examples, batched by length within the slice, because
+    a batch of similar lengths is no random sample (length drives difficulty)."""
+    if whole_batches:
+        return [[tuple(batches[b]) for b in chosen] for chosen in deal_batches(len(batches), slices)]
+    order = [i for batch in batches for i in batch]  # by length
+    rank = {example: position for position, example in enumerate(order)}
+    size = max(len(batch) for batch in batches)
+    count = max(1, min(slices, len(order)))
+    drawn = np.random.default_rng(RACING_SEED).permutation(order).tolist()
+    plan = []
+    for k in range(count):
+        members = sorted(drawn[k::count], key=rank.__getitem__)
+        plan.append([tuple(members[start : start + size]) for start in range(0, len(members), size)])
+    return plan
+
+
+class MeanRacer(Racer):
+    """A mean over examples whose scores lie in `score_range`, scored slice by slice.
+
+    `plan`: the batches of each slice (`plan_slices`); `score_batches(model, tokenizer, adapters,
+    batches)` scores those batches of examples; `finish(values)` turns every example's score, in
+    dataset order, into the utility's `Score` (as its own full scoring does)."""
+
+    def __init__(
+        self,
+        examples: int,
+        plan: list[list[tuple[int, ...]]],
+        score_range: tuple[float, float],
+        score_batches: Callable[[CausalLM, Tokenizer, Adapters, Batches], list[SliceScores]],
+        finish: Callable[[tuple[float, ...]], Score],
+    ):
+        self.examples, self.score_range = examples, score_range
+        self._plan = plan
+        self._score_batches, self._finish = score_batches, finish
+
+    @property
+    def slices(self) -> int:
+        return len(self._plan)
+
+    def score_slice(self, model: CausalLM, tokenizer: Tokenizer, adapters: Adapters, index: int) -> list[dict[str, SliceScores]]:
+        return [{"": scores} for scores in self._score_batches(model, tokenizer, adapters, self._plan[index])]
+
+    def bounds(self, partial: Partial, z: float | None = None) -> tuple[float, float]:
+        scores = partial.scores.get("", {})
+        low, high = mean_bounds(scores, self.examples, self.score_range)
+        if z is None or not scores:
+            return low, high
+        estimate = confidence_bounds(scores, self.examples, self.score_range, z)
+        return max(low, estimate[0]), min(high, estimate[1])
+
+    def result(self, partial: Partial) -> Score:
+        scores = partial.scores.get("", {})
+        if len(scores) != self.examples:
+            raise ValueError(f"{len(scores)} of {self.examples} examples scored: the particle has not run every slice")
+        return self._finish(tuple(scores[i] for i in range(self.examples)))
+
+
+def mean_bounds(scores: dict[int, float], examples: int, score_range: tuple[float, float]) -> tuple[float, float]:
+    """The range of the mean over `examples` examples given the `scores` known, the others anywhere in
+    `score_range`; widened by a few units in the last place, so that it holds whatever order the
+    utility sums its scores in."""
+    known = math.fsum(scores.values())
+    missing = examples - len(scores)
+    low, high = (known + missing * score_range[0]) / examples, (known + missing * score_range[1]) / examples
+    for _ in range(4):
+        low, high = math.nextafter(low, -math.inf), math.nextafter(high, math.inf)
+    return max(low, score_range[0]), min(high, score_range[1])  # a mean stays within its scores' range
+
+
+def confidence_bounds(scores: dict[int, float], examples: int, score_range: tuple[float, float], z: float) -> tuple[float, float]:
+    """A confidence interval for the mean over all `examples` examples, the `scores` known: the mean
+    of the unscored ones is bounded by the Wilson score interval (`z` standard errors) of the known
+    scores' mean, the scored examples being a random sample of dev (`plan_slices`). Wilson's interval
+    holds up at a share of 0 or 1 right (after 0 of 25 right the rest may still be 10% right), where
+    the normal one collapses. For scores anywhere in the range, their variance is at most that of
+    right-or-wrong scores of the same mean, so the interval is as wide or wider than it needs. An
+    estimate, not a proof: `racing: confident` may stop a particle whose full-dev utility would
+    have beaten its personal best (measured in benchmarks/racing.py)."""
+    m, n = len(scores), examples
+    if m >= n:
+        return mean_bounds(scores, n, score_range)
+    lo, hi = score_range
+    known = math.fsum((v - lo) / (hi - lo) for v in scores.values())
+    share = known / m
+    centre = (share + z * z / (2 * m)) / (1 + z * z / m)
+    half = z / (1 + z * z / m) * math.sqrt(share * (1 - share) / m + z * z / (4 * m * m))
+    low = (known + (n - m) * max(0.0, centre - half)) / n
+    high = (known + (n - m) * min(1.0, centre + half)) / n
+    return lo + low * (hi - lo), lo + high * (hi - lo)
+
+
+class ComponentsRacer(Racer):
+    """A utility aggregated from components that each race (`multitask`): slice k of the whole is slice
+    k of every component; its bounds aggregate the components' bounds (every aggregate is monotone in
+    each component, and so are its floating-point operations, each correctly rounded)."""
+
+    def __init__(self, names: list[str], racers: list[Racer], combine: Callable[[list[Score]], Score], aggregate):
+        self.names, self.racers, self._combine, self._aggregate = names, racers, combine, aggregate
+        self.examples = sum(racer.examples for racer in racers)
+
+    @property
+    def slices(self) -> int:
+        return max(racer.slices for racer in self.racers)
+
+    def score_slice(self, model: CausalLM, tokenizer: Tokenizer, adapters: Adapters, index: int) -> list[dict[str, SliceScores]]:
+        scored: list[dict[str, SliceScores]] = [{} for _ in adapters]
+        for name, racer in zip(self.names, self.racers):
+            if index < racer.slices:
+                for per_adapter, scores in zip(scored, racer.score_slice(model, tokenizer, adapters, index)):
+                    per_adapter[name] = scores[""]
+        return scored
+
+    def bounds(self, partial: Partial, z: float | None = None) -> tuple[float, float]:
+        pairs = [racer.bounds(self._part(partial, name), z) for name, racer in zip(self.names, self.racers)]
+        return self._aggregate([low for low, _ in pairs]), self._aggregate([high for _, high in pairs])
+
+    def result(self, partial: Partial) -> Score:
+        return self._combine([racer.result(self._part(partial, name)) for name, racer in zip(self.names, self.racers)])
+
+    @staticmethod
+    def _part(partial: Partial, name: str) -> Partial:
+        return Partial({"": partial.scores.get(name, {})}, partial.slices)

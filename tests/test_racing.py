@@ -1,0 +1,223 @@
+"""Racing (`swarm.racing: exact`): a particle scored slice by slice of dev stops as soon as its utility
+on all of dev can no longer change a decision of the search. Same winner and the same personal, global
+best and worst sequence as without racing, for fewer examples scored (counted); stall probes still
+choose as without racing; every utility that claims to race really stops early; the others run in full."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from mergekit_swarm.commands.run import RunOptions, run_swarm
+from mergekit_swarm.config import load_recipe
+from mergekit_swarm.core.errors import ConfigError
+from mergekit_swarm.pso import SwarmSettings
+from mergekit_swarm.search.evaluator import LocalEvaluator, Racing
+from mergekit_swarm.utilities import validate_utility
+from mergekit_swarm.utilities.racing import MeanRacer, Partial, RaceLimit, confidence_bounds, deal_batches, mean_bounds
+from tests.helpers import experts_answers, multitask_of_exact_match_and_nll
+
+
+def test_slices_are_whole_batches_each_once_in_a_seeded_order():
+    plan = deal_batches(10, 4)
+    assert sorted(b for s in plan for b in s) == list(range(10)) and len(plan) == 4
+    assert plan == deal_batches(10, 4) and plan != [[0, 4, 8], [1, 5, 9], [2, 6], [3, 7]]
+    assert deal_batches(2, 4) == [[b] for b in sorted(deal_batches(2, 4)[0] + deal_batches(2, 4)[1])]
+
+
+def test_bounds_hold_the_final_utility_at_every_slice():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        n = int(rng.integers(3, 40))
+        scores = rng.integers(0, 2, n).astype(float)
+        final = sum(scores) / n
+        for m in range(n + 1):
+            low, high = mean_bounds({i: float(scores[i]) for i in range(m)}, n, (0.0, 1.0))
+            assert 0.0 <= low <= final <= high <= 1.0
+        assert mean_bounds({}, n, (0.0, 1.0)) == (0.0, 1.0)
+    assert RaceLimit(best=0.5, worst=0.1).settled(0.2, 0.5)  # at most its best: not an improvement (strict)
+    assert not RaceLimit(best=0.5, worst=0.1).settled(0.05, 0.4)  # could become the new worst
+    assert not RaceLimit(best=0.5, worst=0.1).settled(0.2, 0.51)
+
+
+DEV = 48  # examples: 12 batches of 4, in 6 slices
+
+
+@pytest.fixture(scope="module")
+def prompts_48(tmp_path_factory):
+    from mergekit_swarm.testing import toy
+
+    path = tmp_path_factory.mktemp("racing") / "prompts.jsonl"
+    toy.write_jsonl(path, toy.make_examples(["reverse", "sort", "copy"], DEV, seed=500))
+    return path
+
+
+def test_confidence_bounds_lie_inside_the_exact_ones_and_tighten_as_slices_come():
+    rng = np.random.default_rng(1)
+    scores = rng.binomial(1, 0.3, 200).astype(float)
+    widths = []
+    for m in (25, 50, 100, 150, 199):
+        known = {i: float(scores[i]) for i in range(m)}
+        exact, confident = mean_bounds(known, 200, (0.0, 1.0)), confidence_bounds(known, 200, (0.0, 1.0), 1.645)
+        assert exact[0] <= confident[0] < confident[1] <= exact[1]
+        widths.append(confident[1] - confident[0])
+    assert widths == sorted(widths, reverse=True) and widths[0] < 0.3  # exact after 25 of 200: 0.875 wide
+    all_right = {i: 1.0 for i in range(50)}  # a run of equal scores is not read as certainty
+    assert confidence_bounds(all_right, 200, (0.0, 1.0), 1.645)[0] < 0.99
+
+
+def _search(recipe_factory, tmp_path, dev, kind: str, racing: str, **swarm) -> tuple:
+    utility = {"type": "exact_match", "dev": str(dev), "batch_size": 4, "max_new_tokens": 6}
+    settings = {"particles": 6, "max_iterations": 5, "patience": 9, "racing": racing, "racing_slices": 6, **swarm}
+    folder = tmp_path / f"{kind}-{racing}-{swarm.get('stall_probes', 'default')}"
+    recipe = recipe_factory(kind, swarm=settings, utility=utility, folder=folder / "recipe")
+    result = run_swarm(load_recipe(recipe), folder / "out", RunOptions(quiet=True))
+    history = [json.loads(line) for line in (folder / "out" / "swarm_history.jsonl").read_text().splitlines()]
+    return result, history
+
+
+def _bests(history: list[dict]) -> list[tuple]:
+    """After each iteration: every particle's personal best and the global best, from full-dev utilities only."""
+    personal: dict[int, float] = {}
+    trace = []
+    for iteration in sorted({r["iteration"] for r in history}):
+        for record in history:
+            if record["iteration"] == iteration and record["utility"] is not None:
+                personal[record["particle"]] = max(personal.get(record["particle"], -math.inf), record["utility"])
+        trace.append((iteration, sorted(personal.items()), max(personal.values())))
+    return trace
+
+
+def _utilities(history: list[dict]) -> dict[tuple, float]:
+    return {(r["iteration"], r["particle"]): r["utility"] for r in history if r["utility"] is not None}
+
+
+@pytest.mark.parametrize("kind, probes", [("lora", 0.0), ("lora", 0.5), ("full", 0.5)])
+def test_exact_racing_gives_the_same_search_for_fewer_examples(
+    recipe_factory, zoo, tokenizer, tmp_path, prompts_48, kind, probes
+):
+    dev = experts_answers(zoo, kind, tokenizer, tmp_path, prompts_48, favourite=0.5)  # utilities up to ~0.8
+    off, off_history = _search(recipe_factory, tmp_path, dev, kind, "off", stall_probes=probes)
+    exact, exact_history = _search(recipe_factory, tmp_path, dev, kind, "exact", stall_probes=probes)
+    assert exact.coefficients == off.coefficients and exact.winner_dev == off.winner_dev
+    assert exact.iterations == off.iterations and exact.probes == off.probes and exact.restarts == off.restarts
+    assert _bests(exact_history) == _bests(off_history)
+    full = _utilities(exact_history)  # the evaluations not stopped, and those finished: their full-dev utilities
+    assert full == {key: value for key, value in _utilities(off_history).items() if key in full}
+    stopped = [r for r in exact_history if "stopped" in r]
+    finished = [r for r in exact_history if "finished_from" in r]  # stopped, then scored to the end for a probe step
+    assert off.racing is None and exact.racing is not None
+    assert exact.racing["stopped"] == len(stopped) and len(stopped) + len(finished) > 0  # it really stopped particles
+    assert exact.racing["finished_for_probes"] == len(finished)
+    for record in finished:  # its second line: the rest of dev, after the line it was stopped on
+        first = next(r for r in stopped if (r["iteration"], r["particle"]) == (record["iteration"], record["particle"]))
+        assert record["finished_from"] == first["examples"] and first["examples"] + record["examples"] == DEV
+    if probes == 0:
+        assert not finished
+    assert exact.racing["examples_scored"] == sum(r["examples"] for r in exact_history)
+    assert exact.racing["examples_in_full"] == (len(exact_history) - len(finished)) * DEV
+    assert (exact.racing["examples_scored"] < exact.racing["examples_in_full"]) == (len(stopped) > len(finished))
+    assert len({r["utility"] for r in off_history}) > 2  # the particles really differ
+    for record in stopped:  # its true utility lies within the bounds it was stopped with
+        twin = next(r for r in off_history if (r["iteration"], r["particle"]) == (record["iteration"], record["particle"]))
+        assert record["stopped"]["low"] <= twin["utility"] <= record["stopped"]["high"]
+        assert record["examples"] < record["stopped"]["of"] == DEV
+
+
+def _racing_utilities(zoo, prompts_file=None):
+    generation = {"dev": str(zoo.dev), "batch_size": 4, "max_new_tokens": 6}
+    configs = {
+        "exact_match": {"type": "exact_match", **generation},
+        "multiple_choice (generate)": {"type": "multiple_choice", "dev": str(zoo.mc_dev), "parse": "generate", "batch_size": 4},
+        "multitask": {
+            "type": "multitask",
+            "components": [
+                {"name": "em", "utility": {"type": "exact_match", **generation}},
+                {"name": "mc", "utility": {"type": "multiple_choice", "dev": str(zoo.mc_dev), "parse": "generate"}},
+            ],
+        },
+    }
+    return {name: validate_utility(config).build("dev") for name, config in configs.items()}
+
+
+@pytest.mark.parametrize("slots", [1, 3])
+def test_every_racing_utility_stops_early_and_finishes_to_its_full_value(zoo, resident_factory, slots):
+    resident = resident_factory(zoo.lora, "model", slots=slots)
+    rng = np.random.default_rng(3)
+    particles = [np.eye(3)[[k]] for k in range(3)] + [rng.dirichlet(np.ones(3))[None] * 1.4 - 0.1 for _ in range(2)]
+    for name, utility in _racing_utilities(zoo).items():
+        full = list(LocalEvaluator(resident, utility).evaluate(particles))
+        engine = LocalEvaluator(resident, utility)
+        always = Racing(3, [RaceLimit(best=2.0, worst=-1.0)] * len(particles))  # settled by any bounds: stop at once
+        raced = list(engine.evaluate(particles, racing=always))
+        assert all(e.stopped is not None and e.examples < e.of for e in raced), name
+        assert all(e.stopped[0] <= f.utility <= e.stopped[1] for e, f in zip(raced, full)), name
+        finished = engine.finish(particles, raced)
+        assert [e.utility for e in finished] == [e.utility for e in full], name
+        assert [e.details for e in finished] == [e.details for e in full], name
+        assert [e.per_example for e in finished] == [e.per_example for e in full], name
+        assert all(e.examples == e.of and e.stopped is None for e in finished), name
+        never = Racing(3, [None] * len(particles))  # counted, never stopped: the full values
+        counted = list(LocalEvaluator(resident, utility).evaluate(particles, racing=never))
+        assert [e.utility for e in counted] == [e.utility for e in full], name
+
+
+def test_utilities_that_are_not_a_share_right_are_scored_in_full(zoo, resident_factory, caplog):
+    resident = resident_factory(zoo.lora, "model")
+    generation = {"dev": str(zoo.dev), "batch_size": 4, "max_new_tokens": 6}
+    for config in (
+        {"type": "nll", "dev": str(zoo.dev)},
+        {"type": "multiple_choice", "dev": str(zoo.mc_dev)},  # log-likelihood: not raced yet
+        multitask_of_exact_match_and_nll(zoo, generation),
+    ):
+        utility = validate_utility(config).build("dev")
+        assert utility.racer(resident.tokenizer, 4) is None
+        engine = LocalEvaluator(resident, utility)
+        with caplog.at_level("WARNING"):
+            results = list(engine.evaluate([np.eye(3)[[0]]], racing=Racing(4, [RaceLimit(2.0, -1.0)])))
+        assert results[0].stopped is None and results[0].examples is None
+        assert "does not race" in caplog.text
+
+
+def test_racing_with_evaluation_dropout_is_refused():
+    with pytest.raises(ValueError, match="racing needs drop_k: 0"):
+        SwarmSettings(racing="exact", drop_k=1, drop_n=4)
+    assert SwarmSettings(racing="exact").racing_slices == 4
+    assert isinstance(ConfigError("x"), Exception) and Partial().count() == 0 and MeanRacer.__abstractmethods__ == frozenset()
+
+
+def test_confident_racing_stops_far_more_than_exact(recipe_factory, zoo, tokenizer, tmp_path, prompts_48):
+    dev = experts_answers(zoo, "lora", tokenizer, tmp_path, prompts_48, favourite=0.5)
+    exact, _ = _search(recipe_factory, tmp_path, dev, "lora", "exact", stall_probes=0.0)
+    confident, history = _search(recipe_factory, tmp_path, dev, "lora", "confident", stall_probes=0.0, racing_confidence=0.9)
+    assert confident.racing["saved"] > 2 * exact.racing["saved"] and confident.racing["stopped"] > exact.racing["stopped"]
+    assert all(r["stopped"]["high"] <= 1.0 for r in history if "stopped" in r)
+
+
+def test_finishing_goes_on_from_where_each_particle_stopped(zoo, resident_factory):
+    from mergekit_swarm.search.evaluator import Evaluation
+    from mergekit_swarm.utilities.text import NO_ADAPTERS
+
+    resident = resident_factory(zoo.lora, "model", slots=3)
+    utility = _racing_utilities(zoo)["exact_match"]
+    particles = [np.eye(3)[[k]] for k in range(3)]
+    engine = LocalEvaluator(resident, utility)
+    full = list(engine.evaluate(particles, racing=Racing(3, [None] * 3)))  # counted, in full
+    racer = utility.racer(resident.tokenizer, 3)
+    assert racer is not None and racer.slices == 3
+    stopped = []
+    for k, particle in enumerate(particles):  # stopped after 2, 1 and 2 slices
+        partial = Partial()
+        resident.load(particle)
+        for index in range(2 - k % 2):
+            partial.add("", racer.score_slice(resident.model, resident.tokenizer, NO_ADAPTERS, index)[0][""])
+            partial.slices = index + 1
+        stopped.append(Evaluation(1.0, 0.0, examples=partial.count(), of=racer.examples, stopped=(0.0, 1.0), partial=partial))
+    assert sorted({e.partial.slices for e in stopped}) == [1, 2]
+    finished = engine.finish(particles, stopped)
+    assert [e.utility for e in finished] == [e.utility for e in full]
+    assert [e.per_example for e in finished] == [e.per_example for e in full]
+    assert [e.finished_from for e in finished] == [e.examples for e in stopped]
