@@ -221,3 +221,37 @@ def test_finishing_goes_on_from_where_each_particle_stopped(zoo, resident_factor
     assert [e.utility for e in finished] == [e.utility for e in full]
     assert [e.per_example for e in finished] == [e.per_example for e in full]
     assert [e.finished_from for e in finished] == [e.examples for e in stopped]
+
+
+def test_an_interrupted_racing_run_resumes_to_the_same_winner_and_history(
+    recipe_factory, zoo, tokenizer, tmp_path, prompts_48, monkeypatch
+):
+    dev = experts_answers(zoo, "lora", tokenizer, tmp_path, prompts_48, favourite=0.5)
+    utility = {"type": "exact_match", "dev": str(dev), "batch_size": 4, "max_new_tokens": 6}
+    swarm = {"particles": 6, "max_iterations": 5, "patience": 9, "racing": "exact", "racing_slices": 6}
+    recipe = load_recipe(recipe_factory("lora", swarm=swarm, utility=utility, folder=tmp_path / "recipe"))
+    whole = run_swarm(recipe, tmp_path / "whole", RunOptions(quiet=True))
+
+    calls = {"n": 0}
+    race = LocalEvaluator._race_group
+
+    def interrupted(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:  # past iteration 0 (particles are scored in groups of up to the resident's slots)
+            raise KeyboardInterrupt
+        yield from race(self, *args, **kwargs)
+
+    monkeypatch.setattr(LocalEvaluator, "_race_group", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_swarm(recipe, tmp_path / "out", RunOptions(quiet=True))
+    monkeypatch.undo()
+    saved = json.loads((tmp_path / ".out.partial" / "swarm_state.json").read_text())
+    assert saved["state"]["iteration"] >= 1 and saved["examples_scored"] > 0  # resumed from a checkpoint mid-search
+    resumed = run_swarm(recipe, tmp_path / "out", RunOptions(quiet=True, resume=True))
+
+    def lines(folder):
+        rows = (folder / "swarm_history.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(row).items() if k != "wall_time"} for row in rows]
+
+    assert resumed.coefficients == whole.coefficients and resumed.racing == whole.racing
+    assert lines(tmp_path / "out") == lines(tmp_path / "whole") and whole.racing["stopped"] > 0
