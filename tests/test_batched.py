@@ -158,7 +158,7 @@ def _search_with_batches(recipe_factory, tmp_path, zoo, tokenizer, kind: str, ba
     """The same search with 1 particle per batch and with `batch`: result and history of each."""
     dev = experts_answers(zoo, kind, tokenizer, tmp_path)
     utility = {"type": "exact_match", "dev": str(dev), "test": str(zoo.test), "batch_size": 8, "max_new_tokens": 6}
-    runs = {}
+    runs, companies = {}, {}
     for size in (1, batch):
         recipe = recipe_factory(
             kind,
@@ -169,8 +169,13 @@ def _search_with_batches(recipe_factory, tmp_path, zoo, tokenizer, kind: str, ba
         )
         result = run_swarm(load_recipe(recipe), tmp_path / f"out{size}", RunOptions(quiet=True, device=device))
         lines = (tmp_path / f"out{size}" / "swarm_history.jsonl").read_text().splitlines()
-        history = [{k: v for k, v in json.loads(line).items() if k != "wall_time"} for line in lines]
+        rows = [json.loads(line) for line in lines]
+        companies[size] = [row.get("shared_by", 1) for row in rows]
+        history = [{k: v for k, v in row.items() if k not in ("wall_time", "shared_by")} for row in rows]
         runs[size] = (result.coefficients, result.winner_dev, result.expert_test, result.winner_test, result.fallbacks, history)
+        timing = result.timing or {}
+        assert 0 < timing["evaluation_seconds"] < timing["search_seconds"], size  # the card's split of the time
+    assert set(companies[1]) == {1} and max(companies[batch]) > 1  # the history says which were scored together
     return runs
 
 

@@ -93,8 +93,11 @@ def test_a_full_model_pool_on_ray_equals_the_in_process_run(cluster, zoo, tmp_pa
     recipe = load_recipe(write_recipe(tmp_path, zoo.full, swarm={"max_iterations": 1}, utility=utility))
     local = run_swarm(recipe, tmp_path / "local", RunOptions(quiet=True))
     on_ray = run_swarm(recipe, tmp_path / "ray", RAY)
-    for name in ("swarm_result.json", "model.safetensors"):
-        assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
+    assert (tmp_path / "ray" / "model.safetensors").read_bytes() == (tmp_path / "local" / "model.safetensors").read_bytes()
+    results = [json.loads((tmp_path / run / "swarm_result.json").read_text()) for run in ("ray", "local")]
+    assert [{k: v for k, v in r.items() if k != "timing"} for r in results] == [  # all but how long it took
+        {k: v for k, v in results[1].items() if k != "timing"}
+    ] * 2
     assert on_ray.winner_test == local.winner_test is not None
 
 

@@ -114,7 +114,8 @@ def _swarm_sections(result: SwarmResult, settings: SwarmSettings) -> list[str]:
         + (f", {result.probes} probes near the global best" if result.probes else "")
         + f"; stopped: {result.stop_reason}."
         + _fallbacks(result)
-        + _racing(result),
+        + _racing(result)
+        + _timing(result),
         _selection(result, settings),
         sentence(result.emergence) + (" (per example: `swarm_examples.json`)" if any(result.emergence.values()) else ""),
         f"![search history]({HISTORY_PLOT})",
@@ -204,4 +205,14 @@ def _racing(result: SwarmResult) -> str:
         f"every evaluation in full would have ({r['saved']:.0%} saved): {r['stopped']} evaluations stopped once they could "
         f"no longer change the search, {r['finished_for_probes']} of them scored to the end later for a stall probe step "
         "(each one's `examples` and `stopped` bounds are in swarm_history.jsonl)."
+    )
+
+
+def _timing(result: SwarmResult) -> str:
+    if not result.timing or not result.timing["search_seconds"]:
+        return ""
+    search, scoring = result.timing["search_seconds"], result.timing["evaluation_seconds"]
+    return (
+        f" The search took {search:,.1f} s, {scoring / search:.0%} of it scoring particles (writing them into the model "
+        "included; each evaluation's share is its `wall_time` in swarm_history.jsonl, `shared_by` the particles of its batch)."
     )

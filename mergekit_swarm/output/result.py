@@ -48,6 +48,9 @@ class SwarmResult:
     # with swarm.racing: dev examples scored, what scoring every evaluation in full would have scored, the
     # share saved, the evaluations stopped early and those of them scored to the end for a stall probe step
     racing: dict | None = None
+    # the search loop's time over every session of the run, and the part of it spent scoring particles
+    # (writing them into the model included); the rest: engine steps, history, checkpoints
+    timing: dict | None = None
 
     def write(self, folder: Path) -> None:
         (folder / RESULT_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
@@ -119,6 +122,10 @@ def result_of(
         selection={"winner_search_dev": selection.utility, **holdout} if holdout else None,
         emergence={split: emergence(e["experts"], e["winner"]) for split, e in report.examples.items()},
         racing=_racing(checkpoint),
+        timing={
+            "search_seconds": round(checkpoint.search_seconds, 3),
+            "evaluation_seconds": round(checkpoint.evaluation_seconds, 3),
+        },
     )
 
 

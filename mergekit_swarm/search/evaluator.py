@@ -45,7 +45,7 @@ LOG = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Evaluation:
     utility: float  # -inf when failed
-    seconds: float  # for a group evaluated together: its share of the group's time
+    seconds: float  # for a group evaluated together: its share of the group's time (see `shared_by`)
     error: str | None = None
     details: dict[str, float] = field(default_factory=dict)  # a Score's details (components, counts)
     fallback: str | None = None  # why the batched scoring of its group failed, when it was scored alone
@@ -55,6 +55,7 @@ class Evaluation:
     stopped: tuple[float, float] | None = None  # racing stopped it: the bounds of its utility (`utility` is the upper)
     partial: Partial | None = field(default=None, compare=False, repr=False)  # its scores so far, to finish it later
     finished_from: int | None = None  # racing stopped it after this many examples, then it was scored to the end
+    shared_by: int = 1  # particles scored together in one batch with it: their batch took `seconds * shared_by`
 
     @property
     def failed(self) -> bool:
@@ -240,7 +241,7 @@ class LocalEvaluator:
                 self._note("fallback", f"batched scoring failed ({fallback}); its particles are scored one at a time")
             else:
                 share = (time.perf_counter() - start) / len(group)
-                yield from (evaluation_of(score, share) for score in scores)
+                yield from (replace(evaluation_of(score, share), shared_by=len(group)) for score in scores)
                 return
         share = (time.perf_counter() - start) / len(group)  # of writing the group into the model
         for slot in range(len(group)):
@@ -303,9 +304,18 @@ class LocalEvaluator:
         for i, partial in enumerate(partials):
             if i in stopped:
                 low, high = stopped[i]
-                yield Evaluation(high, share, examples=partial.count(), of=racer.examples, stopped=(low, high), partial=partial)
+                yield Evaluation(
+                    high,
+                    share,
+                    examples=partial.count(),
+                    of=racer.examples,
+                    stopped=(low, high),
+                    partial=partial,
+                    shared_by=len(group),
+                )
             else:
-                yield replace(evaluation_of(racer.result(partial), share), examples=partial.count(), of=racer.examples)
+                result = evaluation_of(racer.result(partial), share)
+                yield replace(result, examples=partial.count(), of=racer.examples, shared_by=len(group))
 
     def _note(self, kind: str, message: str) -> None:
         """Log `message` once per kind (a fallback in every iteration is said once, counted always)."""

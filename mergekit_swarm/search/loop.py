@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 from tqdm.auto import tqdm
 
@@ -47,6 +48,8 @@ def run_search(
     known = dict(known or {}) if checkpoint.state.iteration == 0 and not checkpoint.state.evaluated else {}
     state = checkpoint.state
     progress = _Progress(settings, checkpoint, quiet)
+    began = time.perf_counter()  # the search's own time: evaluations, engine steps, bookkeeping
+    checkpoint.search_seconds += sum(e.seconds for e in known.values())  # (start_swarm's, before the loop)
     with files.history() as history:
         while True:
             if not state.evaluated:
@@ -56,7 +59,9 @@ def run_search(
                 if state.iteration == 0:
                     checkpoint.expert_dev = [float(u) if math.isfinite(u) else None for u in state.utilities[: state.shape[2]]]
                 checkpoint.history_bytes = history.sync()
+                checkpoint.search_seconds += time.perf_counter() - began
                 files.save(checkpoint)
+                began = time.perf_counter()
                 progress.iteration_done(state.iteration)
             if state.done:
                 break
@@ -156,6 +161,7 @@ def _evaluate_iteration(
 
 
 def _count(checkpoint: Checkpoint, result: Evaluation) -> None:
+    checkpoint.evaluation_seconds += result.seconds
     checkpoint.fallbacks += result.fallback is not None
     checkpoint.failed += result.failed
     checkpoint.stopped += result.stopped is not None
@@ -177,8 +183,9 @@ def _finish_for_probes(
         return
     evaluations = [r for r in results if isinstance(r, Evaluation) and r.stopped is not None]
     finished = evaluator.finish([state.positions[i] for i in stopped], evaluations, settings.search_split)
-    for i, result in zip(stopped, finished):
+    for i, result, before in zip(stopped, finished, evaluations):
         state.utilities[i] = result.utility  # (-inf when failed, as observe records it)
+        checkpoint.evaluation_seconds += result.seconds - before.seconds
         checkpoint.finished += 1
         checkpoint.examples_scored += (result.examples or 0) - (result.finished_from or 0)
         history.append(_record(state.iteration, i, result))
@@ -190,8 +197,10 @@ def _record(iteration: int, particle: int, result: Evaluation) -> dict:
         "iteration": iteration,
         "particle": particle,
         "utility": None if result.failed or result.stopped is not None else result.utility,
-        "wall_time": round(result.seconds, 6),
+        "wall_time": round(result.seconds, 6),  # its share of its batch's time (see shared_by)
     }
+    if result.shared_by > 1:  # scored in one batch with others: the batch took wall_time * shared_by
+        record["shared_by"] = result.shared_by
     if result.failed:
         record["error"] = result.error
     if result.details:

@@ -21,7 +21,7 @@ from mergekit_swarm.core.names import HISTORY_FILE, STATE_FILE
 from mergekit_swarm.core.storage import read_json, required, write_atomic, writing
 from mergekit_swarm.pso import SwarmState
 
-FORMAT_VERSION = 4  # 3: fingerprints hash every byte of the inputs; 4: racing's example counts
+FORMAT_VERSION = 4  # 3: fingerprints hash every byte of the inputs; 4: racing's example counts, times
 
 
 @dataclass
@@ -39,6 +39,8 @@ class Checkpoint:
     examples_in_full: int = 0  # with racing: what scoring every evaluation on all of dev would have scored
     stopped: int = 0  # with racing: evaluations stopped early
     finished: int = 0  # with racing: stopped evaluations scored to the end later, for a stall probe step
+    evaluation_seconds: float = 0.0  # spent scoring particles (writing them into the model included)
+    search_seconds: float = 0.0  # the search loop's time, over every session of the run (a resume adds its own)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -53,6 +55,8 @@ class Checkpoint:
             "examples_in_full": self.examples_in_full,
             "stopped": self.stopped,
             "finished": self.finished,
+            "evaluation_seconds": self.evaluation_seconds,
+            "search_seconds": self.search_seconds,
             "state": self.state.to_dict(),
         }
 
@@ -76,6 +80,8 @@ class Checkpoint:
                 examples_in_full=required(data, "examples_in_full", where, OutputError, int),
                 stopped=required(data, "stopped", where, OutputError, int),
                 finished=required(data, "finished", where, OutputError, int),
+                evaluation_seconds=required(data, "evaluation_seconds", where, OutputError, float),
+                search_seconds=required(data, "search_seconds", where, OutputError, float),
             )
         except (KeyError, ValueError, TypeError) as exc:  # inside the search state
             raise OutputError(f"{path}: not a search state ({type(exc).__name__}: {exc})") from None
