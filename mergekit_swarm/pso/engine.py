@@ -175,10 +175,16 @@ def step(state: SwarmState, settings: SwarmSettings) -> None:
     skipped = settings.skipped_per_iteration(state.shape[0])
     if skipped:
         state.skip[state.rng.choice(state.shape[0], size=skipped, replace=False)] = True
-    if settings.probe_count(state.shape[0]) and state.global_stale > 0 and np.isfinite(state.global_best_utility):
+    if probes_follow(state, settings):
         _probe_near_global_best(state, settings)
     state.iteration += 1
     state.evaluated = False
+
+
+def probes_follow(state: SwarmState, settings: SwarmSettings) -> bool:
+    """Whether the next `step` moves particles near the global best (`stall_probes`): after an iteration
+    that did not improve it, once there is one. The probes pick the particles with the lowest utilities."""
+    return bool(settings.probe_count(state.shape[0])) and state.global_stale > 0 and bool(np.isfinite(state.global_best_utility))
 
 
 def _probe_near_global_best(state: SwarmState, settings: SwarmSettings) -> None:

@@ -226,12 +226,9 @@ class LocalEvaluator:
                 if len(scores) != len(group):
                     raise ValueError(f"score_adapters returned {len(scores)} scores for {len(group)} adapters")
             except torch.cuda.OutOfMemoryError:  # fewer particles per batch; the same scores
-                if self._memory is not None:
-                    self._memory.release()
-                self.batch_limit = max(1, len(group) // 2)
-                self._note("memory", f"out of memory with {len(group)} particles per batch: continuing with {self.batch_limit}")
-                for half in (group[: self.batch_limit], group[self.batch_limit :]):
-                    yield from self._evaluate_group(half, utility)
+                half = self._fewer_per_batch(len(group))
+                for part in (group[:half], group[half:]):
+                    yield from self._evaluate_group(part, utility)
                 return
             except SwarmError:
                 raise  # the run cannot go on: no particle can be scored
@@ -279,16 +276,14 @@ class LocalEvaluator:
                         partials[i].add(component, scores)
                     partials[i].slices = index + 1
                     limit = limits[i]
-                    if limit is not None and index + 1 < racer.slices and limit.settled(*racer.bounds(partials[i], z)):
-                        stopped[i] = racer.bounds(partials[i], z)
+                    if limit is not None and index + 1 < racer.slices:
+                        bounds = racer.bounds(partials[i], z)
+                        if limit.settled(*bounds):
+                            stopped[i] = bounds
                 if len(stopped) == len(group):
                     break
         except torch.cuda.OutOfMemoryError:  # fewer particles per batch; the same scores
-            if self._memory is not None:
-                self._memory.release()
-            self.batch_limit = max(1, len(group) // 2)
-            self._note("memory", f"out of memory with {len(group)} particles per batch: continuing with {self.batch_limit}")
-            half = self.batch_limit
+            half = self._fewer_per_batch(len(group))
             # each half goes on from where its particles stand: a slice's scores do not depend on its company
             yield from self._race_group(group[:half], utility, racer, limits[:half], partials[:half], z)
             yield from self._race_group(group[half:], utility, racer, limits[half:], partials[half:], z)
@@ -316,6 +311,15 @@ class LocalEvaluator:
             else:
                 result = evaluation_of(racer.result(partial), share)
                 yield replace(result, examples=partial.count(), of=racer.examples, shared_by=len(group))
+
+    def _fewer_per_batch(self, size: int) -> int:
+        """After a batch of `size` particles ran out of device memory: release the cache and score at most
+        half as many together from now on; returns that half."""
+        if self._memory is not None:
+            self._memory.release()
+        self.batch_limit = max(1, size // 2)
+        self._note("memory", f"out of memory with {size} particles per batch: continuing with {self.batch_limit}")
+        return self.batch_limit
 
     def _note(self, kind: str, message: str) -> None:
         """Log `message` once per kind (a fallback in every iteration is said once, counted always)."""

@@ -177,11 +177,10 @@ def _finish_for_probes(
     particles racing stopped are scored to the end (the search's decisions were already exact; the
     probes then choose as they would without racing). Each gets a second history line."""
     state = checkpoint.state
-    stopped = [i for i, r in enumerate(results) if isinstance(r, Evaluation) and r.stopped is not None]
-    probing = settings.probe_count(state.shape[0]) and state.global_stale > 0 and math.isfinite(state.global_best_utility)
-    if not stopped or state.done or not probing:
+    stopped = {i: r for i, r in enumerate(results) if isinstance(r, Evaluation) and r.stopped is not None}
+    if not stopped or state.done or not pso.probes_follow(state, settings):
         return
-    evaluations = [r for r in results if isinstance(r, Evaluation) and r.stopped is not None]
+    evaluations = list(stopped.values())
     finished = evaluator.finish([state.positions[i] for i in stopped], evaluations, settings.search_split)
     for i, result, before in zip(stopped, finished, evaluations):
         state.utilities[i] = result.utility  # (-inf when failed, as observe records it)

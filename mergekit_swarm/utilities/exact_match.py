@@ -12,8 +12,9 @@ from typing import Literal
 from mergekit_swarm.core.protocols import CausalLM, Tokenizer
 from mergekit_swarm.utilities.base import AdapterBatchedUtility, GenerativeUtilityConfig, Score, Utility, register_utility
 from mergekit_swarm.utilities.data import Example
-from mergekit_swarm.utilities.racing import Batches, MeanRacer, Racer, SliceScores, plan_slices
-from mergekit_swarm.utilities.text import Adapters, GenerationSettings, generate_for_adapters, prompt_batches
+from mergekit_swarm.utilities.racing import Racer, generation_racer
+from mergekit_swarm.utilities.score import share_right
+from mergekit_swarm.utilities.text import Adapters, GenerationSettings, generate_for_adapters
 
 
 def normalize(text: str) -> str:
@@ -36,19 +37,10 @@ class ExactMatch(AdapterBatchedUtility):
         return share_right(tuple(float(contains_answer(g, e.answer)) for g, e in zip(generations, self.examples)))
 
     def racer(self, tokenizer: Tokenizer, slices: int, whole_batches: bool = True) -> Racer:
-        plan = plan_slices(prompt_batches(tokenizer, self.prompts, self.generation), slices, whole_batches)
+        def right(i: int, generation: str) -> bool:
+            return contains_answer(generation, self.examples[i].answer)
 
-        def score_batches(model: CausalLM, tokenizer: Tokenizer, adapters: Adapters, batches: Batches) -> list[SliceScores]:
-            texts = generate_for_adapters(model, tokenizer, self.prompts, self.generation, adapters, batches)
-            rows = [i for batch in batches for i in batch]
-            return [{i: float(contains_answer(t[i], self.examples[i].answer)) for i in rows} for t in texts]
-
-        return MeanRacer(len(self.examples), plan, (0.0, 1.0), score_batches, share_right)
-
-
-def share_right(hits: tuple[float, ...]) -> Score:
-    """The utility of examples each right (1) or wrong (0), in dataset order: the share right."""
-    return Score(sum(hits) / len(hits), per_example={"": hits})
+        return generation_racer(tokenizer, self.prompts, self.generation, slices, whole_batches, right)
 
 
 @register_utility

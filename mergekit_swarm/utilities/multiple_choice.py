@@ -18,14 +18,13 @@ from pydantic import Field
 from mergekit_swarm.core.protocols import CausalLM, Tokenizer
 from mergekit_swarm.utilities.base import AdapterBatchedUtility, GenerativeUtilityConfig, Score, Utility, register_utility
 from mergekit_swarm.utilities.data import LETTERS, Example
-from mergekit_swarm.utilities.exact_match import share_right
-from mergekit_swarm.utilities.racing import Batches, MeanRacer, Racer, SliceScores, plan_slices
+from mergekit_swarm.utilities.racing import Racer, generation_racer
+from mergekit_swarm.utilities.score import share_right
 from mergekit_swarm.utilities.text import (
     Adapters,
     GenerationSettings,
     generate_for_adapters,
     logprobs_for_adapters,
-    prompt_batches,
 )
 
 # Most explicit first: "answer is (B)" / "Answer: B", then a leading "B." / "(B)", then "(B)"
@@ -87,15 +86,11 @@ class MultipleChoice(AdapterBatchedUtility):
         (prompt, choice) pairs, an example's choices spread over several: not raced yet.)"""
         if self.parse != "generate":
             return None
-        prompts = [e.prompt for e in self.examples]
-        plan = plan_slices(prompt_batches(tokenizer, prompts, self.generation), slices, whole_batches)
 
-        def score_batches(model: CausalLM, tokenizer: Tokenizer, adapters: Adapters, batches: Batches) -> list[SliceScores]:
-            texts = generate_for_adapters(model, tokenizer, prompts, self.generation, adapters, batches)
-            rows = [i for batch in batches for i in batch]
-            return [{i: float(_letter_right(t[i], self.examples[i])) for i in rows} for t in texts]
+        def right(i: int, generation: str) -> bool:
+            return _letter_right(generation, self.examples[i])
 
-        return MeanRacer(len(self.examples), plan, (0.0, 1.0), score_batches, share_right)
+        return generation_racer(tokenizer, [e.prompt for e in self.examples], self.generation, slices, whole_batches, right)
 
 
 def _letter_right(generation: str, example: Example) -> bool:

@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mergekit_swarm.core.protocols import CausalLM, Tokenizer
-from mergekit_swarm.utilities.score import Score
-from mergekit_swarm.utilities.text import Adapters
+from mergekit_swarm.utilities.score import Score, share_right
+from mergekit_swarm.utilities.text import Adapters, GenerationSettings, generate_for_adapters, prompt_batches
 
 RACING_SEED = 0  # the order of the slices depends on the data only, not on the swarm's seed
 
@@ -171,6 +171,26 @@ class MeanRacer(Racer):
         if len(scores) != self.examples:
             raise ValueError(f"{len(scores)} of {self.examples} examples scored: the particle has not run every slice")
         return self._finish(tuple(scores[i] for i in range(self.examples)))
+
+
+def generation_racer(
+    tokenizer: Tokenizer,
+    prompts: Sequence[str],
+    generation: GenerationSettings,
+    slices: int,
+    whole_batches: bool,
+    right: Callable[[int, str], bool],
+) -> MeanRacer:
+    """The racer of a utility that is the share of greedy generations judged right one by one
+    (`right(example index, generation)`): exact match, multiple choice read from the letter."""
+    plan = plan_slices(prompt_batches(tokenizer, prompts, generation), slices, whole_batches)
+
+    def score_batches(model: CausalLM, tokenizer: Tokenizer, adapters: Adapters, batches: Batches) -> list[SliceScores]:
+        texts = generate_for_adapters(model, tokenizer, prompts, generation, adapters, batches)
+        rows = [i for batch in batches for i in batch]
+        return [{i: float(right(i, t[i])) for i in rows} for t in texts]
+
+    return MeanRacer(len(prompts), plan, (0.0, 1.0), score_batches, share_right)
 
 
 def mean_bounds(scores: dict[int, float], examples: int, score_range: tuple[float, float]) -> tuple[float, float]:

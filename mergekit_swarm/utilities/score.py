@@ -16,3 +16,8 @@ class Score:
     value: float
     details: dict[str, float] = field(default_factory=dict)
     per_example: dict[str, tuple[float, ...]] = field(default_factory=dict)
+
+
+def share_right(hits: tuple[float, ...]) -> Score:
+    """The utility of examples each right (1) or wrong (0), in dataset order: the share right."""
+    return Score(sum(hits) / len(hits), per_example={"": hits})
