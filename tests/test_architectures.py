@@ -218,3 +218,35 @@ def test_layer_groups_of_every_naming_scheme(matrix):
         assert all(inside[g] == [g] for g in loose)  # one tensor each
         if architecture == "mixtral":
             assert "model.layers.1.block_sparse_moe.experts.3.w2.weight" in inside["model.layers.1"]
+
+
+# Sliding-window models lay the shared prefix out like any other batch would not be seen the same way
+# (the window counts the padding between the shared tokens and the rest): they keep plain left padding.
+SLIDING = {"mistral", "gemma2", "gemma3-text"}
+
+
+@pytest.mark.parametrize("architecture", list(ARCHITECTURES))
+def test_prompts_sharing_a_beginning_generate_as_when_padded_alone(matrix, architecture, monkeypatch):
+    """Generation from a shared-prefix cache (`utilities.shared_prefix`) gives the replies of plain left
+    padding, for the model alone and for a PeftModel's mixed-adapter batches, and is used where it can be."""
+    from mergekit_swarm.utilities import text
+    from mergekit_swarm.utilities.shared_prefix import shares_prefixes
+
+    folder = matrix / architecture
+    tokenizer = toy.build_char_tokenizer()
+    prompts = [f"question number {q}: {w}" for q, w in enumerate(["ab", "abcde", "c", "dddddddd", "efg"])]
+    settings = text.GenerationSettings(max_new_tokens=6, batch_size=3)
+    model = load_adapter(folder / "base", folder / "lora0")
+    mixed = architecture not in {"qwen3-moe", "mixtral", "olmoe"}  # PEFT cannot batch LoRA on fused MoE parameters
+    if mixed:
+        model.load_adapter(str(folder / "lora1"), adapter_name="other")
+    adapters = ["default", "other"] if mixed else list(text.NO_ADAPTERS)
+    shared = text.generate_for_adapters(model, tokenizer, prompts, settings, adapters)
+
+    assert shares_prefixes(model) == (architecture not in SLIDING)
+    assert text._encode_prompts(tokenizer, tuple(prompts), False, True).shared == 1 + len("question number ")  # BOS too
+    monkeypatch.setattr(text, "shares_prefixes", lambda model: False)
+    text._encode_prompts.cache_clear()
+    padded = text.generate_for_adapters(model, tokenizer, prompts, settings, adapters)
+    assert shared == padded
+    assert len({reply for replies in padded for reply in replies}) > 2  # the replies differ: the check has power

@@ -15,6 +15,7 @@ from typing import TypeVar
 import torch
 
 from mergekit_swarm.core.protocols import CausalLM, Tokenizer, TorchModule
+from mergekit_swarm.utilities.shared_prefix import PromptBatch, lay_out, shared_prefix_cache, shares_prefixes
 
 T = TypeVar("T")
 
@@ -92,11 +93,18 @@ def generate_for_adapters(
         eos_token_id=stop_token_ids(model, tokenizer),
     )
     device = model_device(model)
+    share = shares_prefixes(model)
+    named = None if tuple(adapters) == NO_ADAPTERS else list(adapters)
     texts: list[list[str]] = [[""] * len(prompts) for _ in adapters]
     for chunk in prompt_batches(tokenizer, prompts, settings) if batches_of is None else batches_of:
-        encoded = _encode_prompts(tokenizer, tuple(prompts[i] for i in chunk), settings.chat_template)
-        width = encoded["input_ids"].shape[1]
-        inputs = {key: value.repeat(len(adapters), 1).to(device) for key, value in encoded.items()}
+        batch = _encode_prompts(tokenizer, tuple(prompts[i] for i in chunk), settings.chat_template, share)
+        width = batch.input_ids.shape[1]
+        inputs = {
+            "input_ids": batch.input_ids.repeat(len(adapters), 1).to(device),
+            "attention_mask": batch.attention_mask.repeat(len(adapters), 1).to(device),
+        }
+        if batch.shared:  # the prompts' common beginning prefilled once per adapter (`shared_prefix`)
+            inputs.update(shared_prefix_cache(model, batch, named, len(chunk)))
         output = model.generate(**inputs, generation_config=config, **_rows_for(adapters, len(chunk)))
         decoded = tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
         for a in range(len(adapters)):
@@ -127,16 +135,12 @@ def _by_length(tokenizer: Tokenizer, prompts: tuple[str, ...], chat_template: bo
 
 
 @functools.lru_cache(maxsize=1024)
-def _encode_prompts(tokenizer: Tokenizer, prompts: tuple[str, ...], chat_template: bool) -> dict[str, torch.Tensor]:
-    """Left-padded input ids and attention mask of one batch of prompts."""
+def _encode_prompts(tokenizer: Tokenizer, prompts: tuple[str, ...], chat_template: bool, share: bool) -> PromptBatch:
+    """One batch of prompts, left-padded (`share`: their common beginning first, see `shared_prefix`)."""
     if chat_template:  # the template already holds the special tokens it wants
         prompts = tuple(as_chat(tokenizer, p) for p in prompts)
-    previous_side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    try:
-        encoded = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=not chat_template)
-    finally:
-        tokenizer.padding_side = previous_side
-    return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+    rows = tokenizer(list(prompts), add_special_tokens=not chat_template)["input_ids"]
+    return lay_out(rows, tokenizer.pad_token_id, share)
 
 
 def continuation_logprobs(
