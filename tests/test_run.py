@@ -90,6 +90,32 @@ def test_full_pool_writes_a_sharded_model_that_is_the_winner(zoo, recipe_factory
     assert (out / "generation_config.json").read_text() == (zoo.full[0] / "generation_config.json").read_text()
 
 
+def test_a_full_pools_resident_model_is_freed_before_the_winner_is_written(recipe_factory, tmp_path, monkeypatch):
+    """The winner is combined from the experts into in-memory shards (up to --out-shard-size): with the
+    resident model still alive, the run's peak was two models (issue: full-pool memory)."""
+    import weakref
+
+    from mergekit_swarm.commands import run as run_module
+    from mergekit_swarm.weights.resident import ResidentModel
+
+    opened, alive_at_write = [], []
+    open_resident, write = ResidentModel.open.__func__, run_module.write_model_folder
+
+    def spy_open(cls, *args, **kwargs):
+        resident = open_resident(cls, *args, **kwargs)
+        opened.append(weakref.ref(resident.model))
+        return resident
+
+    def spy_write(*args, **kwargs):
+        alive_at_write.append([ref() is not None for ref in opened])
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(ResidentModel, "open", classmethod(spy_open))
+    monkeypatch.setattr(run_module, "write_model_folder", spy_write)
+    run_swarm(load_recipe(recipe_factory("full")), tmp_path / "out", RunOptions(quiet=True))
+    assert alive_at_write == [[False]]
+
+
 def test_merge_lora_writes_the_base_with_the_winner_baked_in(zoo, recipe_factory, tmp_path):
     from transformers import AutoModelForCausalLM
 

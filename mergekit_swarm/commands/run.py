@@ -8,6 +8,7 @@ card, plot, history -> one rename into place.
 
 from __future__ import annotations
 
+import gc
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,7 +112,7 @@ class _Run:
 @dataclass
 class _Found:
     """What the search found: its last checkpoint, the winner chosen, the report measured after it, and the
-    resident model that evaluated it (None on Ray workers)."""
+    resident model that evaluated it where the output is written from it (--merge-lora; None on Ray workers)."""
 
     checkpoint: Checkpoint
     selection: Selection
@@ -163,7 +164,10 @@ def _search(run: _Run, options: RunOptions) -> _Found:
         )
         selection = select_winner(checkpoint.state, recipe.swarm, evaluator)
         report = measure_report(evaluator, recipe, setup.layout, len(setup.pool), selection.coefficients, options.fail_fast)
-        resident = evaluator.resident_model()
+        # kept only where the output is written from it (--merge-lora). Otherwise it goes now: a full pool's
+        # winner is combined from the experts into shards of up to --out-shard-size held in memory, which
+        # beside the resident model made the run's peak two models, not one
+        resident = evaluator.resident_model() if options.merge_lora else None
     return _Found(checkpoint, selection, report, resident)
 
 
@@ -174,6 +178,7 @@ def _publish(run: _Run, found: _Found, options: RunOptions) -> SwarmResult:
     if options.merge_lora and resident is None:  # the search ran on Ray workers: load a resident model here
         resident = setup.resident_model(options)
     tokenizer = load_tokenizer(setup.tokenizer_source, recipe, options.trust_remote_code)  # as loaded, no pad added
+    gc.collect()  # the resident model, if unused here, is freed now even if a reference cycle holds it
     winner = found.selection.coefficients
     with rundir.writing_outputs(resumable=True):  # disk full: one line, the search is kept for --resume
         rundir.clear_outputs()  # files of an earlier, interrupted write (maybe with other options)
