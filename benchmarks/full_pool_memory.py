@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
-from lib.common import command, header, machine, versions, write_report
+from lib.common import command, header, machine, run_sampled, versions, write_report
 from lib.synthetic import Shape, build_pool
 
 # what the CLI imports before it loads anything: the interpreter's and libraries' own memory
@@ -55,8 +54,8 @@ def main() -> None:
     model_bytes = sum(f.stat().st_size for f in pool.full[0].glob("*.safetensors"))
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         recipe = _write_recipe(Path(tmp), pool.full, args.particles, args.iterations)
-        run = _measure([sys.executable, "-m", "mergekit_swarm", str(recipe), str(Path(tmp) / "out"), "--quiet"])
-    libraries = _measure([sys.executable, "-c", LIBRARIES])["peak_anon_bytes"]
+        run = run_sampled([sys.executable, "-m", "mergekit_swarm", str(recipe), str(Path(tmp) / "out"), "--quiet"])
+    libraries = run_sampled([sys.executable, "-c", LIBRARIES])["peak_anon_bytes"]
     report = {
         "command": command(),
         "machine": machine(),
@@ -93,27 +92,6 @@ def _write_recipe(folder: Path, experts: list[Path], particles: int, iterations:
     path = folder / "swarm.yml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
-
-
-def _measure(cmd: list[str]) -> dict:
-    """Run `cmd`; its peak anonymous and file-backed resident memory (sampled), wall time and exit status."""
-    start = time.perf_counter()
-    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak_anon = peak_file = 0
-    status = Path(f"/proc/{child.pid}/status")
-    while child.poll() is None:
-        try:
-            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
-        except OSError:
-            break
-        kib = {key: int(fields.get(key, "0 kB").split()[0]) * 1024 for key in ("RssAnon", "RssFile", "RssShmem")}
-        peak_anon = max(peak_anon, kib["RssAnon"])
-        peak_file = max(peak_file, kib["RssFile"] + kib["RssShmem"])
-        time.sleep(0.02)
-    output = child.communicate()[0]
-    if child.returncode:
-        sys.exit(f"{' '.join(cmd)} failed:\n{output[-3000:]}")
-    return {"seconds": round(time.perf_counter() - start, 1), "peak_anon_bytes": peak_anon, "peak_file_bytes": peak_file}
 
 
 def markdown(report: dict) -> str:

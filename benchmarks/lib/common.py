@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import shlex
+import subprocess
 import sys
 import threading
 import time
@@ -81,6 +82,16 @@ def header(title: str, report: dict) -> list[str]:
     ]
 
 
+def resident_memory(status: Path) -> tuple[int, int]:
+    """(anonymous, file-backed + shared) resident bytes of a process, from its /proc/<pid>/status."""
+    fields = {}
+    for line in status.read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("RssAnon", "RssFile", "RssShmem"):
+            fields[key] = int(value.split()[0]) * 1024
+    return fields.get("RssAnon", 0), fields.get("RssFile", 0) + fields.get("RssShmem", 0)
+
+
 class MemorySampler:
     """Peak resident memory of this process, sampled every `interval` seconds: anonymous
     (what the process allocated) and file-backed (mapped files, e.g. memory-mapped experts,
@@ -97,13 +108,8 @@ class MemorySampler:
             time.sleep(self.interval)
 
     def sample(self) -> None:
-        fields = {}
-        for line in Path("/proc/self/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in ("RssAnon", "RssFile", "RssShmem"):
-                fields[key] = int(value.split()[0]) * 1024
-        self.peak_anon = max(self.peak_anon, fields.get("RssAnon", 0))
-        self.peak_file = max(self.peak_file, fields.get("RssFile", 0) + fields.get("RssShmem", 0))
+        anon, file = resident_memory(Path("/proc/self/status"))
+        self.peak_anon, self.peak_file = max(self.peak_anon, anon), max(self.peak_file, file)
 
     def __enter__(self) -> MemorySampler:
         self.sample()
@@ -114,6 +120,26 @@ class MemorySampler:
         self._stop.set()
         self._thread.join()
         self.sample()
+
+
+def run_sampled(cmd: list[str]) -> dict:
+    """Run `cmd` (exits with its output if it fails); its wall time and peak anonymous and file-backed
+    resident memory, sampled every 20 ms from /proc (a child's own, as `MemorySampler` is this process's)."""
+    start = time.perf_counter()
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak_anon = peak_file = 0
+    status = Path(f"/proc/{child.pid}/status")
+    while child.poll() is None:
+        try:
+            anon, file = resident_memory(status)
+        except OSError:  # it has just ended
+            break
+        peak_anon, peak_file = max(peak_anon, anon), max(peak_file, file)
+        time.sleep(0.02)
+    output = child.communicate()[0]
+    if child.returncode:
+        sys.exit(f"{' '.join(cmd)} failed:\n{output[-3000:]}")
+    return {"seconds": round(time.perf_counter() - start, 1), "peak_anon_bytes": peak_anon, "peak_file_bytes": peak_file}
 
 
 def bytes_written() -> int:
