@@ -5,6 +5,7 @@ May import `core`, `pso`, `utilities` and `hub`.
 """
 
 from mergekit_swarm.config.evaluation import EvaluationSettings
-from mergekit_swarm.config.recipe import UNION, MergeRecipe, SwarmRecipe, load_recipe, load_weights_recipe, parse_recipe
+from mergekit_swarm.config.parsing import load_recipe, load_weights_recipe, parse_recipe
+from mergekit_swarm.config.recipe import UNION, MergeRecipe, SwarmRecipe
 
 __all__ = ["UNION", "EvaluationSettings", "MergeRecipe", "SwarmRecipe", "load_recipe", "load_weights_recipe", "parse_recipe"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -81,7 +82,7 @@ def shared_prefix_cache(model: CausalLM, batch: PromptBatch, adapters: Sequence[
     except TypeError:
         cache = DynamicCache()
     named = {} if adapters is None else {"adapter_names": list(adapters)}
-    model(input_ids=prefix, use_cache=True, **{keyword: cache}, **named)
+    model(input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True, **{keyword: cache}, **named)
     cache.batch_repeat_interleave(rows)
     return {keyword: cache}
 
@@ -110,7 +111,7 @@ def _cache_keyword(decoder) -> str | None:
     return next((name for name in ("cache", "past_key_values") if name in parameters), None)
 
 
-def _decoder(model: CausalLM):
-    """The transformers model under a PeftModel."""
+def _decoder(model: CausalLM) -> Any:
+    """The transformers model (a `PreTrainedModel`, whose config and class methods are read here), under a PeftModel."""
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model

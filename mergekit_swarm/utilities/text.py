@@ -94,9 +94,10 @@ def generate_for_adapters(
     )
     device = model_device(model)
     share = shares_prefixes(model)
-    named = None if tuple(adapters) == NO_ADAPTERS else list(adapters)
+    named = None if tuple(adapters) == NO_ADAPTERS else [a for a in adapters if a is not None]
     texts: list[list[str]] = [[""] * len(prompts) for _ in adapters]
     for chunk in prompt_batches(tokenizer, prompts, settings) if batches_of is None else batches_of:
+        rows = _rows_for(adapters, len(chunk))  # (refuses unnamed adapters, so `named` names them all)
         batch = _encode_prompts(tokenizer, tuple(prompts[i] for i in chunk), settings.chat_template, share)
         width = batch.input_ids.shape[1]
         inputs = {
@@ -105,7 +106,7 @@ def generate_for_adapters(
         }
         if batch.shared:  # the prompts' common beginning prefilled once per adapter (`shared_prefix`)
             inputs.update(shared_prefix_cache(model, batch, named, len(chunk)))
-        output = model.generate(**inputs, generation_config=config, **_rows_for(adapters, len(chunk)))
+        output = model.generate(**inputs, generation_config=config, **rows)
         decoded = tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
         for a in range(len(adapters)):
             for row, i in enumerate(chunk):  # back in dataset order
