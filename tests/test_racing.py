@@ -255,3 +255,28 @@ def test_an_interrupted_racing_run_resumes_to_the_same_winner_and_history(
 
     assert resumed.coefficients == whole.coefficients and resumed.racing == whole.racing
     assert lines(tmp_path / "out") == lines(tmp_path / "whole") and whole.racing["stopped"] > 0
+
+
+def test_compare_races_its_swarm_and_charges_search_baselines_in_examples(recipe_factory, zoo, tokenizer, tmp_path, prompts_48):
+    """In `compare`, the swarm races as in a run (same choice as racing off), and the search baselines, which
+    score all of dev every time, get as many whole evaluations as the dev examples the swarm scored."""
+    from mergekit_swarm.commands.compare import CompareOptions, run_comparison
+
+    dev = experts_answers(zoo, "lora", tokenizer, tmp_path, prompts_48, favourite=0.5)
+    boards = {}
+    for racing in ("off", "exact"):
+        utility = {"type": "exact_match", "dev": str(dev), "batch_size": 4, "max_new_tokens": 6}
+        swarm = {"particles": 6, "max_iterations": 5, "patience": 9, "racing": racing, "racing_slices": 6, "stall_probes": 0.0}
+        recipe = recipe_factory("lora", swarm=swarm, utility=utility, folder=tmp_path / f"compare-{racing}")
+        out = tmp_path / f"board-{racing}"
+        boards[racing] = run_comparison(
+            load_recipe(recipe), out, RunOptions(quiet=True), CompareOptions(baselines=(), search=("random_search",))
+        )
+    off, exact = (boards[r].entry("swarm_model") for r in ("off", "exact"))
+    assert (exact.dev, exact.evaluations, exact.settings["iterations"]) == (off.dev, off.evaluations, off.settings["iterations"])
+    scored, in_full = exact.settings["examples_scored"], exact.settings["examples_in_full"]
+    assert scored < in_full == exact.evaluations * DEV and "examples_scored" not in off.settings
+    assert boards["off"].budget == off.evaluations
+    assert boards["exact"].budget == round(exact.evaluations * scored / in_full)  # (exact saves little here: 1%)
+    assert boards["exact"].entry("random_search").evaluations == boards["exact"].budget
+    assert f"the {scored} dev examples the racing swarm scored" in boards["exact"].markdown()

@@ -128,7 +128,8 @@ def _swarms(
     quiet: bool,
 ) -> int | None:
     """The swarm at each granularity (and the longer one); returns the search baselines' budget: the
-    evaluations of the first swarm, unless one is given."""
+    evaluations of the first swarm, unless one is given. A swarm that raced is charged in the dev examples
+    it scored: the budget is that many examples' worth of whole evaluations (the baselines do not race)."""
     scorer, work = methods.scorer, methods.work
     settings = recipe.swarm.model_copy(update={"seed": seed})
     first = None
@@ -147,7 +148,10 @@ def _swarms(
         methods.record(
             folder.name, f"Model Swarms ({g}, {k}x iterations)", "swarm", lambda: search.swarm(scorer, longer, g, folder, quiet)
         )
-    return compare.budget or (first.evaluations if first else None)
+    if compare.budget or first is None:
+        return compare.budget
+    scored, in_full = first.settings.get("examples_scored"), first.settings.get("examples_in_full")
+    return max(1, round(first.evaluations * scored / in_full)) if scored and in_full else first.evaluations
 
 
 class _Methods:

@@ -79,6 +79,9 @@ class Leaderboard:
 
     def markdown(self) -> str:
         budget = f"; search baselines got {self.budget} evaluations each" if self.budget else ""
+        raced = next((e.settings for e in self.entries if e.family == "swarm" and "examples_scored" in e.settings), None)
+        if budget and raced:  # (see comparison._swarms)
+            budget += f" (the {raced['examples_scored']} dev examples the racing swarm scored, in whole evaluations)"
         pool = f"{len(self.experts)} {'LoRA adapters' if self.kind == 'lora' else 'full models'}"
         return (
             f"# Leaderboard: `{self.utility}` utility, {pool}\n\n"

@@ -102,11 +102,14 @@ class Scorer:
         return list(self.iter_evaluate(candidates, split, counted=counted))
 
     def iter_evaluate(
-        self, candidates: Sequence[Candidate], split: Split = "dev", *, counted: bool = True
+        self, candidates: Sequence[Candidate], split: Split = "dev", *, counted: bool = True, racing: Racing | None = None
     ) -> Iterator[Evaluation]:
         """One evaluation per candidate, in order (consecutive mixes share adapter-slot passes).
         Evaluations on dev (or its parts) are `counted` against the method's budget, unless they
-        are for the report only."""
+        are for the report only. `racing` (the swarm's, for candidates that are all mixes): see
+        `LocalEvaluator.evaluate`."""
+        if racing is not None and not all(isinstance(c, Mix) for c in candidates):
+            raise ValueError("only mixes race")
         i = 0
         while i < len(candidates):
             candidate = candidates[i]
@@ -123,11 +126,15 @@ class Scorer:
                 mixes.append(mix)
                 j += 1
             fine = [self._refine(c) for c in mixes]
-            for mix, result in zip(mixes, self._engine.evaluate(fine, split)):
+            for mix, result in zip(mixes, self._engine.evaluate(fine, split, racing)):
                 if counted:
                     self._count(split, mix, result)
                 yield result
             i = j
+
+    def finish(self, mixes: Sequence[Mix], stopped: Sequence[Evaluation], split: Split = "dev") -> list[Evaluation]:
+        """Mixes that racing stopped, scored on the rest of dev (see `LocalEvaluator.finish`)."""
+        return self._engine.finish([self._refine(m) for m in mixes], stopped, split)
 
     def mix_evaluator(self, granularity: Granularity) -> _MixEvaluator:
         """A dev evaluator of particles in `granularity`'s layout, for the search loop."""
@@ -175,11 +182,11 @@ class _MixEvaluator:
     def evaluate(
         self, particles: Sequence[np.ndarray], split: Split = "dev", racing: Racing | None = None
     ) -> Iterator[Evaluation]:
-        """(Mixes of another layout are scored on all of dev: `racing` is not served here.)"""
-        return self.scorer.iter_evaluate([Mix(p, self.granularity) for p in particles], split)
+        return self.scorer.iter_evaluate([Mix(p, self.granularity) for p in particles], split, racing=racing)
 
     def finish(self, particles: Sequence[np.ndarray], stopped: Sequence[Evaluation], split: Split = "dev") -> list[Evaluation]:
-        raise ValueError("mixes of another layout do not race: no evaluation was stopped")
+        """Stopped particles scored to the end (already counted when they were stopped)."""
+        return self.scorer.finish([Mix(p, self.granularity) for p in particles], stopped, split)
 
     def close(self) -> None:
         pass  # the scorer's resident model serves every method of the comparison

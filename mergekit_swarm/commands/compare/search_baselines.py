@@ -154,6 +154,8 @@ def swarm(scorer: Scorer, settings: pso.SwarmSettings, granularity: Granularity,
     selection = select_winner(state, settings, evaluator)
     winner = Mix(selection.coefficients, granularity)
     info = {"granularity": granularity, "groups": len(layout), "particles": state.shape[0], "iterations": state.iteration}
+    if checkpoint.examples_in_full:  # racing: the dev examples it scored, and what scoring each evaluation in full would
+        info.update(examples_scored=checkpoint.examples_scored, examples_in_full=checkpoint.examples_in_full)
     if not settings.holdout:
         return Choice(winner, selection.utility, info)
     # its dev column is over all of dev, as every other method's: one more evaluation, for the report only
