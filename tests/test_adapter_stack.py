@@ -98,6 +98,22 @@ def test_stacked_generation_equals_one_adapter_at_a_time(stacked, tokenizer):
     assert len({tuple(texts) for texts in together}) > 1
 
 
+def test_stacked_generation_from_a_shared_prefix_equals_plain_left_padding(stacked, tokenizer, monkeypatch):
+    """Prompts that begin alike (as under a chat template) are prefilled once per slot (`shared_prefix`):
+    the stacked forward serves that pass too, and every slot's replies are those of plain left padding."""
+    from mergekit_swarm.utilities import text
+
+    batched, _, particles = stacked
+    batched.load_many(particles[:SLOTS])
+    prompts_ = [f"the task is this one: {p}" for p in ["rev abcdef=", "sort cab=", "copy a=", "rev ab=", "sort fedcbaa="]]
+    settings = GenerationSettings(max_new_tokens=7, batch_size=3)
+    assert text._encode_prompts(tokenizer, tuple(prompts_[:3]), False, True).shared == 1 + len("the task is this one: ")
+    shared = generate_for_adapters(batched.model, tokenizer, prompts_, settings, batched.slot_names)
+    monkeypatch.setattr(text, "shares_prefixes", lambda model: False)
+    assert shared == generate_for_adapters(batched.model, tokenizer, prompts_, settings, batched.slot_names)
+    assert len({tuple(texts) for texts in shared}) > 1
+
+
 def _batching_utilities(zoo, prompts, reward_model_dir, judge_url):
     generation = {"dev": str(zoo.dev), "batch_size": 5, "max_new_tokens": 6}
     configs = {
