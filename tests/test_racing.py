@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -221,6 +222,16 @@ def test_finishing_goes_on_from_where_each_particle_stopped(zoo, resident_factor
     assert [e.utility for e in finished] == [e.utility for e in full]
     assert [e.per_example for e in finished] == [e.per_example for e in full]
     assert [e.finished_from for e in finished] == [e.examples for e in stopped]
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("a slice that cannot be scored")
+
+    engine._racers["dev"].score_slice = fails  # finishing falls back to scoring each particle on all of dev
+    again = engine.finish(particles, [replace(e, partial=e.partial.copy()) for e in stopped])
+    assert [e.utility for e in again] == [e.utility for e in full]
+    # all of dev again, on top of what was scored before the stop (the history's second line: the whole of dev)
+    assert [e.examples - e.finished_from for e in again] == [racer.examples] * 3
+    assert [e.finished_from for e in again] == [e.examples for e in stopped]
 
 
 def test_an_interrupted_racing_run_resumes_to_the_same_winner_and_history(

@@ -292,7 +292,10 @@ class LocalEvaluator:
             raise
         except Exception as exc:  # scored again in full, one by one, so that each particle gets its own result or error
             self._note("fallback", f"racing failed ({type(exc).__name__}: {exc}); its particles are scored on all of dev")
-            yield from (replace(e, examples=racer.examples, of=racer.examples) for e in self._evaluate_group(group, utility))
+            # what each had scored before (slices of this call, and when finishing, those before its stop) was a cost too
+            before = [p.count() for p in partials]
+            evaluations = self._evaluate_group(group, utility)
+            yield from (replace(e, examples=racer.examples + n, of=racer.examples) for e, n in zip(evaluations, before))
             return
         self.resident.activate(0)
         share = (time.perf_counter() - start) / len(group)
