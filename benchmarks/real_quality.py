@@ -2,6 +2,7 @@
 
     python benchmarks/real_quality.py            # every cell (builds the real testbed first if needed)
     python benchmarks/real_quality.py --quick    # LoRA pool, 2 objectives
+    python benchmarks/real_quality.py --quick --resume   # only the cells the saved report lacks
 
 The same table as `quality.py` (paired bootstrap intervals, wins/ties/losses, budget curves,
 correctness emergence), on `mergekit_swarm.testing.real_testbed`: per cell, `mergekit-swarm compare`
@@ -45,6 +46,9 @@ def main() -> None:
     parser.add_argument("--pools", nargs="+", default=None, choices=("lora", "full"))
     parser.add_argument("--space", choices=("update", "factor"), default="update", help="LoRA space of the main rows")
     parser.add_argument("--report-only", action="store_true", help="rewrite the .md and plot from the saved .json")
+    parser.add_argument(
+        "--resume", action="store_true", help="keep the cells the saved .json measured with the same settings; run the rest"
+    )
     args = parser.parse_args()
     name = "real_quality_quick" if args.quick else "real_quality"
     if args.report_only:
@@ -65,7 +69,6 @@ def main() -> None:
     start = time.perf_counter()
     root = real_testbed.build(0, root=TESTBED / "cache" / "real-seed-0")
     build_seconds = time.perf_counter() - start
-    runs, cells, weak = [], [], []
     report = {
         "command": command(),
         "machine": machine(),
@@ -80,19 +83,40 @@ def main() -> None:
         "cuts": CUTS,
         "build_seconds": round(build_seconds, 1),
     }
+    runs, cells, weak = _kept_cells(RESULTS / f"{name}.json", report) if args.resume else ([], [], [])
     for pool in pools:
         for objective in objectives:
             cell = {"testbed": "real", "pool": pool, "objective": objective}
+            if any(cell_key(c) == cell_key(cell) for c in cells):
+                print(f"== {cell}: kept from the saved report", flush=True)
+                continue
             print(f"== {cell}", flush=True)
+            cell_start = time.perf_counter()
             found, examples, weakest = _cell_runs(root, pool, objective, args.space)
             runs += [{**cell, **entry} for entry in found]
             weak.append({**cell, **weakest})
-            cells.append({**cell, "differences": differences([examples], utility_of(_recipe(root, pool, objective)))})
-            report.update(total_seconds=round(time.perf_counter() - start, 1), rows=aggregate(runs), cells=cells)
-            report.update(weak_to_strong=weak, runs=runs)
+            scored = differences([examples], utility_of(_recipe(root, pool, objective)))
+            cells.append({**cell, "differences": scored, "seconds": round(time.perf_counter() - cell_start, 1)})
+            report.update(total_seconds=round(sum(c["seconds"] for c in cells) + build_seconds, 1), rows=aggregate(runs))
+            report.update(cells=cells, weak_to_strong=weak, runs=runs)
             (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")  # a cell at a time: --report-only
     plot_budget(budget_curves(runs), RESULTS / f"{name}_budget.png")
     write_report(name, report, markdown(report, f"{name}_budget.png"))
+
+
+SETTINGS = ("quick", "space", "swarm", "test_examples", "cuts", "versions")
+
+
+def _kept_cells(saved: Path, report: dict) -> tuple[list[dict], list[dict], list[dict]]:
+    """The runs, cells and weak-to-strong rows of a saved report measured with the same settings (`--resume`)."""
+    if not saved.exists():
+        return [], [], []
+    old = json.loads(saved.read_text())
+    changed = [key for key in SETTINGS if old.get(key) != report[key]]
+    if changed:
+        print(f"--resume: {saved.name} was measured with other {', '.join(changed)}; measuring every cell again")
+        return [], [], []
+    return old.get("runs", []), old.get("cells", []), old.get("weak_to_strong", [])
 
 
 def _recipe(root: Path, pool: str, objective: str, space: str | None = None):
@@ -112,7 +136,7 @@ def _cell_runs(root: Path, pool: str, objective: str, space: str) -> tuple[list[
     from mergekit_swarm.core.run_options import RunOptions
 
     out = TESTBED / "runs" / "real" / pool / objective
-    options = RunOptions(overwrite=True, quiet=True)
+    options = RunOptions(overwrite=True, quiet=False)  # progress per method: a cell takes most of an hour
     board = run_comparison(_recipe(root, pool, objective, space), out / space, options, CompareOptions(search=SEARCH_BASELINES))
     entries = [dict(entry.__dict__) for entry in board.entries]
     examples = json.loads((out / space / "test_examples.json").read_text())["methods"]
