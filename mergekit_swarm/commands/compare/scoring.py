@@ -144,7 +144,7 @@ class Scorer:
     def _count(self, split: Split, candidate: Candidate, result: Evaluation) -> None:
         if split != "test":  # dev, or with a holdout either part of it
             self.evaluations += 1
-            if self._trace is not None and split != "holdout":
+            if self._trace is not None and split != "holdout" and result.stopped is None:  # (racing: only full utilities)
                 self._trace.offer(candidate, result.utility)
 
     def _refine(self, mix: Mix) -> np.ndarray:
