@@ -40,10 +40,8 @@ class PromptBatch:
     shared: int
 
 
-def lay_out(rows: Sequence[Sequence[int]], pad_token_id: int | None, share: bool) -> PromptBatch:
+def lay_out(rows: Sequence[Sequence[int]], pad_token_id: int, share: bool) -> PromptBatch:
     """The batch of token `rows` (see `PromptBatch`); `share`: put their common beginning first."""
-    if pad_token_id is None:  # (as the tokenizer's padding would, with a message that says what is missing)
-        raise TypeError("the tokenizer has no pad token: set tokenizer.pad_token (e.g. to its eos_token)")
     shared = _common_length(rows) if share and len(rows) > 1 else 0  # (one row alone: nothing to share)
     # never a whole prompt: its last token's logits give the first new token
     shared = min(shared, min(len(row) for row in rows) - 1)

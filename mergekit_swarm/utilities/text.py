@@ -141,7 +141,14 @@ def _encode_prompts(tokenizer: Tokenizer, prompts: tuple[str, ...], chat_templat
     if chat_template:  # the template already holds the special tokens it wants
         prompts = tuple(as_chat(tokenizer, p) for p in prompts)
     rows = tokenizer(list(prompts), add_special_tokens=not chat_template)["input_ids"]
-    return lay_out(rows, tokenizer.pad_token_id, share)
+    return lay_out(rows, _pad_token_id(tokenizer), share)
+
+
+def _pad_token_id(tokenizer: Tokenizer) -> int:
+    """The id batches are padded with (any: padded positions are masked out)."""
+    if tokenizer.pad_token_id is None:  # (as torch.full would, with a message that says what is missing)
+        raise TypeError("the tokenizer has no pad token: set tokenizer.pad_token (e.g. to its eos_token)")
+    return tokenizer.pad_token_id
 
 
 def continuation_logprobs(
@@ -204,9 +211,7 @@ def _encode_pairs(tokenizer: Tokenizer, pairs: tuple[tuple[str, str], ...]) -> t
         rows.append(head + tail)
         spans.append((len(head), len(head) + len(tail)))
     width = max(len(r) for r in rows)
-    pad = tokenizer.pad_token_id  # any id: padded positions are masked out
-    if pad is None:  # (as torch.full would, with a message that says what is missing)
-        raise TypeError("the tokenizer has no pad token: set tokenizer.pad_token (e.g. to its eos_token)")
+    pad = _pad_token_id(tokenizer)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
