@@ -20,7 +20,8 @@ from mergekit_swarm.experts.groups import group_layout
 from mergekit_swarm.search.evaluator import LocalEvaluator
 from mergekit_swarm.utilities import Utility, validate_utility
 from mergekit_swarm.utilities.text import GenerationSettings, generate_for_adapters, greedy_generate
-from mergekit_swarm.weights.device_memory import particles_that_fit
+from mergekit_swarm.weights import device_memory
+from mergekit_swarm.weights.device_memory import HEADROOM, HOST_FLOOR, HostMemory, particles_that_fit
 from tests.helpers import API_KEY, FailsOnSlot, FakeChatCompletions, multitask_of_exact_match_and_nll
 
 SLOTS = 4
@@ -206,6 +207,8 @@ def test_out_of_memory_halves_the_batch_without_changing_any_score(stacked, zoo)
 class FakeMemory:
     """A device whose free memory holds `free` bytes; one particle's scoring peaks at `per` bytes."""
 
+    budget = "the fake device's memory"
+
     def __init__(self, free: int, per: int):
         self.free, self.per, self.measured = free, per, 0
 
@@ -235,6 +238,35 @@ def test_batch_size_is_measured_once_on_the_device(stacked, zoo):
     assert memory.measured == 1 and engine.batch_limit == 2 == particles_that_fit(1000, 300, SLOTS)
     assert engine.utilities["dev"].batches[:1] == [2]  # never more than fit: no out-of-memory to recover from
     assert [e.utility for e in together] == 2 * [e.utility for e in LocalEvaluator(single, nll).evaluate(particles)]
+
+
+needs_proc = pytest.mark.skipif(not HostMemory.available(), reason="measuring a peak needs Linux's /proc/self/clear_refs")
+
+
+@needs_proc
+def test_host_memory_measures_a_peak_and_budgets_the_models_size():
+    assert isinstance(device_memory.device_memory("cpu", host_model_bytes=1), HostMemory)
+    assert device_memory.device_memory("cpu") is None  # a fixed particles_per_batch: as asked
+    probe = HostMemory(model_bytes=2**30)
+    with probe.peak() as used:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, written: resident
+        del block
+    assert 60 * 2**20 <= used[0] < 128 * 2**20  # the growth at the peak, though freed before the end
+    available = HostMemory._meminfo("MemAvailable")
+    assert probe.free_bytes() == int(min(2**30 / HEADROOM, available))
+    assert HostMemory(model_bytes=1).free_bytes() == int(min(HOST_FLOOR / HEADROOM, available))  # small models
+
+
+@needs_proc
+def test_auto_on_a_cpu_batches_what_fits_the_models_size_and_scores_the_same(stacked, zoo, monkeypatch):
+    batched, single, particles = stacked
+    nll = validate_utility({"type": "nll", "dev": str(zoo.dev), "batch_size": 7}).build("dev")
+    alone = [e.utility for e in LocalEvaluator(single, nll).evaluate(particles)]
+    monkeypatch.setattr(device_memory, "HOST_FLOOR", 0)
+    tight = LocalEvaluator(batched, nll, memory=HostMemory(model_bytes=1))  # a budget under any particle's peak
+    assert [e.utility for e in tight.evaluate(particles)] == alone and tight.batch_limit == 1
+    roomy = LocalEvaluator(batched, nll, memory=HostMemory(model_bytes=2**40))  # bounded by what is free
+    assert [e.utility for e in roomy.evaluate(particles)] == alone and roomy.batch_limit == SLOTS
 
 
 @pytest.mark.gpu

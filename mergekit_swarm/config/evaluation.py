@@ -26,8 +26,9 @@ class EvaluationSettings(StrictSection):
             "LoRA pools: particles written into adapter slots of the resident model in one pass and scored together "
             "in one batch (batch_size prompts x particles rows per forward; every LoRA layer serves all slots with "
             "batched matmuls). `auto`: every particle of an iteration, on a GPU as many as its memory holds "
-            "(measured once; an out-of-memory halves it), 1 where PEFT cannot batch the adapters (LoRA on fused "
-            "MoE parameters). Full-model pools: 1."
+            "(measured once; an out-of-memory halves it), on a CPU as many as fit in a budget of the model's own "
+            "size, at least 256 MiB (measured once: there a bigger batch buys little once the model's compute "
+            "dominates), 1 where PEFT cannot batch the adapters (LoRA on fused MoE parameters). Full-model pools: 1."
         ),
     )
     backend: Backend = Field(

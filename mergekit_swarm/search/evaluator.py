@@ -113,7 +113,8 @@ class LocalEvaluator:
     `adapter_stack`). A group whose batched scoring raises is scored again one particle at a
     time (so that each particle gets its own result or error); that fallback is logged once,
     counted (`fallbacks`) and marked on each evaluation. On a GPU, the group size is set by
-    measuring one particle's scoring once, and halved on out-of-memory (`weights.device_memory`).
+    measuring one particle's scoring once, and halved on out-of-memory; on a CPU with `auto`, by the
+    same measurement against a budget of the model's size (`weights.device_memory`).
     """
 
     def __init__(
@@ -138,7 +139,9 @@ class LocalEvaluator:
         utilities = setup.utilities
         resident = setup.resident_model(options, slots, layout, fewer_slots=fewer_slots)
         parts = {split: utilities[split] for split in ("search", "holdout") if split in utilities}
-        return cls(resident, utilities["dev"], utilities.get("test"), parts=parts)
+        # `auto` on a CPU: batches within a budget of the model's size (`device_memory`)
+        memory = device_memory(resident.device, host_model_bytes=resident.nbytes() if fewer_slots else None)
+        return cls(resident, utilities["dev"], utilities.get("test"), parts=parts, memory=memory)
 
     @property
     def splits(self) -> tuple[Split, ...]:
@@ -151,10 +154,8 @@ class LocalEvaluator:
         utility, pending = self.utilities[split], list(particles)
         racer = self._racer(split, racing)
         limits = list(racing.limits) if racing is not None and racer is not None else [None] * len(pending)
-        if not self._measured and len(pending) > 1 and utility.scores_adapter_batches:  # (not raced)
-            count = racer.examples if racer is not None else None
-            yield from (replace(e, examples=count, of=count) for e in self._measure(pending.pop(0), utility))
-            limits.pop(0)
+        if not self._measured and len(pending) > 1 and utility.scores_adapter_batches:
+            self._measure(pending[0], utility)
         while pending:
             group, pending = pending[: self.batch_limit], pending[self.batch_limit :]
             bounds, limits = limits[: len(group)], limits[len(group) :]
@@ -202,18 +203,20 @@ class LocalEvaluator:
     def resident_model(self) -> ResidentModel:
         return self.resident
 
-    def _measure(self, particle: np.ndarray, utility: Utility) -> Iterator[Evaluation]:
-        """Score one particle alone while measuring its peak memory; batch as many as fit."""
+    def _measure(self, particle: np.ndarray, utility: Utility) -> None:
+        """Score one particle alone while measuring its peak memory, once per session; batch as many as fit.
+        A trial: its result is not used (every evaluation is then scored as in any other session of the
+        run, so that a resumed run's history is the uninterrupted one's), at the cost of one evaluation."""
         memory = self._memory
         assert memory is not None  # measured only where there is device memory to measure (`_measured`)
         with memory.peak() as used:
-            evaluations = list(self._evaluate_group([particle], utility))
+            for _ in self._evaluate_group([particle], utility):
+                pass
         self._measured = True
         fit = particles_that_fit(memory.free_bytes(), used[0], self.batch_limit)
         if fit < self.batch_limit:
-            self._note("memory", f"{fit} particles per batch fit in the device's memory (of {self.batch_limit} adapter slots)")
+            self._note("memory", f"{fit} particles per batch fit in {memory.budget} (of {self.batch_limit} adapter slots)")
             self.batch_limit = fit
-        yield from evaluations
 
     def _evaluate_group(self, group: list[np.ndarray], utility: Utility) -> Iterator[Evaluation]:
         start = time.perf_counter()

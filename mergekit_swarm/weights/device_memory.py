@@ -6,22 +6,35 @@ long as their KV caches and activations fit. `CudaMemory` measures what one part
 takes at its peak, once, and the evaluator batches as many as the free memory holds; an
 out-of-memory error later halves the batch and retries. Neither changes any result: a particle
 scores the same in any company.
+
+On a CPU the trade is another: once the model's compute dominates, a bigger batch buys little
+(SmolLM2-135M: 1.07x per iteration all in one batch against one at a time) while every row adds
+its KV cache (8 particles x 60 prompts: 2.66 GB peak against 0.79 GB, for a 0.54 GB model). So
+`auto` on a CPU (`HostMemory`) gives the batches a budget, not the free memory: as much as the
+resident model itself takes, at least `HOST_FLOOR` (small models, where batching pays most and
+costs little, keep every particle in one batch), and never more than `HEADROOM` of what is free.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
 # Share of the free memory the batches may take (the rest absorbs fragmentation and the
 # activations of the longest prompts, which the first particle's measurement may not have seen).
 HEADROOM = 0.8
+# The least a CPU's batches may take: below it, memory is not worth a slower search.
+HOST_FLOOR = 256 * 2**20
 
 
 class CudaMemory:
     """The free memory of a CUDA device and the peak use of a piece of work on it."""
+
+    budget = "the device's free memory"
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -44,10 +57,68 @@ class CudaMemory:
         torch.cuda.empty_cache()
 
 
-def device_memory(device: str | torch.device) -> CudaMemory | None:
-    """The memory probe of `device`; None on a CPU (where batches are limited by the setting only)."""
+class HostMemory:
+    """This process's memory on a Linux host (`/proc`): the batches' budget and the growth of its
+    resident set over a piece of work (the peak `VmHWM`, reset through `/proc/self/clear_refs`)."""
+
+    STATUS, CLEAR = Path("/proc/self/status"), Path("/proc/self/clear_refs")
+    budget = "a CPU's batch budget (the model's size)"
+
+    def __init__(self, model_bytes: int):
+        self.model_bytes = model_bytes
+
+    @classmethod
+    def available(cls) -> bool:
+        """Whether this host can measure a peak (Linux, with a writable `clear_refs`)."""
+        try:
+            cls.CLEAR.write_text("5")
+            return bool(cls._status("VmHWM"))
+        except OSError:
+            return False
+
+    def free_bytes(self) -> int:
+        """What the batches may take (before `HEADROOM`): the larger of the model and `HOST_FLOOR`,
+        within the host's available memory."""
+        budget = max(self.model_bytes, HOST_FLOOR) / HEADROOM
+        return int(min(budget, self._meminfo("MemAvailable")))
+
+    @contextmanager
+    def peak(self) -> Iterator[list[int]]:
+        """Yields a list that holds, after the block, the bytes the resident set grew by at its peak."""
+        self.CLEAR.write_text("5")  # the peak starts again from the resident set now
+        before = self._status("VmRSS")
+        used: list[int] = []
+        yield used
+        used.append(max(1, self._status("VmHWM") - before))
+
+    def release(self) -> None:
+        pass
+
+    @classmethod
+    def _status(cls, key: str) -> int:
+        return _kilobytes(cls.STATUS.read_text(), key)
+
+    @staticmethod
+    def _meminfo(key: str) -> int:
+        return _kilobytes(Path("/proc/meminfo").read_text(), key)
+
+
+def _kilobytes(text: str, key: str) -> int:
+    """Bytes of a `key:   1234 kB` line of a /proc file (0 if absent)."""
+    found = re.search(rf"^{key}:\s+(\d+) kB", text, re.MULTILINE)
+    return int(found.group(1)) * 1024 if found else 0
+
+
+def device_memory(device: str | torch.device, *, host_model_bytes: int | None = None) -> CudaMemory | HostMemory | None:
+    """The memory probe of `device`. On a CPU only with `host_model_bytes` (`particles_per_batch: auto`:
+    batches within a budget of the model's size) and where the host can measure a peak; else None
+    (batches limited by the setting only)."""
     device = torch.device(device)
-    return CudaMemory(device) if device.type == "cuda" else None
+    if device.type == "cuda":
+        return CudaMemory(device)
+    if host_model_bytes is not None and HostMemory.available():
+        return HostMemory(host_model_bytes)
+    return None
 
 
 def particles_that_fit(free_bytes: int, per_particle_bytes: int, wanted: int) -> int:

@@ -127,6 +127,10 @@ class ResidentModel:
     def slots(self) -> int:
         return len(self.slot_names)
 
+    def nbytes(self) -> int:
+        """The bytes of the model's parameters (its adapter slots included; tied ones once)."""
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
     def tensors(self, slot: int = 0) -> dict[str, torch.Tensor]:
         """The model tensors checkpoint tensors are written into as they are (by checkpoint name), for one slot;
         tensors transformers or PEFT convert on loading (fused MoE experts) are not among them."""
