@@ -17,7 +17,7 @@ from mergekit_swarm.commands.run import RunOptions, run_swarm
 from mergekit_swarm.config import load_recipe
 from mergekit_swarm.core.errors import ConfigError, WorkerError
 from mergekit_swarm.search.ray_backend import EvaluationWorker, WorkerSpec
-from tests.helpers import spy_on_submissions, write_recipe
+from tests.helpers import experts_answers, spy_on_submissions, write_recipe
 
 RAY = RunOptions(quiet=True, backend="ray")
 
@@ -99,6 +99,29 @@ def test_a_full_model_pool_on_ray_equals_the_in_process_run(cluster, zoo, tmp_pa
         {k: v for k, v in results[1].items() if k != "timing"}
     ] * 2
     assert on_ray.winner_test == local.winner_test is not None
+
+
+def test_racing_on_ray_workers_gives_the_in_process_racing_search(cluster, zoo, tokenizer, tmp_path, monkeypatch):
+    """Each group races on its worker with its particles' limits; a stall probe step finishes the stopped
+    particles on whichever worker is idle, from the scores they had (which travel with the task)."""
+    from mergekit_swarm.testing import toy
+
+    prompts = tmp_path / "prompts.jsonl"
+    toy.write_jsonl(prompts, toy.make_examples(["reverse", "sort", "copy"], 48, seed=500))
+    dev = experts_answers(zoo, "lora", tokenizer, tmp_path, prompts, favourite=0.5)
+    utility = {"type": "exact_match", "dev": str(dev), "batch_size": 4, "max_new_tokens": 6}
+    swarm = {"particles": 6, "max_iterations": 5, "patience": 9, "racing": "exact", "racing_slices": 6, "stall_probes": 0.5}
+    evaluation = {"particles_per_batch": 3, "workers": 2, "cpus_per_worker": 1}
+    recipe = load_recipe(write_recipe(tmp_path, zoo.lora, base=zoo.base, swarm=swarm, utility=utility, evaluation=evaluation))
+    local = run_swarm(recipe, tmp_path / "local", RunOptions(quiet=True))
+    calls = spy_on_submissions(monkeypatch)
+    on_ray = run_swarm(recipe, tmp_path / "ray", RAY)
+    assert outcome(on_ray, tmp_path / "ray") == outcome(local, tmp_path / "local")  # every history line: examples too
+    assert on_ray.racing == local.racing and local.racing["stopped"] > 0
+    raced = [task for _, _, task in calls if task.racing is not None]
+    assert raced and all(len(task.racing.limits) == len(task.coefficients) for task in raced if task.stopped is None)
+    finished = [task for _, _, task in calls if task.stopped is not None]
+    assert len(finished) > 0 and local.racing["finished_for_probes"] > 0  # a probe step finished stopped particles
 
 
 def test_a_killed_worker_is_replaced_and_the_winner_is_unchanged(cluster, recipe_file, in_process, tmp_path, monkeypatch):

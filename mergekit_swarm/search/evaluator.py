@@ -164,8 +164,12 @@ class LocalEvaluator:
             else:
                 yield from self._evaluate_group(group, utility)
 
-    def finish(self, particles: Sequence[np.ndarray], stopped: Sequence[Evaluation], split: Split = "dev") -> list[Evaluation]:
-        racer = self._racers.get(split)
+    def finish(
+        self, particles: Sequence[np.ndarray], stopped: Sequence[Evaluation], split: Split = "dev", racing: Racing | None = None
+    ) -> list[Evaluation]:
+        """`racing`: how the stopped evaluations were raced, where this evaluator did not race them (a Ray
+        worker finishing another's particles)."""
+        racer = self._racers.get(split) or self._racer(split, racing)
         if racer is None or any(e.partial is None for e in stopped):
             raise ValueError("finish() takes evaluations that racing stopped, of this evaluator")
         done: list[Evaluation] = []

@@ -4,8 +4,10 @@ Each `EvaluationWorker` actor resolves the recipe on its own node (local paths m
 readable there, Hub models come from that node's cache), checks that it sees the same
 experts and objective files as the driver (the run's fingerprint), and keeps a resident
 model for the whole run. Per evaluation the driver sends an `EvaluationTask` (the first
-particle's index and the group's coefficient array, a few hundred bytes) and gets back
-the `Evaluation`s (utility, seconds, error, details).
+particle's index and the group's coefficient array, a few hundred bytes; with `swarm.racing`,
+the group's limits) and gets back the `Evaluation`s (utility, seconds, error, details; with
+racing, the examples scored, and for a stopped particle its per-example scores so far, which
+come back with the task that finishes it on any worker).
 
 Groups are the local evaluator's groups (`particles_per_batch` consecutive particles), so
 every particle is scored in the same company as in process and results are identical; they
@@ -36,7 +38,6 @@ from mergekit_swarm.pso import Granularity
 from mergekit_swarm.search.evaluator import Evaluation, LocalEvaluator, Racing
 from mergekit_swarm.search.setup import SearchSetup, prepare
 from mergekit_swarm.utilities import Split
-from mergekit_swarm.utilities.text import batches
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class EvaluationTask:
     first: int  # index of the group's first particle in the evaluated list
     coefficients: np.ndarray  # (particles in the group, parameter groups, experts)
     split: Split
+    racing: Racing | None = None  # `swarm.racing`: the slices and this group's limits
+    stopped: tuple[Evaluation, ...] | None = None  # to finish: the group's stopped evaluations (their scores so far)
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,10 @@ class EvaluationWorker:
     def evaluate(self, task: EvaluationTask) -> list[Evaluation]:
         if self._evaluator is None:
             raise self._failure or WorkerError("the Ray worker was not started")
-        return list(self._evaluator.evaluate(list(task.coefficients), task.split))
+        particles = list(task.coefficients)
+        if task.stopped is not None:  # (on any worker: the scores so far travel with the task)
+            return self._evaluator.finish(particles, task.stopped, task.split, task.racing)
+        return list(self._evaluator.evaluate(particles, task.split, task.racing))
 
 
 class RayEvaluator:
@@ -110,7 +116,7 @@ class RayEvaluator:
         self.settings, self.quiet = settings, options.quiet
         self._say = printer(options.quiet)
         self.replacements = 0
-        self._racing_noted = False
+        self._racing: dict[Split, Racing] = {}  # per split, the racing of its last raced evaluation (to finish)
         self.workers: list = []
         self._started_ray = False
         gpus = settings.gpus_per_worker
@@ -197,12 +203,36 @@ class RayEvaluator:
         self, particles: Sequence[np.ndarray], split: Split = "dev", racing: Racing | None = None
     ) -> Iterator[Evaluation]:
         """Groups go to idle workers as they free up; evaluations are yielded in particle order.
-        (`racing` is not served on workers yet: every particle is scored on all of dev.)"""
-        if racing is not None and not self._racing_noted:
-            self._racing_noted = True
-            self._say("racing is not served on Ray workers yet: every particle is scored on all of dev")
-        slots = self._spec.slots  # the local evaluator's groups, so each particle is scored in the same company
-        tasks = [EvaluationTask(i * slots, np.stack(group), split) for i, group in enumerate(batches(particles, slots))]
+        With `racing`, each group races on its worker as it would in process (its particles' limits go with it)."""
+        if racing is not None:  # its slices and z, to finish stopped particles later on whichever worker
+            self._racing[split] = Racing(racing.slices, [], racing.z)
+        yield from self._run(self._tasks(particles, split, racing))
+
+    def finish(self, particles: Sequence[np.ndarray], stopped: Sequence[Evaluation], split: Split = "dev") -> list[Evaluation]:
+        """The particles racing stopped, scored on the rest of dev on the workers, from their scores so far."""
+        racing = self._racing.get(split)
+        if racing is None or any(e.partial is None for e in stopped):
+            raise ValueError("finish() takes evaluations that racing stopped, of this evaluator")
+        return list(self._run(self._tasks(particles, split, racing, stopped)))
+
+    def _tasks(
+        self, particles: Sequence[np.ndarray], split: Split, racing: Racing | None, stopped: Sequence[Evaluation] | None = None
+    ) -> list[EvaluationTask]:
+        """The local evaluator's groups (`slots` consecutive particles), so each particle is scored in the
+        same company as in process; each with its share of `racing`'s limits, or of the `stopped` to finish."""
+        slots, tasks = self._spec.slots, []
+        for start in range(0, len(particles), slots):
+            end = min(start + slots, len(particles))
+            if stopped is not None:
+                share, to_finish = racing, tuple(stopped[start:end])
+            else:
+                share = None if racing is None else Racing(racing.slices, list(racing.limits[start:end]), racing.z)
+                to_finish = None
+            tasks.append(EvaluationTask(start, np.stack(particles[start:end]), split, share, to_finish))
+        return tasks
+
+    def _run(self, tasks: list[EvaluationTask]) -> Iterator[Evaluation]:
+        """The tasks' evaluations, in task order, whichever worker takes each (a dead one replaced)."""
         waiting, idle = deque(range(len(tasks))), deque(range(len(self.workers)))
         running: dict = {}  # object ref -> (worker index, task index)
         finished: dict[int, list[Evaluation]] = {}
@@ -252,9 +282,6 @@ class RayEvaluator:
             errors.ObjectLostError,
             errors.OutOfMemoryError,  # Ray's memory monitor
         )
-
-    def finish(self, particles: Sequence[np.ndarray], stopped: Sequence[Evaluation], split: Split = "dev") -> list[Evaluation]:
-        raise ValueError("Ray workers do not race: no evaluation of theirs was stopped")
 
     def resident_model(self) -> None:
         return None  # the models live on the workers
