@@ -3,6 +3,7 @@
     python benchmarks/tune.py                    # every objective, both pools, testbeds 0 and 1
     python benchmarks/tune.py --quick            # LoRA pool, testbed 0, search seed 0
     python benchmarks/tune.py --round velocity   # another set of candidates (ROUNDS)
+    python benchmarks/tune.py --round spaces --pools lora --testbed-seeds 1 --resume   # add testbed 1 to the saved round
 
 Each dev file is cut in two fixed parts (`dev_part`, 75% / 25%): the search and every candidate
 setting see the first ("dev A"); the second ("dev B") is scored once per candidate's winner and
@@ -22,7 +23,7 @@ import statistics
 import time
 from pathlib import Path
 
-from lib.common import command, header, machine, versions, write_report
+from lib.common import RESULTS, command, header, machine, versions, write_report
 from quality import OBJECTIVES, QUICK_OBJECTIVES, TESTBED
 
 from mergekit_swarm.testing import testbed
@@ -82,8 +83,16 @@ def main() -> None:
     parser.add_argument("--testbed-seeds", type=int, nargs="+", default=None, help="default 0 1 (quick: 0)")
     parser.add_argument("--pools", nargs="+", default=None, choices=("lora", "full"))
     parser.add_argument("--round", default="start", choices=tuple(ROUNDS), help="which candidates (default: start)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the saved report's runs (same round, candidates and swarm) and run only the cells it lacks, "
+        "e.g. another --testbed-seeds; the report then covers both",
+    )
     args = parser.parse_args()
     candidates = ROUNDS[args.round]
+    name = "tune" if args.round == "start" else f"tune_{args.round}"
+    name = f"{name}_quick" if args.quick else name
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
@@ -97,7 +106,9 @@ def main() -> None:
     pools = tuple(args.pools or (("lora",) if quick else ("lora", "full")))
     objectives = QUICK_OBJECTIVES if quick else OBJECTIVES
     start = time.perf_counter()
-    runs = []
+    saved = _saved(name, candidates) if args.resume else {}
+    runs = list(saved.get("runs", []))
+    measured = {(r["testbed"], r["pool"], r["objective"], r["seed"]) for r in runs}
     for testbed_seed in testbeds:
         root = testbed.build(testbed_seed, root=TESTBED / "cache" / f"seed-{testbed_seed}", quiet=True)
         data = TESTBED / "runs" / "tune" / f"testbed-{testbed_seed}" / "data"
@@ -105,6 +116,8 @@ def main() -> None:
             for objective in objectives:
                 recipe = _on_dev_parts(root / "recipes" / pool / f"{objective}.yml", data / objective)
                 for seed in seeds:
+                    if (testbed_seed, pool, objective, seed) in measured:
+                        continue
                     work = TESTBED / "runs" / "tune" / f"testbed-{testbed_seed}" / pool / objective / f"seed-{seed}"
                     for name, dev, unseen, evaluations in tune_cell(recipe, seed, work, candidates):
                         cell = {"testbed": testbed_seed, "pool": pool, "objective": objective, "seed": seed}
@@ -116,16 +129,28 @@ def main() -> None:
         "versions": versions(),
         "round": args.round,
         "candidates": candidates,
-        "seeds": seeds,
-        "testbeds": testbeds,
-        "pools": pools,
+        "seeds": sorted({*seeds, *saved.get("seeds", [])}),
+        "testbeds": sorted({*testbeds, *saved.get("testbeds", [])}),
+        "pools": [pool for pool in ("lora", "full") if pool in {*pools, *saved.get("pools", [])}],
         "objectives": objectives,
         "swarm": testbed.SWARM,
-        "total_seconds": round(time.perf_counter() - start, 1),
+        "total_seconds": round(time.perf_counter() - start + saved.get("total_seconds", 0.0), 1),
         "runs": runs,
+        **({"note": saved["note"]} if "note" in saved else {}),
     }
-    name = "tune" if args.round == "start" else f"tune_{args.round}"
-    write_report(f"{name}_quick" if quick else name, report, markdown(report))
+    write_report(name, report, markdown(report))
+
+
+def _saved(name: str, candidates: dict) -> dict:
+    """The saved report `name` (`--resume`), if it was measured with the same candidates and swarm settings."""
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        return {}
+    old = json.loads(path.read_text())
+    if old.get("candidates") != candidates or old.get("swarm") != testbed.SWARM:
+        print(f"--resume: {path.name} was measured with other candidates or swarm settings; measuring every cell again")
+        return {}
+    return old
 
 
 def _on_dev_parts(recipe_file: Path, data: Path):
