@@ -18,7 +18,15 @@ from mergekit_swarm.core.errors import ConfigError
 from mergekit_swarm.pso import SwarmSettings
 from mergekit_swarm.search.evaluator import LocalEvaluator, Racing
 from mergekit_swarm.utilities import validate_utility
-from mergekit_swarm.utilities.racing import MeanRacer, Partial, RaceLimit, confidence_bounds, deal_batches, mean_bounds
+from mergekit_swarm.utilities.racing import (
+    GroupedRacer,
+    MeanRacer,
+    Partial,
+    RaceLimit,
+    confidence_bounds,
+    deal_batches,
+    mean_bounds,
+)
 from tests.helpers import experts_answers, multitask_of_exact_match_and_nll
 
 
@@ -133,6 +141,8 @@ def _racing_utilities(zoo, prompts_file=None):
     configs = {
         "exact_match": {"type": "exact_match", **generation},
         "multiple_choice (generate)": {"type": "multiple_choice", "dev": str(zoo.mc_dev), "parse": "generate", "batch_size": 4},
+        # its batches are of (prompt, choice) pairs: an example is judged once all its choices are in
+        "multiple_choice (loglikelihood)": {"type": "multiple_choice", "dev": str(zoo.mc_dev), "batch_size": 5},
         "multitask": {
             "type": "multitask",
             "components": [
@@ -171,7 +181,6 @@ def test_utilities_that_are_not_a_share_right_are_scored_in_full(zoo, resident_f
     generation = {"dev": str(zoo.dev), "batch_size": 4, "max_new_tokens": 6}
     for config in (
         {"type": "nll", "dev": str(zoo.dev)},
-        {"type": "multiple_choice", "dev": str(zoo.mc_dev)},  # log-likelihood: not raced yet
         multitask_of_exact_match_and_nll(zoo, generation),
     ):
         utility = validate_utility(config).build("dev")
@@ -181,6 +190,29 @@ def test_utilities_that_are_not_a_share_right_are_scored_in_full(zoo, resident_f
             results = list(engine.evaluate([np.eye(3)[[0]]], racing=Racing(4, [RaceLimit(2.0, -1.0)])))
         assert results[0].stopped is None and results[0].examples is None
         assert "does not race" in caplog.text
+
+
+def test_multiple_choice_by_loglikelihood_races_in_pairs_and_judges_whole_examples(zoo, tokenizer):
+    utility = validate_utility({"type": "multiple_choice", "dev": str(zoo.mc_dev), "batch_size": 5}).build("dev")
+    pairs = sum(len(e.choices) for e in utility.examples)
+    for whole_batches in (True, False):
+        racer = utility.racer(tokenizer, 3, whole_batches)
+        assert isinstance(racer, GroupedRacer) and racer.examples == pairs  # racing counts the pairs scored
+        units = [u for index in range(racer.slices) for batch in racer._plan[index] for u in batch]
+        assert sorted(units) == list(range(pairs))  # every pair once
+        if not whole_batches:  # confident: each slice holds whole examples, a random sample of them
+            for index in range(racer.slices):
+                held = {u for batch in racer._plan[index] for u in batch}
+                assert all(set(g) <= held or not set(g) & held for g in racer.groups)
+    racer = utility.racer(tokenizer, 3)
+    assert racer is not None
+    first = {0: -1.0}  # one of example 0's choices: not judged yet
+    assert racer.bounds(Partial({"": first})) == mean_bounds({}, len(racer.groups), (0.0, 1.0))
+    choices = len(racer.groups[0])
+    answer = utility.examples[0].answer_index
+    complete = {u: (0.0 if u == answer else -5.0) for u in range(choices)}  # its answer the most likely: right
+    low, high = racer.bounds(Partial({"": complete}))
+    assert low == pytest.approx(1 / len(racer.groups)) and high == 1.0
 
 
 def test_racing_with_evaluation_dropout_is_refused():

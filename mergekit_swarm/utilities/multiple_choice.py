@@ -18,13 +18,14 @@ from pydantic import Field
 from mergekit_swarm.core.protocols import CausalLM, Tokenizer
 from mergekit_swarm.utilities.base import AdapterBatchedUtility, GenerativeUtilityConfig, Score, Utility, register_utility
 from mergekit_swarm.utilities.data import LETTERS, Example
-from mergekit_swarm.utilities.racing import Racer, generation_racer
+from mergekit_swarm.utilities.racing import Batches, GroupedRacer, Racer, SliceScores, generation_racer
 from mergekit_swarm.utilities.score import share_right
 from mergekit_swarm.utilities.text import (
     Adapters,
     GenerationSettings,
     generate_for_adapters,
     logprobs_for_adapters,
+    pair_batches,
 )
 
 # Most explicit first: "answer is (B)" / "Answer: B", then a leading "B." / "(B)", then "(B)"
@@ -59,8 +60,8 @@ class MultipleChoice(AdapterBatchedUtility):
                 [parse_letter(t, len(e.choices)) for t, e in zip(texts, self.examples)]
                 for texts in generate_for_adapters(model, tokenizer, prompts, self.generation, adapters)
             ]
-        pairs = [(e.prompt, self.delimiter + choice) for e in self.examples for choice in e.choices]
-        per_adapter = logprobs_for_adapters(model, tokenizer, pairs, batch_size=self.generation.batch_size, adapters=adapters)
+        size = self.generation.batch_size
+        per_adapter = logprobs_for_adapters(model, tokenizer, self._pairs(), batch_size=size, adapters=adapters)
         return [self._argmax(scores) for scores in per_adapter]
 
     def _argmax(self, scores: list[tuple[float, int]]) -> list[int | None]:
@@ -82,15 +83,37 @@ class MultipleChoice(AdapterBatchedUtility):
         return parse_letter(generation, len(example.choices)) == example.answer_index
 
     def racer(self, tokenizer: Tokenizer, slices: int, whole_batches: bool = True) -> Racer | None:
-        """With `parse: generate`: slices of the generation batches. (The log-likelihood batches are of
-        (prompt, choice) pairs, an example's choices spread over several: not raced yet.)"""
-        if self.parse != "generate":
-            return None
+        """With `parse: generate`: slices of the generation batches. By log-likelihood: slices of the
+        batches of (prompt, choice) pairs, an example judged once all its choices are scored
+        (`GroupedRacer`: racing then counts pairs, the work scored)."""
+        if self.parse == "generate":
 
-        def right(i: int, generation: str) -> bool:
-            return _letter_right(generation, self.examples[i])
+            def letter_right(i: int, generation: str) -> bool:
+                return _letter_right(generation, self.examples[i])
 
-        return generation_racer(tokenizer, [e.prompt for e in self.examples], self.generation, slices, whole_batches, right)
+            prompts = [e.prompt for e in self.examples]
+            return generation_racer(tokenizer, prompts, self.generation, slices, whole_batches, letter_right)
+        pairs = self._pairs()
+        groups, start = [], 0
+        for e in self.examples:
+            groups.append(range(start, start + len(e.choices)))
+            start += len(e.choices)
+        size = self.generation.batch_size
+
+        def score_batches(model: CausalLM, tokenizer: Tokenizer, adapters: Adapters, batches: Batches) -> list[SliceScores]:
+            per_adapter = logprobs_for_adapters(model, tokenizer, pairs, batch_size=size, adapters=adapters, batches_of=batches)
+            units = [i for batch in batches for i in batch]
+            return [{i: scores[i][0] for i in units} for scores in per_adapter]
+
+        def most_likely_right(example: int, totals: list[float]) -> bool:
+            return max(range(len(totals)), key=totals.__getitem__) == self.examples[example].answer_index  # first on ties
+
+        plan = pair_batches(tokenizer, pairs, size)
+        return GroupedRacer(groups, plan, slices, whole_batches, score_batches, most_likely_right)
+
+    def _pairs(self) -> list[tuple[str, str]]:
+        """(prompt, delimiter + choice) for every choice of every example, in order."""
+        return [(e.prompt, self.delimiter + choice) for e in self.examples for choice in e.choices]
 
 
 def _letter_right(generation: str, example: Example) -> bool:

@@ -1,12 +1,13 @@
 """Racing: score a particle slice by slice of dev, and stop when it can no longer change the search.
 
-A utility that is a mean over examples, each scored within a known range (exact match and
-multiple choice: 0 or 1), can say after part of dev how high and how low its value on all of dev
-can still be. `swarm.racing: exact` stops a particle as soon as that interval lies below its
-personal best and not below the global worst: the full-dev value would then change no decision of
-the search (no personal best, global best or worst-ever point moves), so the search goes on as
-if it had been scored in full, bit for bit (see `search.loop` for stall probes, which rank the
-particles and are served by scoring the stopped ones to the end when a probe step follows).
+A utility that is a mean over examples, each scored within a known range (exact match and multiple
+choice: 0 or 1; by log-likelihood, an example is known once all its choices are scored), can say
+after part of dev how high and how low its value on all of dev can still be. `swarm.racing: exact`
+stops a particle as soon as that interval lies below its personal best and not below the global
+worst: the full-dev value would then change no decision of the search (no personal best, global best
+or worst-ever point moves), so the search goes on as if it had been scored in full, bit for bit (see
+`search.loop` for stall probes, which rank the particles and are served by scoring the stopped ones
+to the end when a probe step follows).
 
 Exactness of the values themselves: with exact racing a slice is made of whole batches of the full
 scoring (the same prompts padded together, in the same order), so every example is scored in the
@@ -191,6 +192,75 @@ def generation_racer(
         return [{i: float(right(i, t[i])) for i in rows} for t in texts]
 
     return MeanRacer(len(prompts), plan, (0.0, 1.0), score_batches, share_right)
+
+
+class GroupedRacer(Racer):
+    """A share of examples answered right, each example judged from several units scored apart
+    (multiple choice by log-likelihood: one unit per (prompt, choice) pair, in batches of pairs).
+
+    Raced in units: `examples` counts units (the work scored, what racing saves), a slice is whole
+    batches of the full scoring's units (exact), or with `whole_batches` false seeded random shares of
+    the examples with all their units, batched by length within the slice (`confident`, whose
+    interval takes the judged examples for a random sample). An example counts in the bounds once
+    all its units are in; `judge(example, unit scores)` says whether it is right."""
+
+    def __init__(
+        self,
+        groups: Sequence[Sequence[int]],
+        unit_batches: Batches,
+        slices: int,
+        whole_batches: bool,
+        score_batches: Callable[[CausalLM, Tokenizer, Adapters, Batches], list[SliceScores]],
+        judge: Callable[[int, list[float]], bool],
+    ):
+        self.groups = [tuple(g) for g in groups]
+        self.examples = sum(len(g) for g in self.groups)
+        self._score_batches, self._judge = score_batches, judge
+        if whole_batches:
+            self._plan = plan_slices(unit_batches, slices, True)
+        else:
+            self._plan = self._example_shares(unit_batches, slices)
+
+    def _example_shares(self, unit_batches: Batches, slices: int) -> list[list[tuple[int, ...]]]:
+        rank = {unit: position for position, unit in enumerate(i for batch in unit_batches for i in batch)}
+        size = max(len(batch) for batch in unit_batches)
+        count = max(1, min(slices, len(self.groups)))
+        drawn = np.random.default_rng(RACING_SEED).permutation(len(self.groups)).tolist()
+        plan = []
+        for k in range(count):
+            units = sorted((u for example in drawn[k::count] for u in self.groups[example]), key=rank.__getitem__)
+            plan.append([tuple(units[start : start + size]) for start in range(0, len(units), size)])
+        return plan
+
+    @property
+    def slices(self) -> int:
+        return len(self._plan)
+
+    def score_slice(self, model: CausalLM, tokenizer: Tokenizer, adapters: Adapters, index: int) -> list[dict[str, SliceScores]]:
+        return [{"": scores} for scores in self._score_batches(model, tokenizer, adapters, self._plan[index])]
+
+    def _judged(self, units: dict[int, float]) -> dict[int, float]:
+        """Right (1) or wrong (0), for the examples whose units are all scored."""
+        return {
+            example: float(self._judge(example, [units[u] for u in group]))
+            for example, group in enumerate(self.groups)
+            if all(u in units for u in group)
+        }
+
+    def bounds(self, partial: Partial, z: float | None = None) -> tuple[float, float]:
+        judged = self._judged(partial.scores.get("", {}))
+        low, high = mean_bounds(judged, len(self.groups), (0.0, 1.0))
+        if z is None or not judged:
+            return low, high
+        estimate = confidence_bounds(judged, len(self.groups), (0.0, 1.0), z)
+        return max(low, estimate[0]), min(high, estimate[1])
+
+    def result(self, partial: Partial) -> Score:
+        units = partial.scores.get("", {})
+        if len(units) != self.examples:
+            raise ValueError(f"{len(units)} of {self.examples} units scored: the particle has not run every slice")
+        judged = self._judged(units)
+        return share_right(tuple(judged[example] for example in range(len(self.groups))))
 
 
 def mean_bounds(scores: dict[int, float], examples: int, score_range: tuple[float, float]) -> tuple[float, float]:

@@ -162,16 +162,30 @@ def continuation_logprobs(
     return logprobs_for_adapters(model, tokenizer, pairs, batch_size=batch_size, adapters=NO_ADAPTERS)[0]
 
 
+def pair_batches(tokenizer: Tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int) -> list[Sequence[int]]:
+    """The batches `logprobs_for_adapters` scores `pairs` in: indices of pairs of similar lengths
+    (little padding), from the shortest to the longest."""
+    return list(batches(_pairs_by_length(tokenizer, tuple(pairs)), batch_size))
+
+
 @torch.inference_mode()
 def logprobs_for_adapters(
-    model: CausalLM, tokenizer: Tokenizer, pairs: Sequence[tuple[str, str]], *, batch_size: int, adapters: Adapters
+    model: CausalLM,
+    tokenizer: Tokenizer,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    batch_size: int,
+    adapters: Adapters,
+    batches_of: Sequence[Sequence[int]] | None = None,
 ) -> list[list[tuple[float, int]]]:
     """`continuation_logprobs` under each of `adapters`, in mixed-adapter batches (see
-    `generate_for_adapters`). One list per adapter."""
+    `generate_for_adapters`). One list per adapter.
+
+    `batches_of`: score these batches of pair indices alone, in place of `pair_batches` (racing
+    scores dev a slice at a time); the other pairs stay (0.0, 0)."""
     device = model_device(model)
     results: list[list[tuple[float, int]]] = [[(0.0, 0)] * len(pairs) for _ in adapters]
-    order = _pairs_by_length(tokenizer, tuple(pairs))  # batches of similar lengths: little padding
-    for chunk in batches(order, batch_size):
+    for chunk in pair_batches(tokenizer, pairs, batch_size) if batches_of is None else batches_of:
         ids, mask, spans = _encode_pairs(tokenizer, tuple(pairs[i] for i in chunk))
         rows, repeat = ids.shape[0], len(adapters)
         logits = model(
