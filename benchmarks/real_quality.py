@@ -1,8 +1,8 @@
 """The quality table on a real pretrained instruct LLM: SmolLM2-135M-Instruct and its fine-tuned experts.
 
-    python benchmarks/real_quality.py            # every cell (builds the real testbed first if needed)
-    python benchmarks/real_quality.py --quick    # LoRA pool, 2 objectives
-    python benchmarks/real_quality.py --quick --resume   # only the cells the saved report lacks
+    python benchmarks/real_quality.py            # the table sized for ~2 h on 2 CPU cores: LoRA pool, 2 objectives
+    python benchmarks/real_quality.py --resume   # only the cells the saved report lacks
+    python benchmarks/real_quality.py --all      # every objective of both pools (~12 cells, ~14 h on 2 CPU cores)
 
 The same table as `quality.py` (paired bootstrap intervals, wins/ties/losses, budget curves,
 correctness emergence), on `mergekit_swarm.testing.real_testbed`: per cell, `mergekit-swarm compare`
@@ -10,8 +10,10 @@ with every one-shot baseline and random search, LoraHub and CMA-ES at the swarm'
 run the swarm, the soups and the search baselines in the recipe's LoRA space (`--space`, default
 update) and the swarm once more in the other space, as its own row. Also the paper's weak-to-strong
 view: where the particle that started as the weakest expert ends (its best dev utility and rank
-among the particles' personal bests). Sized for about 2 hours on 2 CPU cores (what was cut is
-written in the report). Results in benchmarks/results/real_quality.{json,md} and real_quality_budget.png.
+among the particles' personal bests). By default sized for about 2 hours on 2 CPU cores (what was cut is
+written in the report): the LoRA pool on an even mix of two experts' skills and on a skill no expert
+was trained on. Results in benchmarks/results/real_quality.{json,md} and real_quality_budget.png
+(`--all`: real_quality_all.*).
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ from mergekit_swarm.testing import real_testbed
 
 TESTBED = Path(__file__).resolve().parent / "testbed"
 OBJECTIVES = ("add", "mix_add_join", "mix_digits_join", "subtract", "multitask", "judge")
-QUICK_OBJECTIVES = ("mix_add_join", "subtract")
+SIZED_OBJECTIVES = ("mix_add_join", "subtract")  # the default table: a mixture, an unseen skill
 CUTS = (
+    "the LoRA pool only, on 2 of the testbed's objectives (`--all`: every objective of both pools); "
     "one testbed and one search seed (the toy table has two of each); no 3x-iterations swarm row; the swarm at "
-    f"{real_testbed.SWARM} (the paper: 20 particles, up to 50 iterations, 200 dev examples: see the GPU run); "
+    f"{real_testbed.SWARM} (the paper's budget, 20 particles, up to 50 iterations, 200 dev examples, is for a GPU); "
     f"{real_testbed.DEV} dev and {real_testbed.TEST} test examples per objective; {real_testbed.GENERATION['max_new_tokens']} "
     "new tokens per reply"
 )
@@ -41,7 +44,7 @@ CUTS = (
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="LoRA pool, 2 objectives")
+    parser.add_argument("--all", action="store_true", help="every objective of both pools (~14 h on 2 CPU cores)")
     parser.add_argument("--objectives", nargs="+", default=None)
     parser.add_argument("--pools", nargs="+", default=None, choices=("lora", "full"))
     parser.add_argument("--space", choices=("update", "factor"), default="update", help="LoRA space of the main rows")
@@ -50,7 +53,7 @@ def main() -> None:
         "--resume", action="store_true", help="keep the cells the saved .json measured with the same settings; run the rest"
     )
     args = parser.parse_args()
-    name = "real_quality_quick" if args.quick else "real_quality"
+    name = "real_quality_all" if args.all else "real_quality"
     if args.report_only:
         report = json.loads((RESULTS / f"{name}.json").read_text())
         plot_budget(budget_curves(report["runs"]), RESULTS / f"{name}_budget.png")
@@ -64,8 +67,8 @@ def main() -> None:
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     silence_library_progress_bars()
-    objectives = tuple(args.objectives or (QUICK_OBJECTIVES if args.quick else OBJECTIVES))
-    pools = tuple(args.pools or (("lora",) if args.quick else ("lora", "full")))
+    objectives = tuple(args.objectives or (OBJECTIVES if args.all else SIZED_OBJECTIVES))
+    pools = tuple(args.pools or (("lora", "full") if args.all else ("lora",)))
     start = time.perf_counter()
     root = real_testbed.build(0, root=TESTBED / "cache" / "real-seed-0")
     build_seconds = time.perf_counter() - start
@@ -73,7 +76,7 @@ def main() -> None:
         "command": command(),
         "machine": machine(),
         "versions": versions(),
-        "quick": args.quick,
+        "all": args.all,
         "testbeds": ["real (SmolLM2-135M-Instruct)"],
         "seeds": [0],
         "granularities": ["model"],
@@ -104,7 +107,7 @@ def main() -> None:
     write_report(name, report, markdown(report, f"{name}_budget.png"))
 
 
-SETTINGS = ("quick", "space", "swarm", "test_examples", "cuts", "versions")
+SETTINGS = ("all", "space", "swarm", "test_examples", "cuts", "versions")
 
 
 def _kept_cells(saved: Path, report: dict) -> tuple[list[dict], list[dict], list[dict]]:
@@ -143,8 +146,9 @@ def _cell_runs(root: Path, pool: str, objective: str, space: str) -> tuple[list[
     if pool == "lora":
         other = "factor" if space == "update" else "update"
         extra = run_comparison(_recipe(root, pool, objective, other), out / other, options, CompareOptions(baselines=()))
-        for entry in extra.entries:  # the swarm in the other space, as a row of its own
-            entries.append({**entry.__dict__, "method": f"{entry.method}_{other}"})
+        for entry in extra.entries:  # the swarm in the other space, as a row of its own (named so even where it ends
+            title = entry.title if entry.title.endswith(f"{other} space") else f"{entry.title}, {other} space"  # at an expert)
+            entries.append({**entry.__dict__, "method": f"{entry.method}_{other}", "title": title})
         for method, scores in json.loads((out / other / "test_examples.json").read_text())["methods"].items():
             examples[f"{method}_{other}"] = scores
     return entries, examples, weak_to_strong(out / space / f"{SWARM}" / "swarm_history.jsonl", board.experts)
@@ -183,6 +187,7 @@ def markdown(report: dict, plot: str) -> str:
         "the test examples; **win** / **loss** when it excludes 0. **new / lost**: test examples solved that no expert "
         "solves / that some expert solves but the method misses.",
         "",
+        *([report["note"], ""] if report.get("note") else []),
     ]
     lines += summary(rows, cells)
     lines += [
