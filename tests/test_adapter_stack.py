@@ -10,6 +10,8 @@ path, with particles that really differ, and score exactly as one particle at a 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -240,7 +242,7 @@ def test_batch_size_is_measured_once_on_the_device(stacked, zoo):
     assert [e.utility for e in together] == 2 * [e.utility for e in LocalEvaluator(single, nll).evaluate(particles)]
 
 
-needs_proc = pytest.mark.skipif(not HostMemory.available(), reason="measuring a peak needs Linux's /proc/self/clear_refs")
+needs_proc = pytest.mark.skipif(not HostMemory.available(), reason="measuring a peak needs Linux's /proc/self/status")
 
 
 @needs_proc
@@ -250,8 +252,10 @@ def test_host_memory_measures_a_peak_and_budgets_the_models_size():
     probe = HostMemory(model_bytes=2**30)
     with probe.peak() as used:
         block = torch.ones(64 * 2**20 // 4)  # 64 MiB, written: resident
+        time.sleep(0.05)  # (sampled every 2 ms)
         del block
     assert 60 * 2**20 <= used[0] < 128 * 2**20  # the growth at the peak, though freed before the end
+    assert not [t for t in threading.enumerate() if t.name == "host-memory-peak"]  # the sampler has stopped
     available = HostMemory._meminfo("MemAvailable")
     assert probe.free_bytes() == int(min(2**30 / HEADROOM, available))
     assert HostMemory(model_bytes=1).free_bytes() == int(min(HOST_FLOOR / HEADROOM, available))  # small models

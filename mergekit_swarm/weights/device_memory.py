@@ -18,6 +18,7 @@ costs little, keep every particle in one batch), and never more than `HEADROOM` 
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,10 +59,16 @@ class CudaMemory:
 
 
 class HostMemory:
-    """This process's memory on a Linux host (`/proc`): the batches' budget and the growth of its
-    resident set over a piece of work (the peak `VmHWM`, reset through `/proc/self/clear_refs`)."""
+    """This process's memory on a Linux host (`/proc`): the batches' budget, and the growth of its
+    anonymous resident memory over a piece of work, sampled every `INTERVAL` seconds by a thread.
 
-    STATUS, CLEAR = Path("/proc/self/status"), Path("/proc/self/clear_refs")
+    Anonymous memory only: what a batch adds (KV cache, activations, logits) is allocated, while the
+    file-backed pages the first forward touches (memory-mapped weights, the libraries' code) are not
+    the batch's and would count a model's worth more. Measured on the first evaluation, before the
+    allocator holds freed memory that later work reuses unseen."""
+
+    STATUS = Path("/proc/self/status")
+    INTERVAL = 0.002
     budget = "a CPU's batch budget (the model's size)"
 
     def __init__(self, model_bytes: int):
@@ -69,10 +76,9 @@ class HostMemory:
 
     @classmethod
     def available(cls) -> bool:
-        """Whether this host can measure a peak (Linux, with a writable `clear_refs`)."""
+        """Whether this host reports the process's anonymous memory (Linux)."""
         try:
-            cls.CLEAR.write_text("5")
-            return bool(cls._status("VmHWM"))
+            return cls._status("RssAnon") > 0
         except OSError:
             return False
 
@@ -84,12 +90,23 @@ class HostMemory:
 
     @contextmanager
     def peak(self) -> Iterator[list[int]]:
-        """Yields a list that holds, after the block, the bytes the resident set grew by at its peak."""
-        self.CLEAR.write_text("5")  # the peak starts again from the resident set now
-        before = self._status("VmRSS")
+        """Yields a list that holds, after the block, the bytes anonymous memory grew by at its peak."""
+        before = self._status("RssAnon")
+        highest, done = [before], threading.Event()
+
+        def sample() -> None:
+            while not done.wait(self.INTERVAL):
+                highest[0] = max(highest[0], self._status("RssAnon"))
+
+        thread = threading.Thread(target=sample, name="host-memory-peak", daemon=True)
+        thread.start()
         used: list[int] = []
-        yield used
-        used.append(max(1, self._status("VmHWM") - before))
+        try:
+            yield used
+        finally:
+            done.set()
+            thread.join()
+        used.append(max(1, max(highest[0], self._status("RssAnon")) - before))
 
     def release(self) -> None:
         pass
