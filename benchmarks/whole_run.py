@@ -1,14 +1,15 @@
-"""Whole `mergekit-swarm` runs side by side: every particle of an iteration in one batch vs one at a time.
+"""Whole `mergekit-swarm` runs side by side: one particle at a time, all of an iteration in one batch, `auto`.
 
     python benchmarks/whole_run.py                         # the quickstart and the SmolLM2 example, 3 passes
     python benchmarks/whole_run.py --examples quickstart --passes 5
 
-For each example, the ways (`evaluation.particles_per_batch`: 1, and `auto`, the default) run in turn
+For each example, the ways (`evaluation.particles_per_batch`: 1, every particle of an iteration, and
+`auto`, the default, which on a CPU batches what fits in a budget of the model's size) run in turn
 within each pass, as whole CLI runs (start-up, search, test report and writing included). Reported per
 way: the wall time of the whole run and the search loop's seconds per iteration from the run's own
-`swarm_result.json` (`timing`), median and range over the passes, and whether every way found the same
-winner with the same history of utilities. Builds the SmolLM2 example first if needed (~6 minutes).
-Writes benchmarks/results/whole_run.{json,md}.
+`swarm_result.json` (`timing`), median and range over the passes, the particles its batches held, its
+peak memory, and whether every way found the same winner with the same history of utilities. Builds
+the SmolLM2 example first if needed (~6 minutes). Writes benchmarks/results/whole_run.{json,md}.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ EXAMPLES = {
     "quickstart": (ROOT / "examples" / "quickstart" / "swarm.yml", {"max_iterations": 30}),
     "smollm2": (ROOT / "examples" / "smollm2" / "swarm.yml", {"max_iterations": 3}),
 }
-WAYS = {"one at a time": 1, "auto (all in one batch)": "auto"}
+WAYS = {"one at a time": 1, "all in one batch": "all", "auto": "auto"}  # "all": the example's particles
 
 
 def main() -> None:
@@ -68,7 +69,7 @@ def _run(name: str, way: int | str, folder: Path) -> dict:
     source, overrides = EXAMPLES[name]
     recipe = _absolute(yaml.safe_load(source.read_text()), source.parent)
     recipe["swarm"].update(overrides)
-    recipe.setdefault("evaluation", {})["particles_per_batch"] = way
+    recipe.setdefault("evaluation", {})["particles_per_batch"] = recipe["swarm"]["particles"] if way == "all" else way
     folder.mkdir(parents=True)
     path = folder / "swarm.yml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
@@ -83,6 +84,7 @@ def _run(name: str, way: int | str, folder: Path) -> dict:
         "iterations": result["iterations"],
         "winner_dev": result["winner_dev"],
         "utilities": [row["utility"] for row in history],
+        "particles_per_batch": max(row.get("shared_by") or 1 for row in history),
     }
 
 
@@ -113,6 +115,7 @@ def _summary(name: str, runs: dict[str, list[dict]]) -> list[dict]:
                 "wall_seconds": _spread(wall),
                 "seconds_per_iteration": _spread(per_iteration),
                 "peak_anon_gb": round(max(r["peak_anon_bytes"] for r in passes) / 1e9, 2),
+                "particles_per_batch": max(r["particles_per_batch"] for r in passes),
                 "evaluation_share": round(statistics.median(r["evaluation_seconds"] / r["search_seconds"] for r in passes), 3),
                 "speed_up": round(one_at_a_time / statistics.median(per_iteration), 2),
                 "same_results": all(
@@ -121,10 +124,6 @@ def _summary(name: str, runs: dict[str, list[dict]]) -> list[dict]:
             }
         )
     return rows
-
-
-def _same(run: dict, reference: dict) -> bool:
-    return run["utilities"] == reference["utilities"] and run["winner_dev"] == reference["winner_dev"]
 
 
 def _spread(values: list[float]) -> dict:
@@ -138,28 +137,39 @@ def _spread(values: list[float]) -> dict:
 
 
 def markdown(report: dict) -> str:
-    lines = header("Whole runs: every particle of an iteration in one batch vs one at a time", report)
+    lines = header("Whole runs: one particle at a time, all in one batch, `auto`", report)
     lines += [
-        f"Whole `mergekit-swarm` CLI runs, {report['passes']} passes, the ways in turn within each pass (alternating "
+        f"Whole `mergekit-swarm` CLI runs, {_passes(report['passes'])}, the ways in turn within each pass (alternating "
         "which goes first). **s / iteration**: the search loop's time (`swarm_result.json` `timing`) over its "
         "evaluation rounds (the first round and each iteration); **spread**: (max - min) / median over the passes; "
         "**speed-up**: one at a time's median s / iteration over the way's; **same results**: the same utility in "
         "every history line and the same winner as the first one-at-a-time run; **peak memory**: the most anonymous "
-        "memory any pass's run allocated (sampled every 20 ms; the memory-mapped experts are file-backed, not counted).",
+        "memory any pass's run allocated (sampled every 20 ms; the memory-mapped experts are file-backed, not counted); "
+        "**per batch**: the most particles one batch held.",
         "",
         "| example | way | iterations | whole run, s (median, range) | s / iteration (median, range) | spread | "
-        "share scoring | peak memory | speed-up | same results |",
-        "|---|---|---:|---|---|---:|---:|---:|---:|---|",
+        "share scoring | per batch | peak memory | speed-up | same results |",
+        "|---|---|---:|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in report["rows"]:
         wall, per = r["wall_seconds"], r["seconds_per_iteration"]
         lines.append(
             f"| {r['example']} | {r['way']} | {r['iterations']} | {wall['median']:.1f} ({wall['min']:.1f}-{wall['max']:.1f}) | "
             f"{per['median']:.3f} ({per['min']:.3f}-{per['max']:.3f}) | ±{per['spread'] * 50:.0f}% | "
-            f"{r['evaluation_share']:.0%} | {r['peak_anon_gb']:.2f} GB | **{r['speed_up']:.2f}x** | "
+            f"{r['evaluation_share']:.0%} | {r.get('particles_per_batch', '-')} | {r['peak_anon_gb']:.2f} GB | "
+            f"**{r['speed_up']:.2f}x** | "
             f"{'yes' if r['same_results'] else 'no'} |"
         )
+    if report.get("note"):
+        lines += ["", report["note"]]
     return "\n".join(lines) + "\n"
+
+
+def _passes(passes: int | dict[str, int]) -> str:
+    """How many passes: one count, or one per example where the rows of two runs were joined."""
+    if isinstance(passes, int):
+        return f"{passes} passes"
+    return ", ".join(f"{count} passes for {name}" for name, count in passes.items())
 
 
 if __name__ == "__main__":
