@@ -8,11 +8,12 @@ out-of-memory error later halves the batch and retries. Neither changes any resu
 scores the same in any company.
 
 On a CPU the trade is another: once the model's compute dominates, a bigger batch buys little
-(SmolLM2-135M: 1.07x per iteration all in one batch against one at a time) while every row adds
-its KV cache (8 particles x 60 prompts: 2.66 GB peak against 0.79 GB, for a 0.54 GB model). So
-`auto` on a CPU (`HostMemory`) gives the batches a budget, not the free memory: as much as the
-resident model itself takes, at least `HOST_FLOOR` (small models, where batching pays most and
-costs little, keep every particle in one batch), and never more than `HEADROOM` of what is free.
+while every row adds its KV cache (SmolLM2-135M, 8 particles x 60 prompts all in one batch: 1.20x
+one at a time per iteration, 2.73 GB peak against 0.79 GB, for a 0.54 GB model). So `auto` on a
+CPU (`HostMemory`) gives the batches a budget, not the free memory: as much as the resident model
+itself takes, at least `HOST_FLOOR` (small models, where batching pays most and costs little, keep
+every particle in one batch), and never more than `HEADROOM` of what is free. There: 3 particles
+per batch, 1.22x at 1.59 GB (benchmarks/results/whole_run.md).
 """
 
 from __future__ import annotations
