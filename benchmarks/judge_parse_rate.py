@@ -39,8 +39,8 @@ def main() -> None:
     base = EXAMPLE / "models" / "base"
     rows, start = [], time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        # the testbed's preference data, as its build writes it (the 6th data folder: seed 6000 for testbed 0)
-        real_testbed.write_splits(Path(tmp), real_testbed.PREFERENCE_SKILLS, 6000)
+        # the preference data of testbed 0, as its build writes it
+        real_testbed.write_splits(Path(tmp), *real_testbed.data_folders(0)["preference"])
         config = {**real_testbed._utilities()["judge"], "dev": str(Path(tmp) / "dev.jsonl"), "test": None}
         config["backend"] = {**config["backend"], "model": str(base)}
         utility = validate_utility(config).build("dev")

@@ -92,8 +92,8 @@ def build(
         if "full" in pools and not (root / "full" / skill / "config.json").exists():
             say(f"expert {skill!r}: full fine-tune ...")
             train_full(base, root / "full" / skill, _training_rows(skill, seed * 100 + i), seed=seed * 100 + i)
-    for j, (name, mix) in enumerate({**OBJECTIVES, **{s: (s,) for s in MULTITASK}, "preference": PREFERENCE_SKILLS}.items()):
-        write_splits(root / "data" / name, mix, seed * 10_000 + 1000 * (j + 1))
+    for name, (mix, data_seed) in data_folders(seed).items():
+        write_splits(root / "data" / name, mix, data_seed)
     for pool in pools:
         experts = list(LORA_EXPERTS) if pool == "lora" else list(FULL_EXPERTS)
         for name, utility in _utilities().items():
@@ -101,6 +101,12 @@ def build(
     toy.mark_built(stamp, build_id)
     say(f"real testbed ready in {root} ({time.perf_counter() - start:.0f} s)")
     return root
+
+
+def data_folders(seed: int) -> dict[str, tuple[tuple[str, ...], int]]:
+    """Each data folder of the testbed `seed`: the skills it mixes and the seed its splits are drawn with."""
+    mixes = {**OBJECTIVES, **{s: (s,) for s in MULTITASK}, "preference": PREFERENCE_SKILLS}
+    return {name: (mix, seed * 10_000 + 1000 * (j + 1)) for j, (name, mix) in enumerate(mixes.items())}
 
 
 def _training_rows(skill: str, seed: int) -> list[dict]:
