@@ -4,6 +4,7 @@
     python benchmarks/tune.py --quick            # LoRA pool, testbed 0, search seed 0
     python benchmarks/tune.py --round velocity   # another set of candidates (ROUNDS)
     python benchmarks/tune.py --round spaces --pools lora --testbed-seeds 1 --resume   # add testbed 1 to the saved round
+    python benchmarks/tune.py --round spaces --real    # the real testbed (SmolLM2-135M-Instruct), LoRA pool
 
 Each dev file is cut in two fixed parts (`dev_part`, 75% / 25%): the search and every candidate
 setting see the first ("dev A"); the second ("dev B") is scored once per candidate's winner and
@@ -11,6 +12,11 @@ is what tells the candidates apart: held-out evidence, without touching test. Th
 run on one resident model per objective and seed (`compare`'s scorer), granularity model unless a candidate sets another, with
 the testbed's budget. Writes `benchmarks/results/tune.{json,md}` (round `start`; other rounds
 `tune_<round>.*`, and `*_quick.*` with `--quick`).
+
+With `--real`, the candidates run on the real testbed (`mergekit_swarm.testing.real_testbed`, seed 0,
+LoRA pool, `real_quality.py`'s two objectives unless `--objectives` says others): the search sees
+the objective's whole dev (100 examples) and dev B is 200 further examples of the same mix, drawn
+after dev and test with the same seed (disjoint from both). Writes `tune_<round>_real.*`.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from pathlib import Path
 from lib.common import RESULTS, command, header, machine, versions, write_report
 from quality import OBJECTIVES, QUICK_OBJECTIVES, TESTBED
 
-from mergekit_swarm.testing import testbed
+from mergekit_swarm.testing import real_testbed, testbed
 
 # round: {name: swarm settings over the defaults}; the first candidate is the reference. The rounds before
 # `probes` ran when the swarm had no probes: they keep `stall_probes: 0` (their reports predate the key).
@@ -74,6 +80,8 @@ ROUNDS = {
     },
 }
 HOLDOUT = 0.25  # the candidates' recipe carries it so that the scorer has the search/holdout parts
+REAL_OBJECTIVES = ("mix_add_join", "subtract")  # real_quality.py's default table
+REAL_DEV_B = 200
 
 
 def main() -> None:
@@ -83,6 +91,8 @@ def main() -> None:
     parser.add_argument("--testbed-seeds", type=int, nargs="+", default=None, help="default 0 1 (quick: 0)")
     parser.add_argument("--pools", nargs="+", default=None, choices=("lora", "full"))
     parser.add_argument("--round", default="start", choices=tuple(ROUNDS), help="which candidates (default: start)")
+    parser.add_argument("--real", action="store_true", help="the real testbed (SmolLM2), LoRA pool, search seed 0")
+    parser.add_argument("--objectives", nargs="+", default=None, help="--real: default mix_add_join subtract")
     parser.add_argument(
         "--resume",
         action="store_true",
@@ -92,7 +102,7 @@ def main() -> None:
     args = parser.parse_args()
     candidates = ROUNDS[args.round]
     name = "tune" if args.round == "start" else f"tune_{args.round}"
-    name = f"{name}_quick" if args.quick else name
+    name = f"{name}_quick" if args.quick else f"{name}_real" if args.real else name
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
@@ -100,16 +110,20 @@ def main() -> None:
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     silence_library_progress_bars()
-    quick = args.quick
+    quick = args.quick or args.real
     seeds = args.seeds or ([0] if quick else [0, 1])
-    testbeds = args.testbed_seeds or ([0] if quick else [0, 1])
+    testbeds = ["real"] if args.real else args.testbed_seeds or ([0] if quick else [0, 1])
     pools = tuple(args.pools or (("lora",) if quick else ("lora", "full")))
-    objectives = QUICK_OBJECTIVES if quick else OBJECTIVES
+    objectives = tuple(args.objectives or (REAL_OBJECTIVES if args.real else QUICK_OBJECTIVES if quick else OBJECTIVES))
+    swarm = real_testbed.SWARM if args.real else testbed.SWARM
     start = time.perf_counter()
-    saved = _saved(name, candidates) if args.resume else {}
+    saved = _saved(name, candidates, swarm) if args.resume else {}
     runs = list(saved.get("runs", []))
     measured = {(r["testbed"], r["pool"], r["objective"], r["seed"]) for r in runs}
     for testbed_seed in testbeds:
+        if testbed_seed == "real":
+            runs += _real_cells(pools, objectives, seeds, candidates, measured)
+            continue
         root = testbed.build(testbed_seed, root=TESTBED / "cache" / f"seed-{testbed_seed}", quiet=True)
         data = TESTBED / "runs" / "tune" / f"testbed-{testbed_seed}" / "data"
         for pool in pools:
@@ -133,7 +147,7 @@ def main() -> None:
         "testbeds": sorted({*testbeds, *saved.get("testbeds", [])}),
         "pools": [pool for pool in ("lora", "full") if pool in {*pools, *saved.get("pools", [])}],
         "objectives": objectives,
-        "swarm": testbed.SWARM,
+        "swarm": swarm,
         "total_seconds": round(time.perf_counter() - start + saved.get("total_seconds", 0.0), 1),
         "runs": runs,
         **({"note": saved["note"]} if "note" in saved else {}),
@@ -141,13 +155,13 @@ def main() -> None:
     write_report(name, report, markdown(report))
 
 
-def _saved(name: str, candidates: dict) -> dict:
+def _saved(name: str, candidates: dict, swarm: dict) -> dict:
     """The saved report `name` (`--resume`), if it was measured with the same candidates and swarm settings."""
     path = RESULTS / f"{name}.json"
     if not path.exists():
         return {}
     old = json.loads(path.read_text())
-    if old.get("candidates") != candidates or old.get("swarm") != testbed.SWARM:
+    if old.get("candidates") != candidates or old.get("swarm") != swarm:
         print(f"--resume: {path.name} was measured with other candidates or swarm settings; measuring every cell again")
         return {}
     return old
@@ -176,6 +190,34 @@ def _on_dev_parts(recipe_file: Path, data: Path):
     else:
         utility = cut(utility, "data")
     return dataclasses.replace(recipe, utility=utility, swarm=recipe.swarm.model_copy(update={"holdout": HOLDOUT}))
+
+
+def _real_cells(pools, objectives, seeds, candidates: dict, measured: set) -> list[dict]:
+    """`--real`: every candidate on the real testbed's objectives, judged on 200 further dev examples (dev B)."""
+    from mergekit_swarm.config import load_recipe
+    from mergekit_swarm.testing import nl_skills, toy
+
+    root = real_testbed.build(0, root=TESTBED / "cache" / "real-seed-0")
+    runs = []
+    for pool in pools:
+        for objective in objectives:
+            mix, data_seed = real_testbed.data_folders(0)[objective]
+            dev_b = TESTBED / "runs" / "tune" / "real" / "data" / objective / "dev_b.jsonl"
+            drawn = nl_skills.make_examples(mix, real_testbed.DEV + real_testbed.TEST + REAL_DEV_B, data_seed)
+            toy.write_jsonl(dev_b, drawn[real_testbed.DEV + real_testbed.TEST :])  # after dev and test: disjoint
+            recipe = load_recipe(root / "recipes" / pool / f"{objective}.yml")
+            utility = recipe.utility.model_copy(update={"test": dev_b})
+            swarm = recipe.swarm.model_copy(update={"holdout": HOLDOUT})
+            recipe = dataclasses.replace(recipe, utility=utility, swarm=swarm)
+            for seed in seeds:
+                if ("real", pool, objective, seed) in measured:
+                    continue
+                work = TESTBED / "runs" / "tune" / "real" / pool / objective / f"seed-{seed}"
+                for name, dev, unseen, evaluations in tune_cell(recipe, seed, work, candidates):
+                    cell = {"testbed": "real", "pool": pool, "objective": objective, "seed": seed}
+                    runs.append({**cell, "setting": name, "dev_a": dev, "dev_b": unseen, "evaluations": evaluations})
+                    print(f"{cell} {name}: dev A {dev:.4f}, dev B {unseen:.4f} ({evaluations} evaluations)", flush=True)
+    return runs
 
 
 def tune_cell(recipe, seed: int, work: Path, candidates: dict[str, dict]) -> list[tuple[str, float, float, int]]:
@@ -208,6 +250,17 @@ def tune_cell(recipe, seed: int, work: Path, candidates: dict[str, dict]) -> lis
     return found
 
 
+TOY_PARTS = (
+    "Each dev file is cut in two fixed parts: every candidate searches on dev A (75%, of which the holdout "
+    "candidates hide a further 25% from the search) and is judged on dev B (the other 25%), which no search saw."
+)
+REAL_PARTS = (
+    f"Real testbed (SmolLM2-135M-Instruct, seed 0): every candidate searches on the objective's dev "
+    f"({real_testbed.DEV} examples, dev A) and is judged on dev B, {REAL_DEV_B} further examples of the same mix "
+    "drawn after dev and test, which no search saw."
+)
+
+
 def markdown(report: dict) -> str:
     runs = report["runs"]
     names = list(report["candidates"])
@@ -218,9 +271,8 @@ def markdown(report: dict) -> str:
     lines += [
         f"Swarm alone (granularity model unless set), {report['swarm']}; testbeds {report['testbeds']}, pools "
         f"{', '.join(report['pools'])}, {len(report['objectives'])} objectives, search seeds {report['seeds']}: "
-        f"{len(cells)} cells. Each dev file is cut in two fixed parts: every candidate searches on dev A (75%, "
-        "of which the holdout candidates hide a further 25% from the search) and is judged on dev B (the other "
-        f"25%), which no search saw. Test is never read. {report['total_seconds'] / 60:.1f} min.",
+        f"{len(cells)} cells. {REAL_PARTS if report['testbeds'] == ['real'] else TOY_PARTS} Test is never read. "
+        f"{report['total_seconds'] / 60:.1f} min.",
         "",
         "| setting | overrides | mean dev A | mean dev B | mean dev B rank | dev B vs the first row: better / equal / worse "
         "cells | evaluations |",
