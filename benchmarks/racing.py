@@ -2,6 +2,7 @@
 
     python benchmarks/racing.py            # LoRA and full pools, the objectives whose utility races
     python benchmarks/racing.py --quick    # LoRA pool, 2 objectives
+    python benchmarks/racing.py --real     # the real testbed (SmolLM2-135M-Instruct): off, exact, confident
 
 On the toy testbed (`mergekit_swarm.testing.testbed`, seed 0), each cell runs the same search
 (`run_swarm`, the testbed's budget) with racing off, `racing: exact` in 4 and 8 slices and
@@ -9,6 +10,10 @@ On the toy testbed (`mergekit_swarm.testing.testbed`, seed 0), each cell runs th
 `batch_size` lowered to 25 in every run so that dev (200 examples) has 8 batches to cut into slices
 (a slice is whole batches). Exact racing changes no decision: its winners must equal racing off's,
 and the report checks it. Results in benchmarks/results/racing.{json,md}.
+
+`--real`: the real testbed (`mergekit_swarm.testing.real_testbed`, seed 0), its LoRA pool in update
+space on the even mix of add and join, racing off, exact in 4 slices and confident in 8 at its
+budget, `batch_size` 25 (dev: 100 examples). Results in racing_real.{json,md}.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from pathlib import Path
 
 from lib.common import RESULTS, command, header, machine, versions, write_report
 
-from mergekit_swarm.testing import testbed
+from mergekit_swarm.testing import real_testbed, testbed
 
 TESTBED = Path(__file__).resolve().parent / "testbed"
 OBJECTIVES = ("add", "reverse_shift", "mix_reverse_add", "mix_sort_shift_count", "multitask")
@@ -35,6 +40,9 @@ CONFIGS = {
     "off, 2x iterations": {"racing": "off", "max_iterations": 16, "patience": 10},
     "confident, 8 slices, 2x iterations": {"racing": "confident", "racing_slices": 8, "max_iterations": 16, "patience": 10},
 }
+REAL_OBJECTIVES = ("mix_add_join",)
+REAL_CONFIGS = {name: CONFIGS[name] for name in ("off", "exact, 4 slices", "confident, 8 slices")}
+REAL_SPACE = {"lora_space": "update"}  # what the real table's main rows and the SmolLM2 example use
 BATCH = 25
 
 
@@ -42,9 +50,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="LoRA pool, 2 objectives")
     parser.add_argument("--pools", nargs="+", default=None, choices=("lora", "full"))
+    parser.add_argument("--real", action="store_true", help="the real testbed (SmolLM2), LoRA pool, 1 objective")
     parser.add_argument("--report-only", action="store_true", help="rewrite the .md from the saved .json")
     args = parser.parse_args()
-    name = "racing_quick" if args.quick else "racing"
+    name = "racing_quick" if args.quick else "racing_real" if args.real else "racing"
     if args.report_only:
         report = json.loads((RESULTS / f"{name}.json").read_text())
         write_report(name, report, markdown(report))
@@ -56,21 +65,26 @@ def main() -> None:
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     silence_library_progress_bars()
-    objectives = QUICK_OBJECTIVES if args.quick else OBJECTIVES
-    pools = args.pools or (["lora"] if args.quick else ["lora", "full"])
-    root = testbed.build(0, root=TESTBED / "cache" / "seed-0")
+    objectives = REAL_OBJECTIVES if args.real else QUICK_OBJECTIVES if args.quick else OBJECTIVES
+    pools = args.pools or (["lora"] if args.quick or args.real else ["lora", "full"])
+    if args.real:
+        root, configs, space = real_testbed.build(0, root=TESTBED / "cache" / "real-seed-0"), REAL_CONFIGS, REAL_SPACE
+    else:
+        root, configs, space = testbed.build(0, root=TESTBED / "cache" / "seed-0"), CONFIGS, {}
     start = time.perf_counter()
     runs = []
     for pool in pools:
         for objective in objectives:
-            for name, overrides in CONFIGS.items():
-                runs.append({"pool": pool, "objective": objective, "config": name, **_run(root, pool, objective, overrides)})
+            for config, overrides in configs.items():
+                measured = _run(root, pool, objective, {**space, **overrides})
+                runs.append({"pool": pool, "objective": objective, "config": config, **measured})
                 print(runs[-1], flush=True)
     report = {
         "command": command(),
         "machine": machine(),
         "versions": versions(),
-        "swarm": testbed.SWARM,
+        "testbed": "real (SmolLM2-135M-Instruct), seed 0, update space" if args.real else "toy, seed 0",
+        "swarm": real_testbed.SWARM if args.real else testbed.SWARM,
         "batch_size": BATCH,
         "total_seconds": round(time.perf_counter() - start, 1),
         "runs": runs,
@@ -137,7 +151,8 @@ def wrong_stops(history: Path) -> int:
 def markdown(report: dict) -> str:
     lines = header("Racing: examples scored and wall time per run, off vs exact vs confident", report)
     lines += [
-        f"Toy testbed seed 0, the testbed's budget ({report['swarm']}; `2x iterations`: 16, patience 10), utility "
+        f"Testbed: {report.get('testbed', 'toy, seed 0')}; its budget ({report['swarm']}; `2x iterations`: "
+        "twice the iterations and patience), utility "
         f"batch_size {report['batch_size']} in every run. `test gain`: winner minus best expert on test; `saved`: the share "
         "of dev examples not scored; `stopped`: evaluations stopped early, of which `finished`: scored to the end later for "
         "a stall probe step, and `wrong`: of those, the ones that would have beaten their personal best; `same winner`: "
