@@ -23,11 +23,13 @@ from mergekit_swarm.utilities.racing import (
     MeanRacer,
     Partial,
     RaceLimit,
+    TokenMeanRacer,
     confidence_bounds,
     deal_batches,
     mean_bounds,
 )
-from tests.helpers import experts_answers, multitask_of_exact_match_and_nll
+from mergekit_swarm.utilities.score import Score
+from tests.helpers import API_KEY, FakeChatCompletions, experts_answers, multitask_of_exact_match_and_nll
 
 
 def test_slices_are_whole_batches_each_once_in_a_seeded_order():
@@ -176,20 +178,88 @@ def test_every_racing_utility_stops_early_and_finishes_to_its_full_value(zoo, re
         assert [e.utility for e in counted] == [e.utility for e in full], name
 
 
-def test_utilities_that_are_not_a_share_right_are_scored_in_full(zoo, resident_factory, caplog):
+def test_utilities_without_exact_bounds_are_scored_in_full_under_exact_racing(zoo, resident_factory, caplog):
     resident = resident_factory(zoo.lora, "model")
     generation = {"dev": str(zoo.dev), "batch_size": 4, "max_new_tokens": 6}
-    for config in (
-        {"type": "nll", "dev": str(zoo.dev)},
-        multitask_of_exact_match_and_nll(zoo, generation),
+    for config, why in (
+        ({"type": "nll", "dev": str(zoo.dev)}, "`racing: confident` races it"),
+        (multitask_of_exact_match_and_nll(zoo, generation), "every component races"),
     ):
         utility = validate_utility(config).build("dev")
         assert utility.racer(resident.tokenizer, 4) is None
         engine = LocalEvaluator(resident, utility)
+        caplog.clear()
         with caplog.at_level("WARNING"):
             results = list(engine.evaluate([np.eye(3)[[0]]], racing=Racing(4, [RaceLimit(2.0, -1.0)])))
         assert results[0].stopped is None and results[0].examples is None
-        assert "does not race" in caplog.text
+        assert "does not race here" in caplog.text and why in caplog.text
+
+
+def _confident_only_utilities(zoo, prompts, reward_model_dir, judge_url: str) -> dict:
+    judge = {"type": "openai", "base_url": judge_url, "model": "judge-1", "api_key_env": "JUDGE_KEY"}
+    configs = {
+        "nll": {"type": "nll", "dev": str(zoo.dev), "batch_size": 4},
+        "multitask of nll": multitask_of_exact_match_and_nll(zoo, {"dev": str(zoo.dev), "batch_size": 4, "max_new_tokens": 6}),
+        "reward_model": {
+            "type": "reward_model",
+            "model": str(reward_model_dir),
+            "dev": str(prompts),
+            "max_new_tokens": 6,
+            "batch_size": 3,
+            "normalize": {"low": -0.2, "high": 0.2},
+            "length_penalty": "verbose",
+        },
+        "judge": {"type": "judge", "dev": str(prompts), "max_new_tokens": 6, "template": "Q: {prompt} A: {response}"}
+        | {"backend": judge},
+    }
+    return {name: validate_utility(config).build("dev") for name, config in configs.items()}
+
+
+def test_confident_racing_stops_nll_reward_and_judge_early_and_finishes_them(
+    zoo, resident_factory, prompts, reward_model_dir, monkeypatch
+):
+    monkeypatch.setenv("JUDGE_KEY", API_KEY)
+    resident = resident_factory(zoo.lora, "model", slots=3)
+    rng = np.random.default_rng(4)
+    particles = [np.eye(3)[[k]] for k in range(3)] + [rng.dirichlet(np.ones(3))[None] * 1.4 - 0.1]
+    with FakeChatCompletions() as server:  # rates a response 1 + its length: ratings that differ
+        for name, utility in _confident_only_utilities(zoo, prompts, reward_model_dir, server.base_url).items():
+            assert utility.racer(resident.tokenizer, 3) is None, name  # exact: no bound would hold
+            full = list(LocalEvaluator(resident, utility).evaluate(particles))  # racing off
+            assert len({e.utility for e in full}) > 1, name  # the particles really differ
+            engine = LocalEvaluator(resident, utility)
+            always = Racing(3, [RaceLimit(best=2.0, worst=-1e9)] * len(particles), z=1.0)  # settled at the first look
+            raced = list(engine.evaluate(particles, racing=always))
+            assert all(e.stopped is not None and e.examples < e.of for e in raced), name
+            finished = engine.finish(particles, raced)
+            assert all(e.examples == e.of and e.stopped is None for e in finished), name
+            # every evaluation of a confident run is scored in the same slices: the same values, stopped or not
+            never = Racing(3, [None] * len(particles), z=1.0)
+            counted = list(LocalEvaluator(resident, utility).evaluate(particles, racing=never))
+            assert [e.utility for e in finished] == [e.utility for e in counted], name
+            # and, batched otherwise, racing off's up to float rounding
+            assert [e.utility for e in finished] == pytest.approx([e.utility for e in full], rel=1e-5, abs=1e-6), name
+
+
+def test_token_mean_bounds_are_exact_above_and_estimated_below():
+    rng = np.random.default_rng(2)
+    tokens = rng.integers(1, 6, 200).tolist()
+    sums = [-float(rng.gamma(2.0, 0.5)) * t for t in tokens]  # log-likelihoods: at most 0
+    final = sum(sums) / sum(tokens)
+    racer = TokenMeanRacer(tokens, [[tuple(range(200))]], lambda *args: [], lambda s: Score(sum(s) / sum(tokens)))
+    order = rng.permutation(200).tolist()
+    covered, widths = 0, []
+    for m in (10, 25, 50, 100, 150):
+        known = Partial({"": {i: sums[i] for i in order[:m]}})
+        low, high = racer.bounds(known, z=2.0)
+        assert final <= high <= racer.bounds(known)[1] <= 0.0  # the unscored tokens add at most 0
+        assert racer.bounds(known)[0] == -math.inf  # exact: no floor, so exact racing never stops it
+        covered += low <= final
+        widths.append(high - low)
+    assert covered >= 4 and widths[-1] < widths[0] / 3
+    low, high = racer.bounds(Partial({"": dict(enumerate(sums))}), z=2.0)
+    assert low <= final <= high and high - low < 1e-12
+    assert racer.result(Partial({"": dict(enumerate(sums))})).value == final
 
 
 def test_multiple_choice_by_loglikelihood_races_in_pairs_and_judges_whole_examples(zoo, tokenizer):

@@ -116,9 +116,10 @@ class SwarmSettings(StrictSection):
             "exact: score each particle slice by slice of dev and stop as soon as its utility on all of dev is sure "
             "to stay at or below its personal best and at or above the global worst, so that no decision of the "
             "search changes (same winner, bit for bit, for fewer examples scored). confident: stop when a confidence "
-            "interval (racing_confidence) says so: far fewer examples, at the risk of missing an improvement. For "
-            "utilities that are a share of examples answered right (exact_match, multiple_choice, a multitask of "
-            "them); others are scored on all of dev. off: every particle on all of dev."
+            "interval (racing_confidence) says so: far fewer examples, at the risk of missing an improvement. "
+            "exact races a share of examples answered right (exact_match, multiple_choice, a multitask of them); "
+            "confident also races nll, judge and reward_model with normalize; others are scored on all of dev. "
+            "off: every particle on all of dev."
         ),
     )
     racing_slices: int = Field(default=4, ge=2, description="Slices of dev a racing particle is scored in (whole batches each).")

@@ -192,7 +192,8 @@ class LocalEvaluator:
             if self._racers[split] is None:
                 self._note(
                     "racing",
-                    f"racing: {type(self.utilities[split]).__name__} does not race; every particle is scored on all of dev",
+                    f"racing: {type(self.utilities[split]).__name__} does not race here ({self.utilities[split].racing_note}); "
+                    "every particle is scored on all of dev",
                 )
         return self._racers[split]
 

@@ -57,6 +57,9 @@ class Utility(ABC):
         (every particle is then scored on all of dev)."""
         return None
 
+    racing_note = "it is not a mean over examples each scored within a known range"
+    """Why `racer` gives None, for the run's note."""
+
 
 class AdapterBatchedUtility(Utility):
     """A utility written once, for a list of adapters: `score_adapters` does the work, and

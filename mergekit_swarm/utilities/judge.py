@@ -29,6 +29,7 @@ from mergekit_swarm.core.protocols import CausalLM, Tokenizer
 from mergekit_swarm.utilities.base import AdapterBatchedUtility, GenerativeUtilityConfig, Score, Utility, register_utility
 from mergekit_swarm.utilities.data import Example
 from mergekit_swarm.utilities.judge_backends import LocalJudgeConfig, OpenAIJudgeConfig
+from mergekit_swarm.utilities.racing import Racer, response_racer
 from mergekit_swarm.utilities.text import Adapters, GenerationSettings, generate_for_adapters, model_device
 
 DEFAULT_TEMPLATE = (
@@ -59,15 +60,38 @@ class JudgeUtility(AdapterBatchedUtility):
         return [self._score(responses, model_device(model)) for responses in per_adapter]
 
     def _score(self, responses: list[str], device: torch.device) -> Score:
-        # format() reads braces in the template only, never in the prompts or responses it inserts
-        questions = [self.template.format(prompt=p, response=r) for p, r in zip(self.prompts, responses)]
-        answers = self.judge(questions, device)
-        ratings = [parse_rating(a) for a in answers]
+        ratings = self._ratings(self.prompts, responses, device)
         unparseable = sum(r is None for r in ratings)
         values = [1.0 if r is None else r for r in ratings]
         mean = sum(values) / len(values)
         details = {"mean_rating": mean, "unparseable": float(unparseable)}
         return Score(mean / 10, details, {"": tuple(v / 10 for v in values)})
+
+    def _ratings(self, prompts: list[str], responses: list[str], device: torch.device) -> list[float | None]:
+        # format() reads braces in the template only, never in the prompts or responses it inserts
+        questions = [self.template.format(prompt=p, response=r) for p, r in zip(prompts, responses)]
+        return [parse_rating(answer) for answer in self.judge(questions, device)]
+
+    racing_note = (
+        "the judge answers a slice's questions in batches of their own, and its answers may depend on their company: "
+        "`racing: confident` races it"
+    )
+
+    def racer(self, tokenizer: Tokenizer, slices: int, whole_batches: bool = True) -> Racer | None:
+        """`racing: confident` only: each rating / 10 lies in [0.1, 1]. The history keeps the utility, the
+        mean rating and each example's score (not the count of unparseable answers)."""
+        if whole_batches:
+            return None
+
+        def score(rows: list[int], responses: list[str], device: torch.device) -> list[float]:
+            ratings = self._ratings([self.prompts[i] for i in rows], responses, device)
+            return [(1.0 if r is None else r) / 10 for r in ratings]
+
+        def finish(scores: tuple[float, ...]) -> Score:
+            mean = sum(10 * s for s in scores) / len(scores)
+            return Score(mean / 10, {"mean_rating": mean}, {"": scores})
+
+        return response_racer(tokenizer, self.prompts, self.generation, slices, whole_batches, (0.1, 1.0), score, finish)
 
 
 @register_utility

@@ -74,6 +74,8 @@ class MultiTask(Utility):
         per_component = [utility.score_adapters(model, tokenizer, adapters) for utility in self.utilities]
         return [self._combine([scores[i] for scores in per_component]) for i in range(len(adapters))]
 
+    racing_note = "it races only where every component races"
+
     def racer(self, tokenizer: Tokenizer, slices: int, whole_batches: bool = True) -> Racer | None:
         """Slice k is slice k of every component; only when every component races."""
         racers = [utility.racer(tokenizer, slices, whole_batches) for utility in self.utilities]

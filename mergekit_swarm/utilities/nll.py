@@ -11,7 +11,9 @@ from typing import Literal
 from mergekit_swarm.core.protocols import CausalLM, Tokenizer
 from mergekit_swarm.utilities.base import AdapterBatchedUtility, DatasetUtilityConfig, Utility, register_utility
 from mergekit_swarm.utilities.data import Example
-from mergekit_swarm.utilities.text import Adapters, logprobs_for_adapters
+from mergekit_swarm.utilities.racing import Batches, Racer, SliceScores, TokenMeanRacer, plan_slices
+from mergekit_swarm.utilities.score import Score
+from mergekit_swarm.utilities.text import Adapters, logprobs_for_adapters, pair_batches
 
 
 class NegativeLoss(AdapterBatchedUtility):
@@ -22,6 +24,29 @@ class NegativeLoss(AdapterBatchedUtility):
         pairs = [(e.prompt, e.answer) for e in self.examples]
         per_adapter = logprobs_for_adapters(model, tokenizer, pairs, batch_size=self.batch_size, adapters=adapters)
         return [sum(s for s, _ in scores) / sum(n for _, n in scores) for scores in per_adapter]
+
+    racing_note = "no answer has a lowest log-likelihood, so exact bounds could never stop it: `racing: confident` races it"
+
+    def racer(self, tokenizer: Tokenizer, slices: int, whole_batches: bool = True) -> Racer | None:
+        """`racing: confident` only (`TokenMeanRacer`): each example's summed log-likelihood, over every
+        answer token of dev."""
+        if whole_batches:
+            return None
+        pairs = [(e.prompt, e.answer) for e in self.examples]
+        tokens = [len(tokenizer(answer, add_special_tokens=False)["input_ids"]) for _, answer in pairs]
+        plan = plan_slices(pair_batches(tokenizer, pairs, self.batch_size), slices, whole_batches)
+
+        def score_batches(model: CausalLM, tokenizer: Tokenizer, adapters: Adapters, batches: Batches) -> list[SliceScores]:
+            per_adapter = logprobs_for_adapters(
+                model, tokenizer, pairs, batch_size=self.batch_size, adapters=adapters, batches_of=batches
+            )
+            rows = [i for batch in batches for i in batch]
+            return [{i: scores[i][0] for i in rows} for scores in per_adapter]
+
+        def finish(sums: tuple[float, ...]) -> Score:
+            return Score(sum(sums) / sum(tokens))
+
+        return TokenMeanRacer(tokens, plan, score_batches, finish)
 
 
 @register_utility

@@ -21,6 +21,11 @@ shares of the examples (batched by length within each slice), not whole batches:
 prompts of similar lengths is no random sample. (Every evaluation of such a run is scored in those
 slices, so its values agree with each other; against racing off, padding may differ in the last bits.)
 
+Only `confident` races the utilities that score in a company of their own or have no lowest score:
+a reward model or a local judge scores a slice's responses in its own batches (their scores may
+differ in the last bits from the full scoring's batches), and `nll` (`TokenMeanRacer`) has no finite
+low bound, so exact racing could never stop it.
+
 A `Racer` is built per utility and tokenizer: fixed slices (`plan_slices`); `score_slice` scores
 one for several adapter slots at once; `bounds` and `result` read the per-example scores gathered
 so far (a `Partial`).
@@ -34,10 +39,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from mergekit_swarm.core.protocols import CausalLM, Tokenizer
 from mergekit_swarm.utilities.score import Score, share_right
-from mergekit_swarm.utilities.text import Adapters, GenerationSettings, generate_for_adapters, prompt_batches
+from mergekit_swarm.utilities.text import Adapters, GenerationSettings, generate_for_adapters, model_device, prompt_batches
 
 RACING_SEED = 0  # the order of the slices depends on the data only, not on the swarm's seed
 
@@ -174,6 +180,34 @@ class MeanRacer(Racer):
         return self._finish(tuple(scores[i] for i in range(self.examples)))
 
 
+# scores one adapter's responses to some prompts: (example indices, their responses, the model's device)
+ResponseScorer = Callable[[list[int], list[str], torch.device], list[float]]
+
+
+def response_racer(
+    tokenizer: Tokenizer,
+    prompts: Sequence[str],
+    generation: GenerationSettings,
+    slices: int,
+    whole_batches: bool,
+    score_range: tuple[float, float],
+    score_responses: ResponseScorer,
+    finish: Callable[[tuple[float, ...]], Score],
+) -> MeanRacer:
+    """The racer of a utility that is a mean of per-response scores within `score_range`: a slice's
+    greedy responses are generated under every adapter in one mixed-adapter pass, then each adapter's
+    are scored at once by `score_responses` (a reward model, a judge: in batches of their own)."""
+    plan = plan_slices(prompt_batches(tokenizer, prompts, generation), slices, whole_batches)
+
+    def score_batches(model: CausalLM, tokenizer: Tokenizer, adapters: Adapters, batches: Batches) -> list[SliceScores]:
+        texts = generate_for_adapters(model, tokenizer, prompts, generation, adapters, batches)
+        rows = [i for batch in batches for i in batch]
+        device = model_device(model)
+        return [dict(zip(rows, score_responses(rows, [t[i] for i in rows], device))) for t in texts]
+
+    return MeanRacer(len(prompts), plan, score_range, score_batches, finish)
+
+
 def generation_racer(
     tokenizer: Tokenizer,
     prompts: Sequence[str],
@@ -184,14 +218,11 @@ def generation_racer(
 ) -> MeanRacer:
     """The racer of a utility that is the share of greedy generations judged right one by one
     (`right(example index, generation)`): exact match, multiple choice read from the letter."""
-    plan = plan_slices(prompt_batches(tokenizer, prompts, generation), slices, whole_batches)
 
-    def score_batches(model: CausalLM, tokenizer: Tokenizer, adapters: Adapters, batches: Batches) -> list[SliceScores]:
-        texts = generate_for_adapters(model, tokenizer, prompts, generation, adapters, batches)
-        rows = [i for batch in batches for i in batch]
-        return [{i: float(right(i, t[i])) for i in rows} for t in texts]
+    def score(rows: list[int], responses: list[str], device: torch.device) -> list[float]:
+        return [float(right(i, response)) for i, response in zip(rows, responses)]
 
-    return MeanRacer(len(prompts), plan, (0.0, 1.0), score_batches, share_right)
+    return response_racer(tokenizer, prompts, generation, slices, whole_batches, (0.0, 1.0), score, share_right)
 
 
 class GroupedRacer(Racer):
@@ -263,6 +294,51 @@ class GroupedRacer(Racer):
         return share_right(tuple(judged[example] for example in range(len(self.groups))))
 
 
+class TokenMeanRacer(MeanRacer):
+    """A mean over tokens rather than examples (`nll`: the summed log-likelihood of every answer token
+    over their count): example i adds its score (a sum of log-probabilities, at most 0) and its
+    `tokens[i]`, known beforehand. No score has a floor, so only `racing: confident` races it: the high
+    bound is exact (the unscored tokens add at most 0), the low one an estimate: the unscored examples'
+    sum follows the scored ones' per-token mean, within `z` standard errors of that ratio estimate (a
+    normal approximation, which a few very unlikely answers make less reliable than the share-right
+    intervals). `plan`, `score_batches` and `finish` as for `MeanRacer`."""
+
+    def __init__(
+        self,
+        tokens: Sequence[int],
+        plan: list[list[tuple[int, ...]]],
+        score_batches: Callable[[CausalLM, Tokenizer, Adapters, Batches], list[SliceScores]],
+        finish: Callable[[tuple[float, ...]], Score],
+    ):
+        super().__init__(len(tokens), plan, (-math.inf, 0.0), score_batches, finish)
+        self.tokens, self._total = list(tokens), sum(tokens)
+
+    def bounds(self, partial: Partial, z: float | None = None) -> tuple[float, float]:
+        scores = partial.scores.get("", {})
+        known = math.fsum(scores.values())
+        high = _widened(known / self._total, math.inf)  # the unscored tokens at best add nothing
+        if len(scores) == self.examples:
+            return _widened(known / self._total, -math.inf), high
+        if z is None or len(scores) < 2:
+            return -math.inf, high
+        counted = sum(self.tokens[i] for i in scores)
+        rate = known / counted
+        variance = math.fsum((v - rate * self.tokens[i]) ** 2 for i, v in scores.items()) / (len(scores) - 1)
+        rest = self._total - counted
+        # the unscored examples' own spread, and the error of the rate they are extrapolated with
+        error = math.sqrt((self.examples - len(scores)) * variance + (rest / counted) ** 2 * len(scores) * variance)
+        centre = known + rate * rest
+        return (centre - z * error) / self._total, min(high, (centre + z * error) / self._total)
+
+
+def _widened(value: float, towards: float) -> float:
+    """`value` moved a few units in the last place towards `towards`: a bound that holds whatever order
+    the utility sums its scores in."""
+    for _ in range(4):
+        value = math.nextafter(value, towards)
+    return value
+
+
 def mean_bounds(scores: dict[int, float], examples: int, score_range: tuple[float, float]) -> tuple[float, float]:
     """The range of the mean over `examples` examples given the `scores` known, the others anywhere in
     `score_range`; widened by a few units in the last place, so that it holds whatever order the
@@ -270,8 +346,7 @@ def mean_bounds(scores: dict[int, float], examples: int, score_range: tuple[floa
     known = math.fsum(scores.values())
     missing = examples - len(scores)
     low, high = (known + missing * score_range[0]) / examples, (known + missing * score_range[1]) / examples
-    for _ in range(4):
-        low, high = math.nextafter(low, -math.inf), math.nextafter(high, math.inf)
+    low, high = _widened(low, -math.inf), _widened(high, math.inf)
     return max(low, score_range[0]), min(high, score_range[1])  # a mean stays within its scores' range
 
 

@@ -25,6 +25,7 @@ from mergekit_swarm.core.protocols import CausalLM, Tokenizer
 from mergekit_swarm.core.schema import RecipePath, StrictSection
 from mergekit_swarm.utilities.base import AdapterBatchedUtility, GenerativeUtilityConfig, Score, Utility, register_utility
 from mergekit_swarm.utilities.data import Example
+from mergekit_swarm.utilities.racing import Racer, response_racer
 from mergekit_swarm.utilities.text import Adapters, GenerationSettings, batches, generate_for_adapters, model_device
 
 
@@ -98,6 +99,33 @@ class RewardUtility(AdapterBatchedUtility):
         scores = [self.config.score(reward, length) for reward, length in zip(rewards, lengths)]
         details = {"reward": sum(rewards) / len(rewards), "response_tokens": sum(lengths) / len(lengths)}
         return Score(sum(scores) / len(scores), details, {"": tuple(scores)})
+
+    @property
+    def racing_note(self) -> str:
+        if self.config.normalize is None:
+            return "its rewards have no known range: with `normalize`, `racing: confident` races it"
+        return (
+            "the reward model scores a slice's responses in batches of their own, which may change the last bits of "
+            "a reward: `racing: confident` races it"
+        )
+
+    def racer(self, tokenizer: Tokenizer, slices: int, whole_batches: bool = True) -> Racer | None:
+        """`racing: confident` with `normalize` only: each response's score then lies in a known range.
+        The history keeps the utility and each example's score (not the mean raw reward and length)."""
+        if whole_batches or self.config.normalize is None:
+            return None
+        weight, penalty = self.config.length_weight, self.config.length_penalty
+        score_range = (-weight if penalty == "concise" else 0.0, 1.0 + weight if penalty == "verbose" else 1.0)
+
+        def score(rows: list[int], responses: list[str], device: torch.device) -> list[float]:
+            rewards = self.reward_model([self.prompts[i] for i in rows], responses, device)
+            lengths = [len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses]
+            return [self.config.score(reward, length) for reward, length in zip(rewards, lengths)]
+
+        def finish(scores: tuple[float, ...]) -> Score:
+            return Score(sum(scores) / len(scores), per_example={"": scores})
+
+        return response_racer(tokenizer, self.prompts, self.generation, slices, whole_batches, score_range, score, finish)
 
 
 class RewardRange(StrictSection):
