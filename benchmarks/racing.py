@@ -3,13 +3,15 @@
     python benchmarks/racing.py            # LoRA and full pools, the objectives whose utility races
     python benchmarks/racing.py --quick    # LoRA pool, 2 objectives
     python benchmarks/racing.py --real     # the real testbed (SmolLM2-135M-Instruct): off, exact, confident
+    python benchmarks/racing.py --objectives reward judge --resume   # add cells to the saved report
 
 On the toy testbed (`mergekit_swarm.testing.testbed`, seed 0), each cell runs the same search
 (`run_swarm`, the testbed's budget) with racing off, `racing: exact` in 4 and 8 slices and
 `racing: confident`, and racing off and confident at twice the iterations, with the utility's
 `batch_size` lowered to 25 in every run so that dev (200 examples) has 8 batches to cut into slices
 (a slice is whole batches). Exact racing changes no decision: its winners must equal racing off's,
-and the report checks it. Results in benchmarks/results/racing.{json,md}.
+and the report checks it. `reward` and `judge` race with `confident` only (their exact rows would be
+racing off again): they run off and confident. Results in benchmarks/results/racing.{json,md}.
 
 `--real`: the real testbed (`mergekit_swarm.testing.real_testbed`, seed 0), its LoRA pool in update
 space on the even mix of add and join, racing off, exact in 4 slices and confident in 8 at its
@@ -30,7 +32,8 @@ from lib.common import RESULTS, command, header, machine, versions, write_report
 from mergekit_swarm.testing import real_testbed, testbed
 
 TESTBED = Path(__file__).resolve().parent / "testbed"
-OBJECTIVES = ("add", "reverse_shift", "mix_reverse_add", "mix_sort_shift_count", "multitask")
+OBJECTIVES = ("add", "reverse_shift", "mix_reverse_add", "mix_sort_shift_count", "multitask", "reward", "judge")
+CONFIDENT_ONLY = ("reward", "judge")  # a reward model, a judge: they race with `confident` only
 QUICK_OBJECTIVES = ("add", "mix_reverse_add")
 CONFIGS = {
     "off": {"racing": "off"},
@@ -51,6 +54,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="LoRA pool, 2 objectives")
     parser.add_argument("--pools", nargs="+", default=None, choices=("lora", "full"))
     parser.add_argument("--real", action="store_true", help="the real testbed (SmolLM2), LoRA pool, 1 objective")
+    parser.add_argument("--objectives", nargs="+", default=None, choices=OBJECTIVES)
+    parser.add_argument("--resume", action="store_true", help="keep the saved report's runs; run the cells it lacks")
     parser.add_argument("--report-only", action="store_true", help="rewrite the .md from the saved .json")
     args = parser.parse_args()
     name = "racing_quick" if args.quick else "racing_real" if args.real else "racing"
@@ -65,17 +70,21 @@ def main() -> None:
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     silence_library_progress_bars()
-    objectives = REAL_OBJECTIVES if args.real else QUICK_OBJECTIVES if args.quick else OBJECTIVES
+    objectives = args.objectives or (REAL_OBJECTIVES if args.real else QUICK_OBJECTIVES if args.quick else OBJECTIVES)
     pools = args.pools or (["lora"] if args.quick or args.real else ["lora", "full"])
     if args.real:
         root, configs, space = real_testbed.build(0, root=TESTBED / "cache" / "real-seed-0"), REAL_CONFIGS, REAL_SPACE
     else:
         root, configs, space = testbed.build(0, root=TESTBED / "cache" / "seed-0"), CONFIGS, {}
-    start = time.perf_counter()
-    runs = []
+    saved = json.loads((RESULTS / f"{name}.json").read_text()) if args.resume and (RESULTS / f"{name}.json").exists() else {}
+    start = time.perf_counter() - saved.get("total_seconds", 0.0)
+    runs = saved.get("runs", [])
+    done = {(r["pool"], r["objective"], r["config"]) for r in runs}
     for pool in pools:
         for objective in objectives:
             for config, overrides in configs.items():
+                if (pool, objective, config) in done or (objective in CONFIDENT_ONLY and overrides["racing"] == "exact"):
+                    continue
                 measured = _run(root, pool, objective, {**space, **overrides})
                 runs.append({"pool": pool, "objective": objective, "config": config, **measured})
                 print(runs[-1], flush=True)
@@ -167,10 +176,8 @@ def markdown(report: dict) -> str:
     def cell(r: dict) -> tuple[str, str]:
         return r["pool"], r["objective"]
 
-    # examples one evaluation scores in full (a multitask: every component's), from the exact runs, which count them
-    per_evaluation = {
-        cell(r): r["examples_in_full"] // r["evaluations"] for r in report["runs"] if r["config"] == "exact, 4 slices"
-    }
+    # examples one evaluation scores in full (a multitask: every component's), from the racing runs, which count them
+    per_evaluation = {cell(r): r["examples_in_full"] // r["evaluations"] for r in report["runs"] if r["examples_in_full"]}
     for r in report["runs"]:
         off = reference[(r["pool"], r["objective"])]
         scored = r["examples_scored"] if r["examples_scored"] is not None else r["evaluations"] * per_evaluation[cell(r)]
@@ -182,8 +189,8 @@ def markdown(report: dict) -> str:
         )
     lines += ["", "Per configuration, over the cells:", ""]
     lines += [
-        "| racing | mean saved | mean test gain | same winner as off | wrong stops / checked |",
-        "|---|---:|---:|---:|---:|",
+        "| racing | cells | mean saved | mean test gain | same winner as off | wrong stops / checked |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for config in dict.fromkeys(r["config"] for r in report["runs"]):
         rows = [r for r in report["runs"] if r["config"] == config]
@@ -191,7 +198,7 @@ def markdown(report: dict) -> str:
         gain = sum(r["winner_test"] - r["best_expert_test"] for r in rows) / len(rows)
         wrong, checked = sum(r["wrong_stops"] for r in rows), sum(r["finished_for_probes"] for r in rows)
         saved = sum(r["saved"] for r in rows) / len(rows)
-        lines.append(f"| {config} | {saved:.1%} | {gain:+.4f} | {same}/{len(rows)} | {wrong}/{checked} |")
+        lines.append(f"| {config} | {len(rows)} | {saved:.1%} | {gain:+.4f} | {same}/{len(rows)} | {wrong}/{checked} |")
     return "\n".join(lines) + "\n"
 
 
