@@ -11,11 +11,13 @@ On the toy testbed (`mergekit_swarm.testing.testbed`, seed 0), each cell runs th
 `batch_size` lowered to 25 in every run so that dev (200 examples) has 8 batches to cut into slices
 (a slice is whole batches). Exact racing changes no decision: its winners must equal racing off's,
 and the report checks it. `reward` and `judge` race with `confident` only (their exact rows would be
-racing off again): they run off and confident. Results in benchmarks/results/racing.{json,md}.
+racing off again): they run off and confident. LoRA pools in factor space (the default when the table
+was first measured). Results in benchmarks/results/racing.{json,md}.
 
 `--real`: the real testbed (`mergekit_swarm.testing.real_testbed`, seed 0), its LoRA pool in update
 space on the even mix of add and join, racing off, exact in 4 slices and confident in 8 at its
-budget, `batch_size` 25 (dev: 100 examples). Results in racing_real.{json,md}.
+budget, `batch_size` 25 (dev: 100 examples), test gain on the first 100 of the 500 test examples.
+Results in racing_real.{json,md}.
 """
 
 from __future__ import annotations
@@ -45,7 +47,9 @@ CONFIGS = {
 }
 REAL_OBJECTIVES = ("mix_add_join",)
 REAL_CONFIGS = {name: CONFIGS[name] for name in ("off", "exact, 4 slices", "confident, 8 slices")}
+REAL_TEST = 100  # test examples the real runs report on (of 500): each run scores the experts on test again
 REAL_SPACE = {"lora_space": "update"}  # what the real table's main rows and the SmolLM2 example use
+TOY_SPACE = {"lora_space": "factor"}  # the toy table's LoRA cells: the default when its first cells ran
 BATCH = 25
 
 
@@ -75,7 +79,7 @@ def main() -> None:
     if args.real:
         root, configs, space = real_testbed.build(0, root=TESTBED / "cache" / "real-seed-0"), REAL_CONFIGS, REAL_SPACE
     else:
-        root, configs, space = testbed.build(0, root=TESTBED / "cache" / "seed-0"), CONFIGS, {}
+        root, configs, space = testbed.build(0, root=TESTBED / "cache" / "seed-0"), CONFIGS, TOY_SPACE
     saved = json.loads((RESULTS / f"{name}.json").read_text()) if args.resume and (RESULTS / f"{name}.json").exists() else {}
     start = time.perf_counter() - saved.get("total_seconds", 0.0)
     runs = saved.get("runs", [])
@@ -85,14 +89,14 @@ def main() -> None:
             for config, overrides in configs.items():
                 if (pool, objective, config) in done or (objective in CONFIDENT_ONLY and overrides["racing"] == "exact"):
                     continue
-                measured = _run(root, pool, objective, {**space, **overrides})
+                measured = _run(root, pool, objective, {**space, **overrides}, REAL_TEST if args.real else None)
                 runs.append({"pool": pool, "objective": objective, "config": config, **measured})
                 print(runs[-1], flush=True)
     report = {
         "command": command(),
         "machine": machine(),
         "versions": versions(),
-        "testbed": "real (SmolLM2-135M-Instruct), seed 0, update space" if args.real else "toy, seed 0",
+        "testbed": "real (SmolLM2-135M-Instruct), seed 0, update space" if args.real else "toy, seed 0, LoRA in factor space",
         "swarm": real_testbed.SWARM if args.real else testbed.SWARM,
         "batch_size": BATCH,
         "total_seconds": round(time.perf_counter() - start, 1),
@@ -101,7 +105,7 @@ def main() -> None:
     write_report(name, report, markdown(report))
 
 
-def _run(root: Path, pool: str, objective: str, overrides: dict) -> dict:
+def _run(root: Path, pool: str, objective: str, overrides: dict, test_examples: int | None = None) -> dict:
     from mergekit_swarm.commands.run import run_swarm
     from mergekit_swarm.config import load_recipe
     from mergekit_swarm.core.run_options import RunOptions
@@ -115,6 +119,12 @@ def _run(root: Path, pool: str, objective: str, overrides: dict) -> dict:
         utility = utility.model_copy(update={"components": components})
     else:
         utility = utility.model_copy(update={"batch_size": BATCH})
+    if test_examples is not None and utility.test is not None:  # the first examples of test, written apart
+        lines = utility.test.read_text(encoding="utf-8").splitlines()[:test_examples]
+        cut = TESTBED / "runs" / "racing" / pool / objective / f"test-{test_examples}.jsonl"
+        cut.parent.mkdir(parents=True, exist_ok=True)
+        cut.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        utility = utility.model_copy(update={"test": cut})
     recipe = dataclasses.replace(recipe, utility=utility, swarm=recipe.swarm.model_copy(update=overrides))
     out = TESTBED / "runs" / "racing" / pool / objective / "-".join(f"{k}={v}" for k, v in overrides.items())
     began = time.perf_counter()
