@@ -107,7 +107,9 @@ class RunDirectory:
         if checkpoint.fingerprint != fingerprint:
             raise OutputError(
                 f"the interrupted run in {self.work} was started from a different recipe or different experts "
-                "(Hub models move on: pin them as org/name@commit to resume across updates); pass --overwrite to discard it"
+                "(Hub models move on: pin them as org/name@commit to resume across updates; a run started before LoRA "
+                "pools defaulted to swarm.lora_space: update resumes with lora_space: factor written in its recipe); "
+                "pass --overwrite to discard it"
             )
         self.state.truncate_history(checkpoint.history_bytes)
         return checkpoint

@@ -94,12 +94,12 @@ class SwarmSettings(StrictSection):
         default="model", description="One coefficient vector per model (the paper), per layer, or per tensor."
     )
     lora_space: LoraSpace = Field(
-        default="factor",
+        default="update",
         description=(
             "LoRA experts only. update: a particle is W0 + sum_k c_k s_k B_k A_k exactly, the linear mix of the "
             "experts baked into their base (one adapter of rank sum_k r_k, as PEFT's add_weighted_adapter 'cat'). "
             "factor: lora_A and lora_B are mixed separately, as the paper, LoraHub and PEFT 'linear' do, so a "
-            "particle is (sum_k c_k s_k B_k)(sum_k c_k A_k), cross terms included."
+            "particle is (sum_k c_k s_k B_k)(sum_k c_k A_k), cross terms included: to reproduce the paper."
         ),
     )
     base_as_expert: bool = Field(

@@ -119,9 +119,16 @@ class ResidentModel:
         """The tensors every expert has bit-identical (and, in update space, the stacked lora_A), once."""
         for name, tensor in constants(self.pool):
             for destination in self._destinations:
-                if name not in destination.direct:
+                if name in destination.direct:
+                    destination.direct[name].copy_(tensor)
+                    continue
+                converted = [c for c in destination.conversions if name in c.sources]
+                if not converted:
                     raise ExpertError(f"tensor {name!r}, the same in every expert, has no counterpart in the resident model")
-                destination.direct[name].copy_(tensor)
+                # a source of a conversion (per-expert LoRA of fused MoE experts, in update space): kept beside
+                # the sources written per particle, where the conversion reads it every time
+                model_dtype = next(iter(converted[0].targets.values())).dtype
+                destination.scratch[name] = tensor.to(device=self.device, dtype=model_dtype)
 
     @property
     def slots(self) -> int:

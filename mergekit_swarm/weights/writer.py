@@ -102,8 +102,9 @@ class ParticleWriter:
         return self._runs[key][2]
 
     def _kept_targets(self, destination: Destination) -> dict[str, torch.Tensor]:
-        """Direct targets, plus scratch buffers kept for the in-memory sources of conversions."""
-        targets = dict(destination.direct)
+        """Direct targets, plus scratch buffers kept for the in-memory sources of conversions (and the
+        constant ones, which the resident model put there once)."""
+        targets = {**destination.scratch, **destination.direct}
         for conversion in destination.conversions:
             for name in conversion.sources:
                 if self.pool.in_memory(name):
