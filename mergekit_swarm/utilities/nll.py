@@ -13,7 +13,7 @@ from mergekit_swarm.utilities.base import AdapterBatchedUtility, DatasetUtilityC
 from mergekit_swarm.utilities.data import Example
 from mergekit_swarm.utilities.racing import Batches, Racer, SliceScores, TokenMeanRacer, plan_slices
 from mergekit_swarm.utilities.score import Score
-from mergekit_swarm.utilities.text import Adapters, logprobs_for_adapters, pair_batches
+from mergekit_swarm.utilities.text import Adapters, continuation_ids, logprobs_for_adapters, pair_batches
 
 
 class NegativeLoss(AdapterBatchedUtility):
@@ -33,7 +33,7 @@ class NegativeLoss(AdapterBatchedUtility):
         if whole_batches:
             return None
         pairs = [(e.prompt, e.answer) for e in self.examples]
-        tokens = [len(tokenizer(answer, add_special_tokens=False)["input_ids"]) for _, answer in pairs]
+        tokens = [len(continuation_ids(tokenizer, answer)) for _, answer in pairs]
         plan = plan_slices(pair_batches(tokenizer, pairs, self.batch_size), slices, whole_batches)
 
         def score_batches(model: CausalLM, tokenizer: Tokenizer, adapters: Adapters, batches: Batches) -> list[SliceScores]:

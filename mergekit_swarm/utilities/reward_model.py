@@ -94,11 +94,17 @@ class RewardUtility(AdapterBatchedUtility):
         return [self._score(responses, model_device(model), tokenizer) for responses in per_adapter]
 
     def _score(self, responses: list[str], device: torch.device, tokenizer: Tokenizer) -> Score:
-        rewards = self.reward_model(self.prompts, responses, device)
-        lengths = [len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses]
-        scores = [self.config.score(reward, length) for reward, length in zip(rewards, lengths)]
+        rewards, lengths, scores = self._scored(self.prompts, responses, device, tokenizer)
         details = {"reward": sum(rewards) / len(rewards), "response_tokens": sum(lengths) / len(lengths)}
         return Score(sum(scores) / len(scores), details, {"": tuple(scores)})
+
+    def _scored(
+        self, prompts: list[str], responses: list[str], device: torch.device, tokenizer: Tokenizer
+    ) -> tuple[list[float], list[int], list[float]]:
+        """Each response's raw reward, length in the policy's tokens, and score."""
+        rewards = self.reward_model(prompts, responses, device)
+        lengths = [len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses]
+        return rewards, lengths, [self.config.score(reward, length) for reward, length in zip(rewards, lengths)]
 
     @property
     def racing_note(self) -> str:
@@ -118,9 +124,7 @@ class RewardUtility(AdapterBatchedUtility):
         score_range = (-weight if penalty == "concise" else 0.0, 1.0 + weight if penalty == "verbose" else 1.0)
 
         def score(rows: list[int], responses: list[str], device: torch.device) -> list[float]:
-            rewards = self.reward_model([self.prompts[i] for i in rows], responses, device)
-            lengths = [len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses]
-            return [self.config.score(reward, length) for reward, length in zip(rewards, lengths)]
+            return self._scored([self.prompts[i] for i in rows], responses, device, tokenizer)[2]
 
         def finish(scores: tuple[float, ...]) -> Score:
             return Score(sum(scores) / len(scores), per_example={"": scores})

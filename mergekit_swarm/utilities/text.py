@@ -213,13 +213,19 @@ def _pairs_by_length(tokenizer: Tokenizer, pairs: tuple[tuple[str, str], ...]) -
     return tuple(sorted(range(len(pairs)), key=lengths.__getitem__))
 
 
+def continuation_ids(tokenizer: Tokenizer, continuation: str) -> list[int]:
+    """The tokens of a continuation, as `logprobs_for_adapters` scores them: tokenized apart from its
+    prompt, without special tokens."""
+    return tokenizer(continuation, add_special_tokens=False)["input_ids"]
+
+
 @functools.lru_cache(maxsize=1024)
 def _encode_pairs(tokenizer: Tokenizer, pairs: tuple[tuple[str, str], ...]) -> tuple[torch.Tensor, torch.Tensor, tuple]:
     """Right-padded ids and mask of prompt + continuation rows, and each continuation's span."""
     rows, spans = [], []
     for prompt, continuation in pairs:
         head = tokenizer(prompt)["input_ids"]
-        tail = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        tail = continuation_ids(tokenizer, continuation)
         if not head or not tail:
             raise ValueError(f"prompt {prompt!r} or continuation {continuation!r} has no tokens")
         rows.append(head + tail)
