@@ -65,6 +65,11 @@ def main() -> None:
     name = "racing_quick" if args.quick else "racing_real" if args.real else "racing"
     if args.report_only:
         report = json.loads((RESULTS / f"{name}.json").read_text())
+        configs, space = (REAL_CONFIGS, REAL_SPACE) if args.real else (CONFIGS, TOY_SPACE)
+        for r in report["runs"]:  # runs measured before the column existed, where their history is still on disk
+            history = run_folder(r["pool"], r["objective"], {**space, **configs[r["config"]]}) / "swarm_history.jsonl"
+            if "improving" not in r and history.exists():
+                r["improving"] = improving(history)
         write_report(name, report, markdown(report))
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -126,7 +131,7 @@ def _run(root: Path, pool: str, objective: str, overrides: dict, test_examples: 
         cut.write_text("\n".join(lines) + "\n", encoding="utf-8")
         utility = utility.model_copy(update={"test": cut})
     recipe = dataclasses.replace(recipe, utility=utility, swarm=recipe.swarm.model_copy(update=overrides))
-    out = TESTBED / "runs" / "racing" / pool / objective / "-".join(f"{k}={v}" for k, v in overrides.items())
+    out = run_folder(pool, objective, overrides)
     began = time.perf_counter()
     result = run_swarm(recipe, out, RunOptions(overwrite=True, quiet=True))
     seconds = time.perf_counter() - began
@@ -145,7 +150,30 @@ def _run(root: Path, pool: str, objective: str, overrides: dict, test_examples: 
         "finished_for_probes": racing.get("finished_for_probes", 0),
         "best_expert_test": max(t for t in result.expert_test or [0.0] if t is not None),
         "wrong_stops": wrong_stops(out / "swarm_history.jsonl"),
+        "improving": improving(out / "swarm_history.jsonl"),
     }
+
+
+def run_folder(pool: str, objective: str, overrides: dict) -> Path:
+    return TESTBED / "runs" / "racing" / pool / objective / "-".join(f"{k}={v}" for k, v in overrides.items())
+
+
+def improving(history: Path) -> float:
+    """The share of evaluations after each particle's first that raised its personal best: racing can
+    only save on the others (a stopped evaluation counts as not raising it)."""
+    best: dict[int, float] = {}
+    raised = later = 0
+    for line in history.read_text().splitlines():
+        r = json.loads(line) if line.strip() else {}
+        if not r or "finished_from" in r:  # a stopped evaluation scored to the end: counted when it ran
+            continue
+        particle, utility = r["particle"], r["utility"]
+        if particle in best:
+            later += 1
+            raised += utility is not None and utility > best[particle]
+        if utility is not None:
+            best[particle] = max(best.get(particle, utility), utility)
+    return raised / later if later else 0.0
 
 
 def wrong_stops(history: Path) -> int:
@@ -174,12 +202,13 @@ def markdown(report: dict) -> str:
         "twice the iterations and patience), utility "
         f"batch_size {report['batch_size']} in every run. `test gain`: winner minus best expert on test; `saved`: the share "
         "of dev examples not scored; `stopped`: evaluations stopped early, of which `finished`: scored to the end later for "
-        "a stall probe step, and `wrong`: of those, the ones that would have beaten their personal best; `same winner`: "
-        "coefficients equal to racing off's, bit for bit.",
+        "a stall probe step, and `wrong`: of those, the ones that would have beaten their personal best; `improving`: the "
+        "share of evaluations after each particle's first that raised its personal best (racing can only save on the "
+        "others); `same winner`: coefficients equal to racing off's, bit for bit.",
         "",
         "| pool | objective | racing | winner dev | test gain | examples scored | saved | stopped (finished, wrong) "
-        "| seconds | vs off | same winner |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| improving | seconds | vs off | same winner |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     reference = {(r["pool"], r["objective"]): r for r in report["runs"] if r["config"] == "off"}
 
@@ -194,7 +223,8 @@ def markdown(report: dict) -> str:
         lines.append(
             f"| {r['pool']} | {r['objective']} | {r['config']} | {r['winner_dev']:.4f} "
             f"| {r['winner_test'] - r['best_expert_test']:+.4f} | {scored:,} | {r['saved']:.1%} "
-            f"| {r['stopped']} ({r['finished_for_probes']}, {r['wrong_stops']}) | {r['seconds']:.1f} "
+            f"| {r['stopped']} ({r['finished_for_probes']}, {r['wrong_stops']}) "
+            f"| {format(r['improving'], '.0%') if 'improving' in r else '-'} | {r['seconds']:.1f} "
             f"| {off['seconds'] / r['seconds']:.2f}x | {'yes' if r['coefficients'] == off['coefficients'] else 'no'} |"
         )
     lines += ["", "Per configuration, over the cells:", ""]
