@@ -3,15 +3,16 @@
     python benchmarks/racing.py            # LoRA and full pools, the objectives whose utility races
     python benchmarks/racing.py --quick    # LoRA pool, 2 objectives
     python benchmarks/racing.py --real     # the real testbed (SmolLM2-135M-Instruct): off, exact, confident
-    python benchmarks/racing.py --objectives reward judge --resume   # add cells to the saved report
+    python benchmarks/racing.py --objectives reward judge nll --resume   # add cells to the saved report
 
 On the toy testbed (`mergekit_swarm.testing.testbed`, seed 0), each cell runs the same search
 (`run_swarm`, the testbed's budget) with racing off, `racing: exact` in 4 and 8 slices and
 `racing: confident`, and racing off and confident at twice the iterations, with the utility's
 `batch_size` lowered to 25 in every run so that dev (200 examples) has 8 batches to cut into slices
 (a slice is whole batches). Exact racing changes no decision: its winners must equal racing off's,
-and the report checks it. `reward` and `judge` race with `confident` only (their exact rows would be
-racing off again): they run off and confident. LoRA pools in factor space (the default when the table
+and the report checks it. `reward`, `judge` and `nll` (the `add` objective's data scored by
+log-likelihood) race with `confident` only (their exact rows would be racing off again): they run off
+and confident. LoRA pools in factor space (the default when the table
 was first measured). Results in benchmarks/results/racing.{json,md}.
 
 `--real`: the real testbed (`mergekit_swarm.testing.real_testbed`, seed 0), its LoRA pool in update
@@ -34,8 +35,9 @@ from lib.common import RESULTS, command, header, machine, versions, write_report
 from mergekit_swarm.testing import real_testbed, testbed
 
 TESTBED = Path(__file__).resolve().parent / "testbed"
-OBJECTIVES = ("add", "reverse_shift", "mix_reverse_add", "mix_sort_shift_count", "multitask", "reward", "judge")
-CONFIDENT_ONLY = ("reward", "judge")  # a reward model, a judge: they race with `confident` only
+OBJECTIVES = ("add", "reverse_shift", "mix_reverse_add", "mix_sort_shift_count", "multitask", "reward", "judge", "nll")
+CONFIDENT_ONLY = ("reward", "judge", "nll")  # a reward model, a judge, a log-likelihood: `confident` only
+DERIVED = {"nll": ("add", "nll")}  # objective: (the testbed recipe whose data it scores, the utility type)
 QUICK_OBJECTIVES = ("add", "mix_reverse_add")
 CONFIGS = {
     "off": {"racing": "off"},
@@ -114,9 +116,13 @@ def _run(root: Path, pool: str, objective: str, overrides: dict, test_examples: 
     from mergekit_swarm.commands.run import run_swarm
     from mergekit_swarm.config import load_recipe
     from mergekit_swarm.core.run_options import RunOptions
+    from mergekit_swarm.utilities import validate_utility
 
-    recipe = load_recipe(root / "recipes" / pool / f"{objective}.yml")
+    source, scored_by = DERIVED.get(objective, (objective, None))
+    recipe = load_recipe(root / "recipes" / pool / f"{source}.yml")
     utility = recipe.utility
+    if scored_by is not None:  # the same data scored by another utility
+        utility = validate_utility({"type": scored_by, "dev": str(utility.dev), "test": str(utility.test)})
     if utility.type == "multitask":
         components = [
             c.model_copy(update={"utility": c.utility.model_copy(update={"batch_size": BATCH})}) for c in utility.components
@@ -227,7 +233,12 @@ def markdown(report: dict) -> str:
             f"| {format(r['improving'], '.0%') if 'improving' in r else '-'} | {r['seconds']:.1f} "
             f"| {off['seconds'] / r['seconds']:.2f}x | {'yes' if r['coefficients'] == off['coefficients'] else 'no'} |"
         )
-    lines += ["", "Per configuration, over the cells:", ""]
+    lines += [
+        "",
+        "Per configuration, over the cells (the mean test gain over the shares of examples right only: "
+        "reward, judge and nll have scales of their own):",
+        "",
+    ]
     lines += [
         "| racing | cells | mean saved | mean test gain | same winner as off | wrong stops / checked |",
         "|---|---:|---:|---:|---:|---:|",
@@ -235,10 +246,11 @@ def markdown(report: dict) -> str:
     for config in dict.fromkeys(r["config"] for r in report["runs"]):
         rows = [r for r in report["runs"] if r["config"] == config]
         same = sum(r["coefficients"] == reference[(r["pool"], r["objective"])]["coefficients"] for r in rows)
-        gain = sum(r["winner_test"] - r["best_expert_test"] for r in rows) / len(rows)
+        shares = [r["winner_test"] - r["best_expert_test"] for r in rows if r["objective"] not in CONFIDENT_ONLY]
+        gain = f"{sum(shares) / len(shares):+.4f}" if shares else "-"
         wrong, checked = sum(r["wrong_stops"] for r in rows), sum(r["finished_for_probes"] for r in rows)
         saved = sum(r["saved"] for r in rows) / len(rows)
-        lines.append(f"| {config} | {len(rows)} | {saved:.1%} | {gain:+.4f} | {same}/{len(rows)} | {wrong}/{checked} |")
+        lines.append(f"| {config} | {len(rows)} | {saved:.1%} | {gain} | {same}/{len(rows)} | {wrong}/{checked} |")
     return "\n".join(lines) + "\n"
 
 
