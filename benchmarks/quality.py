@@ -2,8 +2,10 @@
 
     python benchmarks/quality.py            # full table (builds the testbeds first if needed)
     python benchmarks/quality.py --quick    # testbed 0, LoRA pool, 3 objectives, 1 seed
+    python benchmarks/quality.py --pools lora --lora-space factor   # the LoRA cells in the paper's space
 
-Writes `benchmarks/results/quality.{json,md}` and `quality_budget.png` (or `quality_quick.*`). A cell
+Writes `benchmarks/results/quality.{json,md}` and `quality_budget.png` (or `quality_quick.*`; with
+`--lora-space S`, `quality_S.*`: every method that searches LoRA coefficients in space S). A cell
 is one (testbed, pool, objective); in each, every method is `mergekit-swarm compare` on the testbed
 recipe (the swarm at the recipe's settings, once more with 3x the iterations, the one-shot baselines,
 random search, LoraHub and CMA-ES with the swarm's budget), over the search seeds (one-shot
@@ -17,6 +19,7 @@ swarm histories, per-example test scores) is kept under `benchmarks/testbed/runs
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -52,10 +55,13 @@ def main() -> None:
     parser.add_argument("--objectives", nargs="+", default=None)
     parser.add_argument("--pools", nargs="+", default=None, choices=("lora", "full"))
     parser.add_argument("--granularities", default="model", help="swarm granularities (default: model)")
+    parser.add_argument(
+        "--lora-space", default=None, choices=("update", "factor"), help="LoRA search space (default: the recipe's)"
+    )
     parser.add_argument("--report-only", action="store_true", help="rewrite the .md and plot from the saved .json")
     args = parser.parse_args()
+    name = ("quality_quick" if args.quick else "quality") + (f"_{args.lora_space}" if args.lora_space else "")
     if args.report_only:
-        name = "quality_quick" if args.quick else "quality"
         report = json.loads((RESULTS / f"{name}.json").read_text())
         plot_budget(budget_curves(report["runs"]), RESULTS / f"{name}_budget.png")
         write_report(name, report, markdown(report, f"{name}_budget.png"))
@@ -86,10 +92,13 @@ def main() -> None:
         for pool in pools:
             for objective in objectives:
                 recipe = load_recipe(root / "recipes" / pool / f"{objective}.yml")
+                if args.lora_space and pool == "lora":
+                    recipe = dataclasses.replace(recipe, swarm=recipe.swarm.model_copy(update={"lora_space": args.lora_space}))
                 cell = {"testbed": testbed_seed, "pool": pool, "objective": objective}
                 examples = []
                 for i, seed in enumerate(seeds):
-                    out = TESTBED / "runs" / f"testbed-{testbed_seed}" / pool / objective / f"seed-{seed}"
+                    space = f"-{args.lora_space}" if args.lora_space else ""
+                    out = TESTBED / "runs" / f"testbed-{testbed_seed}" / pool / objective / f"seed-{seed}{space}"
                     print(f"== {cell} seed {seed}", flush=True)
                     settings = CompareOptions(
                         baselines=CompareOptions().baselines if i == 0 else (),
@@ -107,6 +116,7 @@ def main() -> None:
         "machine": machine(),
         "versions": versions(),
         "quick": quick,
+        "lora_space": args.lora_space,
         "testbeds": testbeds,
         "seeds": seeds,
         "granularities": granularities,
@@ -118,14 +128,18 @@ def main() -> None:
         "cells": cells,
         "runs": runs,
     }
-    name = "quality_quick" if quick else "quality"
     plot_budget(budget_curves(runs), RESULTS / f"{name}_budget.png")
     write_report(name, report, markdown(report, f"{name}_budget.png"))
 
 
 def markdown(report: dict, plot: str) -> str:
     rows, cells = report["rows"], {cell_key(c): c["differences"] for c in report["cells"]}
-    lines = header("Search quality on the testbed" + (" (quick)" if report["quick"] else ""), report)
+    lines = header(
+        "Search quality on the testbed"
+        + (" (quick)" if report["quick"] else "")
+        + (f", LoRA searched in {report['lora_space']} space" if report.get("lora_space") else ""),
+        report,
+    )
     lines += [
         f"Testbeds {report['testbeds']}; search seeds {report['seeds']}; swarm settings {report['swarm']} "
         f"(and {LONG_SWARM}x the iterations and patience in the larger-budget row), granularities "
