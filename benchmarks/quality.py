@@ -95,9 +95,9 @@ def main() -> None:
                 if args.lora_space and pool == "lora":
                     recipe = dataclasses.replace(recipe, swarm=recipe.swarm.model_copy(update={"lora_space": args.lora_space}))
                 cell = {"testbed": testbed_seed, "pool": pool, "objective": objective}
+                space = f"-{args.lora_space}" if args.lora_space else ""  # its comparison folders apart
                 examples = []
                 for i, seed in enumerate(seeds):
-                    space = f"-{args.lora_space}" if args.lora_space else ""
                     out = TESTBED / "runs" / f"testbed-{testbed_seed}" / pool / objective / f"seed-{seed}{space}"
                     print(f"== {cell} seed {seed}", flush=True)
                     settings = CompareOptions(

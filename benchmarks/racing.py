@@ -71,7 +71,7 @@ def main() -> None:
         for r in report["runs"]:  # runs measured before the column existed, where their history is still on disk
             history = run_folder(r["pool"], r["objective"], {**space, **configs[r["config"]]}) / "swarm_history.jsonl"
             if "improving" not in r and history.exists():
-                r["improving"] = improving(history)
+                r["improving"] = improving(history_rows(history))
         write_report(name, report, markdown(report))
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -142,6 +142,7 @@ def _run(root: Path, pool: str, objective: str, overrides: dict, test_examples: 
     result = run_swarm(recipe, out, RunOptions(overwrite=True, quiet=True))
     seconds = time.perf_counter() - began
     racing = result.racing or {}
+    history = history_rows(out / "swarm_history.jsonl")
     return {
         "seconds": round(seconds, 1),
         "winner_dev": result.winner_dev,
@@ -155,8 +156,8 @@ def _run(root: Path, pool: str, objective: str, overrides: dict, test_examples: 
         "stopped": racing.get("stopped", 0),
         "finished_for_probes": racing.get("finished_for_probes", 0),
         "best_expert_test": max(t for t in result.expert_test or [0.0] if t is not None),
-        "wrong_stops": wrong_stops(out / "swarm_history.jsonl"),
-        "improving": improving(out / "swarm_history.jsonl"),
+        "wrong_stops": wrong_stops(history),
+        "improving": improving(history),
     }
 
 
@@ -164,14 +165,18 @@ def run_folder(pool: str, objective: str, overrides: dict) -> Path:
     return TESTBED / "runs" / "racing" / pool / objective / "-".join(f"{k}={v}" for k, v in overrides.items())
 
 
-def improving(history: Path) -> float:
+def history_rows(history: Path) -> list[dict]:
+    """The lines of a run's `swarm_history.jsonl`, one per evaluation."""
+    return [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
+
+
+def improving(rows: list[dict]) -> float:
     """The share of evaluations after each particle's first that raised its personal best: racing can
     only save on the others (a stopped evaluation counts as not raising it)."""
     best: dict[int, float] = {}
     raised = later = 0
-    for line in history.read_text().splitlines():
-        r = json.loads(line) if line.strip() else {}
-        if not r or "finished_from" in r:  # a stopped evaluation scored to the end: counted when it ran
+    for r in rows:
+        if "finished_from" in r:  # a stopped evaluation scored to the end: counted when it ran
             continue
         particle, utility = r["particle"], r["utility"]
         if particle in best:
@@ -182,11 +187,10 @@ def improving(history: Path) -> float:
     return raised / later if later else 0.0
 
 
-def wrong_stops(history: Path) -> int:
+def wrong_stops(rows: list[dict]) -> int:
     """Stopped evaluations scored to the end later (for a stall probe step) whose full-dev utility would
     have beaten the particle's personal best: the decisions `racing: confident` got wrong, among the
     stops that can be checked (exact racing never has one)."""
-    rows = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
     best: dict[int, float] = {}
     wrong = 0
     for iteration in sorted({r["iteration"] for r in rows}):
