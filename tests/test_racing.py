@@ -292,6 +292,35 @@ def test_racing_with_evaluation_dropout_is_refused():
     assert isinstance(ConfigError("x"), Exception) and Partial().count() == 0 and MeanRacer.__abstractmethods__ == frozenset()
 
 
+def test_confident_racing_ranks_its_stops_for_stall_probes_without_finishing_them(
+    recipe_factory, zoo, tokenizer, tmp_path, prompts_48, monkeypatch
+):
+    from mergekit_swarm.pso import engine
+
+    ranked = []  # (iteration, each particle's utility) as the probes rank them
+    probe = engine._probe_near_global_best
+
+    def spy(state, settings):
+        ranked.append((state.iteration, state.utilities.copy()))
+        probe(state, settings)
+
+    monkeypatch.setattr(engine, "_probe_near_global_best", spy)
+    dev = experts_answers(zoo, "lora", tokenizer, tmp_path, prompts_48, favourite=0.5)
+    confident, history = _search(recipe_factory, tmp_path, dev, "lora", "confident", stall_probes=0.5, racing_confidence=0.9)
+    assert confident.probes > 0 and not any("finished_from" in r for r in history)
+    assert confident.racing["finished_for_probes"] == 0
+    assert confident.racing["examples_scored"] == sum(r["examples"] for r in history)
+    checked = 0
+    for iteration, utilities in ranked:  # a stopped particle is ranked by the middle of its interval
+        for r in history:
+            if r["iteration"] == iteration and "stopped" in r:
+                assert utilities[r["particle"]] == (r["stopped"]["low"] + r["stopped"]["high"]) / 2
+                checked += 1
+            elif r["iteration"] == iteration:
+                assert utilities[r["particle"]] == r["utility"]
+    assert checked > 0  # stops came before probe steps: the path without finishing really ran
+
+
 def test_confident_racing_stops_far_more_than_exact(recipe_factory, zoo, tokenizer, tmp_path, prompts_48):
     dev = experts_answers(zoo, "lora", tokenizer, tmp_path, prompts_48, favourite=0.5)
     exact, _ = _search(recipe_factory, tmp_path, dev, "lora", "exact", stall_probes=0.0)

@@ -174,11 +174,17 @@ def _finish_for_probes(
     settings: pso.SwarmSettings, evaluator: ParticleEvaluator, checkpoint: Checkpoint, history: History, results: list
 ) -> None:
     """Stall probes move the particles with the lowest utilities, so where a probe step follows, the
-    particles racing stopped are scored to the end (the search's decisions were already exact; the
-    probes then choose as they would without racing). Each gets a second history line."""
+    particles racing stopped need a value to be ranked by. `exact`: they are scored to the end (the
+    search's decisions were already exact; the probes then choose as they would without racing), each
+    with a second history line. `confident`, whose stops are estimates already: each is ranked by the
+    middle of its utility's interval, unscored (finishing them cost more than racing saved)."""
     state = checkpoint.state
     stopped = {i: r for i, r in enumerate(results) if isinstance(r, Evaluation) and r.stopped is not None}
     if not stopped or state.done or not pso.probes_follow(state, settings):
+        return
+    if settings.racing == "confident":
+        for i, result in stopped.items():
+            state.utilities[i] = (result.stopped[0] + result.stopped[1]) / 2  # within [low, high]: no best nor worst moves
         return
     evaluations = list(stopped.values())
     finished = evaluator.finish([state.positions[i] for i in stopped], evaluations, settings.search_split)
