@@ -184,7 +184,8 @@ def _finish_for_probes(
         return
     if settings.racing == "confident":
         for i, result in stopped.items():
-            state.utilities[i] = (result.stopped[0] + result.stopped[1]) / 2  # within [low, high]: no best nor worst moves
+            low, high = result.stopped or (result.utility, result.utility)
+            state.utilities[i] = (low + high) / 2  # within [low, high]: no best nor worst moves
         return
     evaluations = list(stopped.values())
     finished = evaluator.finish([state.positions[i] for i in stopped], evaluations, settings.search_split)
