@@ -177,7 +177,7 @@ def _finish_for_probes(
     particles racing stopped need a value to be ranked by. `exact`: they are scored to the end (the
     search's decisions were already exact; the probes then choose as they would without racing), each
     with a second history line. `confident`, whose stops are estimates already: each is ranked by the
-    middle of its utility's interval, unscored (finishing them cost more than racing saved)."""
+    middle of its utility's interval, unscored (finishing them took back over half of what it saved)."""
     state = checkpoint.state
     stopped = {i: r for i, r in enumerate(results) if isinstance(r, Evaluation) and r.stopped is not None}
     if not stopped or state.done or not pso.probes_follow(state, settings):
