@@ -18,15 +18,14 @@ from mergekit_swarm.core.errors import ConfigError
 from mergekit_swarm.pso import SwarmSettings
 from mergekit_swarm.search.evaluator import LocalEvaluator, Racing
 from mergekit_swarm.utilities import validate_utility
+from mergekit_swarm.utilities.race_bounds import mean_bounds
 from mergekit_swarm.utilities.racing import (
     GroupedRacer,
     MeanRacer,
     Partial,
     RaceLimit,
     TokenMeanRacer,
-    confidence_bounds,
     deal_batches,
-    mean_bounds,
 )
 from mergekit_swarm.utilities.score import Score
 from tests.helpers import API_KEY, FakeChatCompletions, experts_answers, multitask_of_exact_match_and_nll
@@ -64,20 +63,6 @@ def prompts_48(tmp_path_factory):
     path = tmp_path_factory.mktemp("racing") / "prompts.jsonl"
     toy.write_jsonl(path, toy.make_examples(["reverse", "sort", "copy"], DEV, seed=500))
     return path
-
-
-def test_confidence_bounds_lie_inside_the_exact_ones_and_tighten_as_slices_come():
-    rng = np.random.default_rng(1)
-    scores = rng.binomial(1, 0.3, 200).astype(float)
-    widths = []
-    for m in (25, 50, 100, 150, 199):
-        known = {i: float(scores[i]) for i in range(m)}
-        exact, confident = mean_bounds(known, 200, (0.0, 1.0)), confidence_bounds(known, 200, (0.0, 1.0), 1.645)
-        assert exact[0] <= confident[0] < confident[1] <= exact[1]
-        widths.append(confident[1] - confident[0])
-    assert widths == sorted(widths, reverse=True) and widths[0] < 0.3  # exact after 25 of 200: 0.875 wide
-    all_right = {i: 1.0 for i in range(50)}  # a run of equal scores is not read as certainty
-    assert confidence_bounds(all_right, 200, (0.0, 1.0), 1.645)[0] < 0.99
 
 
 def _search(recipe_factory, tmp_path, dev, kind: str, racing: str, **swarm) -> tuple:
@@ -365,14 +350,32 @@ def test_finishing_goes_on_from_where_each_particle_stopped(zoo, resident_factor
     assert [e.finished_from for e in again] == [e.examples for e in stopped]
 
 
+@pytest.mark.parametrize("racing", ["exact", "confident"])
 def test_an_interrupted_racing_run_resumes_to_the_same_winner_and_history(
-    recipe_factory, zoo, tokenizer, tmp_path, prompts_48, monkeypatch
+    recipe_factory, zoo, tokenizer, tmp_path, prompts_48, monkeypatch, racing
 ):
+    """`confident` on nll: each particle is compared with its personal best example by example, whose
+    scores the checkpoint keeps (a resumed run pairs against the same ones)."""
     dev = experts_answers(zoo, "lora", tokenizer, tmp_path, prompts_48, favourite=0.5)
-    utility = {"type": "exact_match", "dev": str(dev), "batch_size": 4, "max_new_tokens": 6}
-    swarm = {"particles": 6, "max_iterations": 5, "patience": 9, "racing": "exact", "racing_slices": 6}
+    if racing == "exact":
+        utility = {"type": "exact_match", "dev": str(dev), "batch_size": 4, "max_new_tokens": 6}
+    else:
+        utility = {"type": "nll", "dev": str(dev), "batch_size": 4}
+    swarm = {"particles": 6, "max_iterations": 5, "patience": 9, "racing": racing, "racing_slices": 6}
     recipe = load_recipe(recipe_factory("lora", swarm=swarm, utility=utility, folder=tmp_path / "recipe"))
-    whole = run_swarm(recipe, tmp_path / "whole", RunOptions(quiet=True))
+    paired = []  # (bounds paired with the personal best, the particle's own bounds)
+    token_bounds = TokenMeanRacer.bounds
+
+    def spy(racer, partial, z=None, with_best=None):
+        if with_best is not None:
+            paired.append((token_bounds(racer, partial, z, with_best), token_bounds(racer, partial, z)))
+        return token_bounds(racer, partial, z, with_best)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(TokenMeanRacer, "bounds", spy)
+        whole = run_swarm(recipe, tmp_path / "whole", RunOptions(quiet=True))
+    if racing == "confident":  # the kept scores were paired with, and changed the intervals
+        assert paired and any(p != alone for p, alone in paired)
 
     calls = {"n": 0}
     race = LocalEvaluator._race_group
@@ -389,6 +392,11 @@ def test_an_interrupted_racing_run_resumes_to_the_same_winner_and_history(
     monkeypatch.undo()
     saved = json.loads((tmp_path / ".out.partial" / "swarm_state.json").read_text())
     assert saved["state"]["iteration"] >= 1 and saved["examples_scored"] > 0  # resumed from a checkpoint mid-search
+    if racing == "confident":  # every particle's personal best, scored on all of dev
+        assert sorted(saved["best_scores"]) == [str(i) for i in range(6)]
+        assert all(len(kept[""]) == DEV for kept in saved["best_scores"].values())
+    else:
+        assert "best_scores" not in saved
     resumed = run_swarm(recipe, tmp_path / "out", RunOptions(quiet=True, resume=True))
 
     def lines(folder):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from mergekit_swarm import pso
@@ -13,7 +14,7 @@ from mergekit_swarm.core.errors import UtilityError
 from mergekit_swarm.experts.groups import GroupLayout
 from mergekit_swarm.search.evaluator import Evaluation, ParticleEvaluator, Racing
 from mergekit_swarm.search.run_state import Checkpoint, History, RunState
-from mergekit_swarm.utilities.racing import RaceLimit
+from mergekit_swarm.utilities.racing import Partial, RaceLimit
 from mergekit_swarm.weights.kernels import one_hot
 
 
@@ -54,7 +55,9 @@ def run_search(
         while True:
             if not state.evaluated:
                 results = _evaluate_iteration(settings, evaluator, checkpoint, history, progress, known, fail_fast)
+                bests = state.best_utilities.copy()
                 pso.observe(state, [r.utility if isinstance(r, Evaluation) else r for r in results], settings)
+                _keep_best_scores(settings, checkpoint, results, bests)
                 _finish_for_probes(settings, evaluator, checkpoint, history, results)
                 if state.iteration == 0:
                     checkpoint.expert_dev = [float(u) if math.isfinite(u) else None for u in state.utilities[: state.shape[2]]]
@@ -70,18 +73,46 @@ def run_search(
     return checkpoint
 
 
-def racing_for(settings: pso.SwarmSettings, state: pso.SwarmState, particles: list[int]) -> Racing | None:
+def racing_for(settings: pso.SwarmSettings, checkpoint: Checkpoint, particles: list[int]) -> Racing | None:
     """What `swarm.racing` asks of the evaluation of `particles` at this iteration: each stopped once it
-    can no longer (exact), or most likely not (confident), beat its personal best nor fall below the global
-    worst (at iteration 0, with no personal best yet, none is stopped: they are only counted)."""
+    can no longer (exact), or most likely not (confident: compared example by example with its personal
+    best where that point's scores are kept), beat its personal best nor fall below the global worst (at
+    iteration 0, with no personal best yet, none is stopped: they are only counted)."""
     if settings.racing == "off":
         return None
+    state = checkpoint.state
     if state.iteration == 0:
         return Racing(settings.racing_slices, [None] * len(particles), settings.racing_z)  # counted only
-    worst = state.global_worst_utility
-    return Racing(
-        settings.racing_slices, [RaceLimit(float(state.best_utilities[i]), worst) for i in particles], settings.racing_z
-    )
+    worst, kept = state.global_worst_utility, checkpoint.best_scores or {}
+    limits = [RaceLimit(float(state.best_utilities[i]), worst, _partial(kept.get(i))) for i in particles]
+    return Racing(settings.racing_slices, limits, settings.racing_z)
+
+
+def _partial(scores: dict[str, list[float]] | None) -> Partial | None:
+    """A personal best's kept scores (`Checkpoint.best_scores`) as the per-example scores racing pairs with."""
+    if scores is None:
+        return None
+    return Partial({component: dict(enumerate(values)) for component, values in scores.items()})
+
+
+def _keep_best_scores(
+    settings: pso.SwarmSettings, checkpoint: Checkpoint, results: list[Evaluation | float], bests: np.ndarray
+) -> None:
+    """`racing: confident` compares each particle with its personal best example by example: keep the
+    per-example scores of every evaluation that just became one (`bests`: the personal bests before it),
+    or forget the old point's where the new one's are unknown (scored without racing, after a failure)."""
+    if settings.racing != "confident":
+        return
+    kept = checkpoint.best_scores if checkpoint.best_scores is not None else {}
+    for i, result in enumerate(results):
+        if checkpoint.state.best_utilities[i] == bests[i]:
+            continue
+        partial = result.partial if isinstance(result, Evaluation) and result.stopped is None else None
+        if partial is None:
+            kept.pop(i, None)
+        else:
+            kept[i] = {component: [v for _, v in sorted(scores.items())] for component, scores in partial.scores.items()}
+    checkpoint.best_scores = kept
 
 
 class _Progress:
@@ -133,7 +164,8 @@ def _evaluate_iteration(
     state = checkpoint.state
     particles = state.shape[0]
     order = [i for i in range(particles) if not state.skip[i] and i not in known]
-    results = evaluator.evaluate([state.positions[i] for i in order], settings.search_split, racing_for(settings, state, order))
+    racing = racing_for(settings, checkpoint, order)
+    results = evaluator.evaluate([state.positions[i] for i in order], settings.search_split, racing)
     outcome: list[Evaluation | float] = []
     errors = []
     for i in range(particles):

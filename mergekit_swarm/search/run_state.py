@@ -41,8 +41,12 @@ class Checkpoint:
     finished: int = 0  # with racing: stopped evaluations scored to the end later, for a stall probe step
     evaluation_seconds: float = 0.0  # spent scoring particles (writing them into the model included)
     search_seconds: float = 0.0  # the search loop's time, over every session of the run (a resume adds its own)
+    # `racing: confident`: each particle's personal best's scores on all of dev, per component in example
+    # order (the racer's examples: units for multiple choice by log-likelihood), which it is paired with
+    best_scores: dict[int, dict[str, list[float]]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        kept = {} if self.best_scores is None else {"best_scores": {str(i): s for i, s in self.best_scores.items()}}
         return {
             "format": FORMAT_VERSION,
             "fingerprint": self.fingerprint,
@@ -57,6 +61,7 @@ class Checkpoint:
             "finished": self.finished,
             "evaluation_seconds": self.evaluation_seconds,
             "search_seconds": self.search_seconds,
+            **kept,
             "state": self.state.to_dict(),
         }
 
@@ -82,6 +87,7 @@ class Checkpoint:
                 finished=required(data, "finished", where, OutputError, int),
                 evaluation_seconds=required(data, "evaluation_seconds", where, OutputError, float),
                 search_seconds=required(data, "search_seconds", where, OutputError, float),
+                best_scores=_best_scores(data.get("best_scores")),
             )
         except (KeyError, ValueError, TypeError) as exc:  # inside the search state
             raise OutputError(f"{path}: not a search state ({type(exc).__name__}: {exc})") from None
@@ -93,6 +99,13 @@ class Checkpoint:
             return cls.load(path)
         except OutputError:
             return None
+
+
+def _best_scores(data: dict | None) -> dict[int, dict[str, list[float]]] | None:
+    """`Checkpoint.best_scores` from its JSON (particle indices are keys there, so strings)."""
+    if data is None:
+        return None
+    return {int(i): {component: [float(v) for v in values] for component, values in scores.items()} for i, scores in data.items()}
 
 
 class History:

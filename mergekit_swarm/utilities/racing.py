@@ -14,11 +14,14 @@ scoring (the same prompts padded together, in the same order), so every example 
 very batch that scoring all of dev puts it in, and a particle that runs every slice gets the value
 the utility gives on all of dev.
 
-`swarm.racing: confident` stops on a confidence interval instead (`confidence_bounds`): far earlier,
-and no longer exact: a particle it stops may have been about to beat its personal best. Its
-interval takes the scored examples for a random sample of dev, so its slices are seeded random
-shares of the examples (batched by length within each slice), not whole batches: a batch of
-prompts of similar lengths is no random sample. (Every evaluation of such a run is scored in those
+`swarm.racing: confident` stops on a confidence interval instead (`race_bounds`): far earlier, and
+no longer exact: a particle it stops may have been about to beat its personal best. For graded
+scores (a log-likelihood, a reward, a rating) its interval compares the particle with its personal
+best example by example, where that point's scores on all of dev are kept (`RaceLimit.paired`);
+for shares right it estimates the particle's mean alone. Either way it takes the scored examples
+for a random sample of dev, so its slices are seeded random shares of the examples (batched by
+length within each slice), not whole batches: a batch of prompts of similar lengths is no random
+sample. (Every evaluation of such a run is scored in those
 slices, so its values agree with each other; against racing off, padding may differ in the last bits.)
 
 Only `confident` races the utilities that score in a company of their own or have no lowest score:
@@ -42,6 +45,7 @@ import numpy as np
 import torch
 
 from mergekit_swarm.core.protocols import CausalLM, Tokenizer
+from mergekit_swarm.utilities.race_bounds import raced_bounds, ratio_interval, widened
 from mergekit_swarm.utilities.score import Score, share_right
 from mergekit_swarm.utilities.text import Adapters, GenerationSettings, generate_for_adapters, model_device, prompt_batches
 
@@ -74,10 +78,13 @@ class Partial:
 class RaceLimit:
     """What a particle must be shown unable to reach before it is stopped: `best`, its personal best
     (its value must stay at or below it: no improvement, strict in the engine), and `worst`, the global
-    worst utility so far (its value must stay at or above it: no new worst point)."""
+    worst utility so far (its value must stay at or above it: no new worst point). `paired`: with
+    `racing: confident`, the personal best's own scores on all of dev, which the particle's are
+    compared with example by example (None: unknown, the particle is estimated alone)."""
 
     best: float
     worst: float
+    paired: Partial | None = field(default=None, compare=False, repr=False)
 
     def settled(self, low: float, high: float) -> bool:
         return high <= self.best and low >= self.worst
@@ -99,9 +106,10 @@ class Racer(ABC):
         can): per adapter, per component, the scores of the slice's examples."""
 
     @abstractmethod
-    def bounds(self, partial: Partial, z: float | None = None) -> tuple[float, float]:
+    def bounds(self, partial: Partial, z: float | None = None, paired: Partial | None = None) -> tuple[float, float]:
         """The lowest and highest value the utility can take on all of dev, given `partial`; with `z`,
-        a confidence interval instead (`confidence_bounds`), inside those."""
+        a confidence interval of `z` standard errors instead, inside those, paired against the scores of
+        `paired` (another point scored on all of dev: the personal best) where given (`race_bounds`)."""
 
     @abstractmethod
     def result(self, partial: Partial) -> Score:
@@ -144,7 +152,9 @@ class MeanRacer(Racer):
 
     `plan`: the batches of each slice (`plan_slices`); `score_batches(model, tokenizer, adapters,
     batches)` scores those batches of examples; `finish(values)` turns every example's score, in
-    dataset order, into the utility's `Score` (as its own full scoring does)."""
+    dataset order, into the utility's `Score` (as its own full scoring does). `pairs`: graded scores,
+    compared with the personal best's example by example under `racing: confident` (`race_bounds`);
+    shares right are not."""
 
     def __init__(
         self,
@@ -153,8 +163,9 @@ class MeanRacer(Racer):
         score_range: tuple[float, float],
         score_batches: Callable[[CausalLM, Tokenizer, Adapters, Batches], list[SliceScores]],
         finish: Callable[[tuple[float, ...]], Score],
+        pairs: bool = False,
     ):
-        self.examples, self.score_range = examples, score_range
+        self.examples, self.score_range, self.pairs = examples, score_range, pairs
         self._plan = plan
         self._score_batches, self._finish = score_batches, finish
 
@@ -165,13 +176,9 @@ class MeanRacer(Racer):
     def score_slice(self, model: CausalLM, tokenizer: Tokenizer, adapters: Adapters, index: int) -> list[dict[str, SliceScores]]:
         return [{"": scores} for scores in self._score_batches(model, tokenizer, adapters, self._plan[index])]
 
-    def bounds(self, partial: Partial, z: float | None = None) -> tuple[float, float]:
-        scores = partial.scores.get("", {})
-        low, high = mean_bounds(scores, self.examples, self.score_range)
-        if z is None or not scores:
-            return low, high
-        estimate = confidence_bounds(scores, self.examples, self.score_range, z)
-        return max(low, estimate[0]), min(high, estimate[1])
+    def bounds(self, partial: Partial, z: float | None = None, paired: Partial | None = None) -> tuple[float, float]:
+        other = in_order(paired.scores.get("", {}), self.examples) if paired is not None and self.pairs else None
+        return raced_bounds(partial.scores.get("", {}), self.examples, self.score_range, z, other)
 
     def result(self, partial: Partial) -> Score:
         scores = partial.scores.get("", {})
@@ -193,10 +200,12 @@ def response_racer(
     score_range: tuple[float, float],
     score_responses: ResponseScorer,
     finish: Callable[[tuple[float, ...]], Score],
+    pairs: bool = True,
 ) -> MeanRacer:
     """The racer of a utility that is a mean of per-response scores within `score_range`: a slice's
     greedy responses are generated under every adapter in one mixed-adapter pass, then each adapter's
-    are scored at once by `score_responses` (a reward model, a judge: in batches of their own)."""
+    are scored at once by `score_responses` (a reward model, a judge: in batches of their own).
+    `pairs`: graded scores (a reward, a rating), paired with the personal best's (see `MeanRacer`)."""
     plan = plan_slices(prompt_batches(tokenizer, prompts, generation), slices, whole_batches)
 
     def score_batches(model: CausalLM, tokenizer: Tokenizer, adapters: Adapters, batches: Batches) -> list[SliceScores]:
@@ -205,7 +214,7 @@ def response_racer(
         device = model_device(model)
         return [dict(zip(rows, score_responses(rows, [t[i] for i in rows], device))) for t in texts]
 
-    return MeanRacer(len(prompts), plan, score_range, score_batches, finish)
+    return MeanRacer(len(prompts), plan, score_range, score_batches, finish, pairs)
 
 
 def generation_racer(
@@ -222,7 +231,7 @@ def generation_racer(
     def score(rows: list[int], responses: list[str], device: torch.device) -> list[float]:
         return [float(right(i, response)) for i, response in zip(rows, responses)]
 
-    return response_racer(tokenizer, prompts, generation, slices, whole_batches, (0.0, 1.0), score, share_right)
+    return response_racer(tokenizer, prompts, generation, slices, whole_batches, (0.0, 1.0), score, share_right, pairs=False)
 
 
 class GroupedRacer(Racer):
@@ -278,13 +287,9 @@ class GroupedRacer(Racer):
             if all(u in units for u in group)
         }
 
-    def bounds(self, partial: Partial, z: float | None = None) -> tuple[float, float]:
-        judged = self._judged(partial.scores.get("", {}))
-        low, high = mean_bounds(judged, len(self.groups), (0.0, 1.0))
-        if z is None or not judged:
-            return low, high
-        estimate = confidence_bounds(judged, len(self.groups), (0.0, 1.0), z)
-        return max(low, estimate[0]), min(high, estimate[1])
+    def bounds(self, partial: Partial, z: float | None = None, paired: Partial | None = None) -> tuple[float, float]:
+        """A share right: not paired (see `race_bounds`)."""
+        return raced_bounds(self._judged(partial.scores.get("", {})), len(self.groups), (0.0, 1.0), z)
 
     def result(self, partial: Partial) -> Score:
         units = partial.scores.get("", {})
@@ -299,9 +304,10 @@ class TokenMeanRacer(MeanRacer):
     over their count): example i adds its score (a sum of log-probabilities, at most 0) and its
     `tokens[i]`, known beforehand. No score has a floor, so only `racing: confident` races it: the high
     bound is exact (the unscored tokens add at most 0), the low one an estimate: the unscored examples'
-    sum follows the scored ones' per-token mean, within `z` standard errors of that ratio estimate (a
-    normal approximation, which a few very unlikely answers make less reliable than the share-right
-    intervals). `plan`, `score_batches` and `finish` as for `MeanRacer`."""
+    sum follows the scored ones' per-token mean (`ratio_interval`; paired: the personal best's sum there
+    plus the scored differences' per-token mean), within `z` standard errors (a normal approximation,
+    which a few very unlikely answers make less reliable than the share-right intervals). `plan`,
+    `score_batches` and `finish` as for `MeanRacer`."""
 
     def __init__(
         self,
@@ -310,66 +316,26 @@ class TokenMeanRacer(MeanRacer):
         score_batches: Callable[[CausalLM, Tokenizer, Adapters, Batches], list[SliceScores]],
         finish: Callable[[tuple[float, ...]], Score],
     ):
-        super().__init__(len(tokens), plan, (-math.inf, 0.0), score_batches, finish)
+        super().__init__(len(tokens), plan, (-math.inf, 0.0), score_batches, finish, pairs=True)
         self.tokens, self._total = list(tokens), sum(tokens)
 
-    def bounds(self, partial: Partial, z: float | None = None) -> tuple[float, float]:
+    def bounds(self, partial: Partial, z: float | None = None, paired: Partial | None = None) -> tuple[float, float]:
         scores = partial.scores.get("", {})
         known = math.fsum(scores.values())
-        high = _widened(known / self._total, math.inf)  # the unscored tokens at best add nothing
+        high = widened(known / self._total, math.inf)  # the unscored tokens at best add nothing
         if len(scores) == self.examples:
-            return _widened(known / self._total, -math.inf), high
+            return widened(known / self._total, -math.inf), high
         if z is None or len(scores) < 2:
             return -math.inf, high
-        counted = sum(self.tokens[i] for i in scores)
-        rate = known / counted
-        variance = math.fsum((v - rate * self.tokens[i]) ** 2 for i, v in scores.items()) / (len(scores) - 1)
-        rest = self._total - counted
-        # the unscored examples' own spread, and the error of the rate they are extrapolated with
-        error = math.sqrt((self.examples - len(scores)) * variance + (rest / counted) ** 2 * len(scores) * variance)
-        centre = known + rate * rest
-        return (centre - z * error) / self._total, min(high, (centre + z * error) / self._total)
-
-
-def _widened(value: float, towards: float) -> float:
-    """`value` moved a few units in the last place towards `towards`: a bound that holds whatever order
-    the utility sums its scores in."""
-    for _ in range(4):
-        value = math.nextafter(value, towards)
-    return value
-
-
-def mean_bounds(scores: dict[int, float], examples: int, score_range: tuple[float, float]) -> tuple[float, float]:
-    """The range of the mean over `examples` examples given the `scores` known, the others anywhere in
-    `score_range`; widened by a few units in the last place, so that it holds whatever order the
-    utility sums its scores in."""
-    known = math.fsum(scores.values())
-    missing = examples - len(scores)
-    low, high = (known + missing * score_range[0]) / examples, (known + missing * score_range[1]) / examples
-    low, high = _widened(low, -math.inf), _widened(high, math.inf)
-    return max(low, score_range[0]), min(high, score_range[1])  # a mean stays within its scores' range
-
-
-def confidence_bounds(scores: dict[int, float], examples: int, score_range: tuple[float, float], z: float) -> tuple[float, float]:
-    """A confidence interval for the mean over all `examples` examples, the `scores` known: the mean
-    of the unscored ones is bounded by the Wilson score interval (`z` standard errors) of the known
-    scores' mean, the scored examples being a random sample of dev (`plan_slices`). Wilson's interval
-    holds up at a share of 0 or 1 right (after 0 of 25 right the rest may still be 10% right), where
-    the normal one collapses. For scores anywhere in the range, their variance is at most that of
-    right-or-wrong scores of the same mean, so the interval is as wide or wider than it needs. An
-    estimate, not a proof: `racing: confident` may stop a particle whose full-dev utility would
-    have beaten its personal best (measured in benchmarks/racing.py)."""
-    m, n = len(scores), examples
-    if m >= n:
-        return mean_bounds(scores, n, score_range)
-    lo, hi = score_range
-    known = math.fsum((v - lo) / (hi - lo) for v in scores.values())
-    share = known / m
-    centre = (share + z * z / (2 * m)) / (1 + z * z / m)
-    half = z / (1 + z * z / m) * math.sqrt(share * (1 - share) / m + z * z / (4 * m * m))
-    low = (known + (n - m) * max(0.0, centre - half)) / n
-    high = (known + (n - m) * min(1.0, centre + half)) / n
-    return lo + low * (hi - lo), lo + high * (hi - lo)
+        other = in_order(paired.scores.get("", {}), self.examples) if paired is not None else None
+        if other is None:  # the unscored examples' sum, from the scored ones' per-token mean
+            rest, error = ratio_interval(scores, self.tokens, z)
+        else:  # the personal best's sum there, plus the scored differences' per-token mean
+            differences = {i: v - other[i] for i, v in scores.items()}
+            rest, error = ratio_interval(differences, self.tokens, z)
+            rest += math.fsum(v for i, v in enumerate(other) if i not in scores)
+        centre = known + rest
+        return (centre - error) / self._total, min(high, (centre + error) / self._total)
 
 
 class ComponentsRacer(Racer):
@@ -393,8 +359,11 @@ class ComponentsRacer(Racer):
                     per_adapter[name] = scores[""]
         return scored
 
-    def bounds(self, partial: Partial, z: float | None = None) -> tuple[float, float]:
-        pairs = [racer.bounds(self._part(partial, name), z) for name, racer in zip(self.names, self.racers)]
+    def bounds(self, partial: Partial, z: float | None = None, paired: Partial | None = None) -> tuple[float, float]:
+        pairs = [
+            racer.bounds(self._part(partial, name), z, None if paired is None else self._part(paired, name))
+            for name, racer in zip(self.names, self.racers)
+        ]
         return self._aggregate([low for low, _ in pairs]), self._aggregate([high for _, high in pairs])
 
     def result(self, partial: Partial) -> Score:
@@ -403,3 +372,11 @@ class ComponentsRacer(Racer):
     @staticmethod
     def _part(partial: Partial, name: str) -> Partial:
         return Partial({"": partial.scores.get(name, {})}, partial.slices)
+
+
+def in_order(scores: dict[int, float], examples: int) -> list[float] | None:
+    """Every example's score in example order, or None unless all `examples` are scored (a personal
+    best scored on all of dev, for paired bounds)."""
+    if len(scores) != examples:
+        return None
+    return [scores[i] for i in range(examples)]
