@@ -13,7 +13,8 @@ On the toy testbed (`mergekit_swarm.testing.testbed`, seed 0), each cell runs th
 and the report checks it. `reward`, `judge` and `nll` (the `add` objective's data scored by
 log-likelihood) race with `confident` only (their exact rows would be racing off again): they run off
 and confident. LoRA pools in factor space (the default when the table
-was first measured). Results in benchmarks/results/racing.{json,md}.
+was first measured). The report ends with the most any racing could save (`ceiling`), from racing
+off's share of evaluations that raise a personal best. Results in benchmarks/results/racing.{json,md}.
 
 `--real`: the real testbed (`mergekit_swarm.testing.real_testbed`, seed 0), its LoRA pool in update
 space on the even mix of add and join, racing off, exact in 4 slices and confident in 8 at its
@@ -246,7 +247,8 @@ def markdown(report: dict) -> str:
 
     # examples one evaluation scores in full (a multitask: every component's), from the racing runs, which count them
     per_evaluation = {cell(r): r["examples_in_full"] // r["evaluations"] for r in report["runs"] if r["examples_in_full"]}
-    for r in report["runs"]:
+    order = {name: i for i, name in enumerate([*OBJECTIVES, *REAL_OBJECTIVES, *CONFIGS])}  # (cells resumed come last)
+    for r in sorted(report["runs"], key=lambda r: (r["pool"] != "lora", order[r["objective"]], order[r["config"]])):
         off = reference[(r["pool"], r["objective"])]
         scored = r["examples_scored"] if r["examples_scored"] is not None else r["evaluations"] * per_evaluation[cell(r)]
         lines.append(
@@ -274,7 +276,31 @@ def markdown(report: dict) -> str:
         wrong, checked = sum(r["wrong_stops"] for r in rows), sum(r.get("checked_stops", r["finished_for_probes"]) for r in rows)
         saved = sum(r["saved"] for r in rows) / len(rows)
         lines.append(f"| {config} | {len(rows)} | {saved:.1%} | {gain} | {same}/{len(rows)} | {wrong}/{checked} |")
+    particles = report["swarm"]["particles"]
+    ceilings = {
+        config: [ceiling(r, particles, 8) for r in report["runs"] if r["config"] == config and "improving" in r]
+        for config in ("off", "off, 2x iterations")
+    }
+    lines += [
+        "",
+        "The most any racing could save (`ceiling`): it may only stop an evaluation that will not raise its personal best, "
+        "and only after a first slice; a perfect racer in 8 slices that stopped every such evaluation after its first "
+        "slice, and no other, would save at most "
+        + ", ".join(
+            f"{sum(c) / len(c):.1%} ({min(c):.0%}-{max(c):.0%}) at {'the budget' if config == 'off' else 'twice the iterations'}"
+            for config, c in ceilings.items()
+            if c
+        )
+        + " (mean (range) over the cells, from racing off's `improving` share).",
+    ]
     return "\n".join(lines) + "\n"
+
+
+def ceiling(run: dict, particles: int, slices: int) -> float:
+    """The share of dev examples a perfect racer in `slices` slices could save in `run`: every evaluation after
+    each particle's first that did not raise its personal best (`improving`), stopped after one slice."""
+    later = run["evaluations"] - particles
+    return (1 - run["improving"]) * later / run["evaluations"] * (1 - 1 / slices)
 
 
 if __name__ == "__main__":
