@@ -17,6 +17,7 @@ from mergekit_swarm.commands.run import RunOptions, run_swarm
 from mergekit_swarm.config import load_recipe
 from mergekit_swarm.core.errors import ConfigError, WorkerError
 from mergekit_swarm.search.ray_backend import EvaluationWorker, WorkerSpec
+from mergekit_swarm.utilities.data import load_examples
 from tests.helpers import experts_answers, spy_on_submissions, write_recipe
 
 RAY = RunOptions(quiet=True, backend="ray")
@@ -122,6 +123,22 @@ def test_racing_on_ray_workers_gives_the_in_process_racing_search(cluster, zoo, 
     assert raced and all(len(task.racing.limits) == len(task.coefficients) for task in raced if task.stopped is None)
     finished = [task for _, _, task in calls if task.stopped is not None]
     assert len(finished) > 0 and local.racing["finished_for_probes"] > 0  # a probe step finished stopped particles
+
+
+def test_confident_racing_on_ray_pairs_with_the_personal_bests_as_in_process(cluster, zoo, tokenizer, tmp_path, monkeypatch):
+    """`racing: confident` on nll: each task carries its particles' personal bests' scores on every dev
+    example, and the workers' paired stops give the in-process search."""
+    utility = {"type": "nll", "dev": str(zoo.dev), "batch_size": 4}
+    swarm = {"particles": 6, "max_iterations": 4, "patience": 9, "racing": "confident", "racing_slices": 4}
+    evaluation = {"particles_per_batch": 3, "workers": 2, "cpus_per_worker": 1}
+    recipe = load_recipe(write_recipe(tmp_path, zoo.lora, base=zoo.base, swarm=swarm, utility=utility, evaluation=evaluation))
+    local = run_swarm(recipe, tmp_path / "local", RunOptions(quiet=True))
+    calls = spy_on_submissions(monkeypatch)
+    on_ray = run_swarm(recipe, tmp_path / "ray", RAY)
+    assert outcome(on_ray, tmp_path / "ray") == outcome(local, tmp_path / "local")
+    assert on_ray.racing == local.racing and local.racing["stopped"] > 0
+    limits = [limit for _, _, task in calls if task.racing is not None for limit in task.racing.limits if limit is not None]
+    assert limits and all(limit.paired is not None and limit.paired.count() == len(load_examples(zoo.dev)) for limit in limits)
 
 
 def test_a_killed_worker_is_replaced_and_the_winner_is_unchanged(cluster, recipe_file, in_process, tmp_path, monkeypatch):
