@@ -58,6 +58,33 @@ def test_paired_bounds_hold_the_full_value_at_least_as_often_as_asked_and_are_fa
     assert np.median(ratios) < 0.45  # the shared difficulty cancels out
 
 
+def test_paired_bounds_of_unrelated_scores_keep_their_error_rate():
+    """Where the two points' scores share nothing, the differences spread widely and the interval rests on
+    its error terms (the estimate's and the unscored examples' own), not on the adjustment."""
+    rng = np.random.default_rng(5)
+    misses = {"low": 0, "high": 0}
+    trials = 1000
+    for _ in range(trials):
+        best, particle = rng.binomial(1, 0.5, 200).astype(float), rng.binomial(1, 0.45, 200).astype(float)
+        final = float(particle.mean())
+        known = {int(i): float(particle[i]) for i in rng.permutation(200)[:50]}
+        low, high = paired_bounds(known, best.tolist(), 1.0, Z)
+        misses["low"] += final < low
+        misses["high"] += final > high
+    assert misses["low"] <= 0.07 * trials and misses["high"] <= 0.07 * trials  # 5% each asked; 8% without the
+    # unscored examples' own spread, 20% without the estimate's
+
+
+def test_an_estimate_past_the_scores_floor_is_held_inside_the_exact_range():
+    """A personal best at the floor on most examples, a particle at the floor on all it has scored: the
+    paired estimate of the rest falls below the floor, and must not be recorded as the particle's value."""
+    other = [0.1] * 140 + [1.0] * 60  # ratings / 10 lie in [0.1, 1]
+    known = {i: 0.1 for i in [*range(140, 165), *range(25)]}
+    assert paired_bounds(known, other, 0.9, 2.0)[1] < 0.1
+    low, high = raced_bounds(known, 200, (0.1, 1.0), 2.0, other)
+    assert 0.1 == low <= high == 0.1
+
+
 def test_equal_scores_in_a_row_leave_room_for_the_rest_to_differ():
     other = [1.0] * 100 + [0.0] * 100
     known = {i: other[i] for i in range(0, 200, 8)}  # 25 answers, each the personal best's own

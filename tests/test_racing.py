@@ -16,6 +16,7 @@ from mergekit_swarm.commands.run import RunOptions, run_swarm
 from mergekit_swarm.config import load_recipe
 from mergekit_swarm.core.errors import ConfigError
 from mergekit_swarm.pso import SwarmSettings
+from mergekit_swarm.search import loop
 from mergekit_swarm.search.evaluator import LocalEvaluator, Racing
 from mergekit_swarm.utilities import validate_utility
 from mergekit_swarm.utilities.race_bounds import mean_bounds
@@ -371,11 +372,22 @@ def test_an_interrupted_racing_run_resumes_to_the_same_winner_and_history(
             paired.append((token_bounds(racer, partial, z, with_best), token_bounds(racer, partial, z)))
         return token_bounds(racer, partial, z, with_best)
 
+    keep = loop._keep_best_scores
+    kept_after = []  # per iteration: each kept particle's summed scores over its personal best
+
+    def checked(settings, checkpoint, results, bests):
+        keep(settings, checkpoint, results, bests)
+        kept = checkpoint.best_scores or {}
+        kept_after.append([math.fsum(kept[i][""]) / checkpoint.state.best_utilities[i] for i in sorted(kept)])
+
     with monkeypatch.context() as patched:
         patched.setattr(TokenMeanRacer, "bounds", spy)
+        patched.setattr(loop, "_keep_best_scores", checked)
         whole = run_swarm(recipe, tmp_path / "whole", RunOptions(quiet=True))
     if racing == "confident":  # the kept scores were paired with, and changed the intervals
         assert paired and any(p != alone for p, alone in paired)
+        # and are always the current personal best's: summed, they give its utility times dev's token count
+        assert all(len(ratios) == 6 and ratios == pytest.approx([ratios[0]] * 6, rel=1e-9) for ratios in kept_after)
 
     calls = {"n": 0}
     race = LocalEvaluator._race_group

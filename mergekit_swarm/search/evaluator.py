@@ -53,7 +53,8 @@ class Evaluation:
     examples: int | None = None  # dev examples scored, with racing (None: not counted)
     of: int | None = None  # with racing: the examples of all of dev
     stopped: tuple[float, float] | None = None  # racing stopped it: the bounds of its utility (`utility` is the upper)
-    # with racing: its per-example scores (a stopped one's so far, to finish it later; a full one's, to pair with)
+    # with racing: its per-example scores (a stopped one's so far, to finish it later; with `racing: confident`
+    # and graded scores, a full one's, to pair with)
     partial: Partial | None = field(default=None, compare=False, repr=False)
     finished_from: int | None = None  # racing stopped it after this many examples, then it was scored to the end
     shared_by: int = 1  # particles scored together in one batch with it: their batch took `seconds * shared_by`
@@ -322,8 +323,9 @@ class LocalEvaluator:
                 )
             else:
                 result = evaluation_of(racer.result(partial), share)
-                # its scores go with it: should it become a personal best, confident racing pairs against them
-                yield replace(result, examples=partial.count(), of=racer.examples, shared_by=len(group), partial=partial)
+                result = replace(result, examples=partial.count(), of=racer.examples, shared_by=len(group))
+                # graded scores go with it: should it become a personal best, confident racing pairs against them
+                yield replace(result, partial=partial) if racer.pairs and z is not None else result
 
     def _fewer_per_batch(self, size: int) -> int:
         """After a batch of `size` particles ran out of device memory: release the cache and score at most

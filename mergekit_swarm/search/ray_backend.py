@@ -5,9 +5,11 @@ readable there, Hub models come from that node's cache), checks that it sees the
 experts and objective files as the driver (the run's fingerprint), and keeps a resident
 model for the whole run. Per evaluation the driver sends an `EvaluationTask` (the first
 particle's index and the group's coefficient array, a few hundred bytes; with `swarm.racing`,
-the group's limits) and gets back the `Evaluation`s (utility, seconds, error, details; with
-racing, the examples scored, and for a stopped particle its per-example scores so far, which
-come back with the task that finishes it on any worker).
+the group's limits, under `racing: confident` with graded scores its particles' personal bests'
+scores on every dev example too) and gets back the `Evaluation`s (utility, seconds, error, details;
+with racing, the examples scored, and for a stopped particle its per-example scores so far, which
+go out again with the task that finishes it on any worker; under `confident` with graded scores,
+a full evaluation's too, should it become a personal best).
 
 Groups are the local evaluator's groups (`particles_per_batch` consecutive particles), so
 every particle is scored in the same company as in process and results are identical; they

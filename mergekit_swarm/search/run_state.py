@@ -41,12 +41,13 @@ class Checkpoint:
     finished: int = 0  # with racing: stopped evaluations scored to the end later, for a stall probe step
     evaluation_seconds: float = 0.0  # spent scoring particles (writing them into the model included)
     search_seconds: float = 0.0  # the search loop's time, over every session of the run (a resume adds its own)
-    # `racing: confident`: each particle's personal best's scores on all of dev, per component in example
-    # order (the racer's examples: units for multiple choice by log-likelihood), which it is paired with
+    # `racing: confident` on graded scores: each particle's personal best's scores on all of dev, per
+    # component in example order, which it is paired with (a checkpoint of an earlier version has none: its
+    # particles are paired as they improve)
     best_scores: dict[int, dict[str, list[float]]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        kept = {} if self.best_scores is None else {"best_scores": {str(i): s for i, s in self.best_scores.items()}}
+        kept = {"best_scores": {str(i): s for i, s in self.best_scores.items()}} if self.best_scores else {}
         return {
             "format": FORMAT_VERSION,
             "fingerprint": self.fingerprint,
@@ -89,7 +90,7 @@ class Checkpoint:
                 search_seconds=required(data, "search_seconds", where, OutputError, float),
                 best_scores=_best_scores(data.get("best_scores")),
             )
-        except (KeyError, ValueError, TypeError) as exc:  # inside the search state
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:  # inside the search state
             raise OutputError(f"{path}: not a search state ({type(exc).__name__}: {exc})") from None
 
     @classmethod

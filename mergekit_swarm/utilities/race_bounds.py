@@ -13,9 +13,10 @@ examples scored so far (see `utilities.racing`).
 
 Shares right are not paired: right-or-wrong answers of a particle and of the point it last improved
 on differ on so many examples that the differences spread as much as the answers themselves, and
-Wilson's interval is tight near 0 or 1 right, where such shares often lie (measured on the toy
-racing table: paired, shares right saved fewer examples on 2 of 4 cells; graded utilities saved
-more on 4 of 6, with no wrong stop where the particle's own interval had made 19).
+Wilson's interval is tight near 0 or 1 right, where such shares often lie (on the toy racing
+table, paired shares right saved fewer examples on 2 of 4 cells in trial runs; the graded
+utilities, paired, saved more on 4 of 6 cells and stopped none wrongly, where the particle's own
+interval had made 19 wrong stops).
 `raced_bounds` picks among them for a share or a bounded mean. The estimates are not proofs: a
 particle they stop may have been about to beat its personal best (benchmarks/racing.py counts them).
 """
@@ -104,7 +105,15 @@ def raced_bounds(
         estimate = paired_bounds(scores, other, score_range[1] - score_range[0], z)
     else:
         estimate = confidence_bounds(scores, examples, score_range, z)
-    return max(low, estimate[0]), min(high, estimate[1])
+    return within(estimate, (low, high))
+
+
+def within(estimate: tuple[float, float], exact: tuple[float, float]) -> tuple[float, float]:
+    """An estimated interval held inside the `exact` one. A paired estimate may leave it (the personal
+    best's scores plus the mean difference can pass the scores' floor where that point was at the floor),
+    and a value outside it would be recorded as the particle's, a new worst point that no stop may make."""
+    low, high = exact
+    return min(max(low, estimate[0]), high), max(min(high, estimate[1]), low)
 
 
 def ratio_interval(values: Scores, tokens: Sequence[int], z: float) -> tuple[float, float]:

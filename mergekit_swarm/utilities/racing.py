@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from mergekit_swarm.core.protocols import CausalLM, Tokenizer
-from mergekit_swarm.utilities.race_bounds import raced_bounds, ratio_interval, widened
+from mergekit_swarm.utilities.race_bounds import raced_bounds, ratio_interval, widened, within
 from mergekit_swarm.utilities.score import Score, share_right
 from mergekit_swarm.utilities.text import Adapters, GenerationSettings, generate_for_adapters, model_device, prompt_batches
 
@@ -94,6 +94,7 @@ class Racer(ABC):
     """A utility scored slice by slice (see the module docstring)."""
 
     examples: int  # examples of dev in all (all components)
+    pairs: bool = False  # graded scores, compared with the personal best's under `racing: confident`
 
     @property
     @abstractmethod
@@ -335,7 +336,7 @@ class TokenMeanRacer(MeanRacer):
             rest, error = ratio_interval(differences, self.tokens, z)
             rest += math.fsum(v for i, v in enumerate(other) if i not in scores)
         centre = known + rest
-        return (centre - error) / self._total, min(high, (centre + error) / self._total)
+        return within(((centre - error) / self._total, (centre + error) / self._total), (-math.inf, high))
 
 
 class ComponentsRacer(Racer):
@@ -345,6 +346,7 @@ class ComponentsRacer(Racer):
 
     def __init__(self, names: list[str], racers: list[Racer], combine: Callable[[list[Score]], Score], aggregate):
         self.names, self.racers, self._combine, self._aggregate = names, racers, combine, aggregate
+        self.pairs = any(racer.pairs for racer in racers)
         self.examples = sum(racer.examples for racer in racers)
 
     @property
