@@ -103,7 +103,8 @@ def main() -> None:
                 runs.append({"pool": pool, "objective": objective, "config": config, **measured})
                 print(runs[-1], flush=True)
     report = {
-        "command": command(),
+        # resumed: the cells kept came from the saved report's command
+        "command": f"{saved['command']}, then {command()}" if saved else command(),
         "machine": machine(),
         "versions": versions(),
         "testbed": "real (SmolLM2-135M-Instruct), seed 0, update space" if args.real else "toy, seed 0, LoRA in factor space",
