@@ -100,7 +100,7 @@ def test_graded_racers_pair_with_the_personal_best_and_shares_right_do_not():
     rng = np.random.default_rng(1)
     best, particle = _graded(rng)
     known = Partial({"": {int(i): float(particle[i]) for i in rng.permutation(200)[:50]}})
-    paired = Partial({"": dict(enumerate(best.tolist()))})
+    paired = {"": best.tolist()}
 
     def racer(pairs: bool) -> MeanRacer:
         return MeanRacer(200, [[tuple(range(200))]], (0.0, 1.0), lambda *args: [], lambda s: Score(sum(s) / 200), pairs)
@@ -120,7 +120,7 @@ def test_token_mean_bounds_paired_with_the_personal_best_are_narrower_and_hold()
     sums = [-float((h + rng.normal(0.02, 0.03)) * t) for h, t in zip(hardness, tokens)]
     final = sum(sums) / sum(tokens)
     racer = TokenMeanRacer(tokens, [[tuple(range(200))]], lambda *args: [], lambda s: Score(sum(s) / sum(tokens)))
-    paired = Partial({"": dict(enumerate(best))})
+    paired = {"": best}
     order = rng.permutation(200).tolist()
     for m in (25, 50, 100):
         known = Partial({"": {i: sums[i] for i in order[:m]}})

@@ -138,7 +138,7 @@ def test_confident_racing_on_ray_pairs_with_the_personal_bests_as_in_process(clu
     assert outcome(on_ray, tmp_path / "ray") == outcome(local, tmp_path / "local")
     assert on_ray.racing == local.racing and local.racing["stopped"] > 0
     limits = [limit for _, _, task in calls if task.racing is not None for limit in task.racing.limits if limit is not None]
-    assert limits and all(limit.paired is not None and limit.paired.count() == len(load_examples(zoo.dev)) for limit in limits)
+    assert limits and all(limit.paired is not None and len(limit.paired[""]) == len(load_examples(zoo.dev)) for limit in limits)
 
 
 def test_a_killed_worker_is_replaced_and_the_winner_is_unchanged(cluster, recipe_file, in_process, tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ from mergekit_swarm.core.errors import UtilityError
 from mergekit_swarm.experts.groups import GroupLayout
 from mergekit_swarm.search.evaluator import Evaluation, ParticleEvaluator, Racing
 from mergekit_swarm.search.run_state import Checkpoint, History, RunState
-from mergekit_swarm.utilities.racing import Partial, RaceLimit
+from mergekit_swarm.utilities.racing import RaceLimit
 from mergekit_swarm.weights.kernels import one_hot
 
 
@@ -84,15 +84,8 @@ def racing_for(settings: pso.SwarmSettings, checkpoint: Checkpoint, particles: l
     if state.iteration == 0:
         return Racing(settings.racing_slices, [None] * len(particles), settings.racing_z)  # counted only
     worst, kept = state.global_worst_utility, checkpoint.best_scores or {}
-    limits = [RaceLimit(float(state.best_utilities[i]), worst, _partial(kept.get(i))) for i in particles]
+    limits = [RaceLimit(float(state.best_utilities[i]), worst, kept.get(i)) for i in particles]
     return Racing(settings.racing_slices, limits, settings.racing_z)
-
-
-def _partial(scores: dict[str, list[float]] | None) -> Partial | None:
-    """A personal best's kept scores (`Checkpoint.best_scores`) as the per-example scores racing pairs with."""
-    if scores is None:
-        return None
-    return Partial({component: dict(enumerate(values)) for component, values in scores.items()})
 
 
 def _keep_best_scores(

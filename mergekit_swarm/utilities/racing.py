@@ -53,6 +53,8 @@ RACING_SEED = 0  # the order of the slices depends on the data only, not on the 
 
 # per adapter slot: example index -> its score, for the examples of one slice (of one component)
 SliceScores = dict[int, float]
+# a point scored on all of dev (the personal best racing pairs with): per component, every example's score in order
+FullScores = dict[str, list[float]]
 Batches = Sequence[Sequence[int]]  # batches of example indices, each scored in one pass
 
 
@@ -84,7 +86,7 @@ class RaceLimit:
 
     best: float
     worst: float
-    paired: Partial | None = field(default=None, compare=False, repr=False)
+    paired: FullScores | None = field(default=None, compare=False, repr=False)
 
     def settled(self, low: float, high: float) -> bool:
         return high <= self.best and low >= self.worst
@@ -107,7 +109,7 @@ class Racer(ABC):
         can): per adapter, per component, the scores of the slice's examples."""
 
     @abstractmethod
-    def bounds(self, partial: Partial, z: float | None = None, paired: Partial | None = None) -> tuple[float, float]:
+    def bounds(self, partial: Partial, z: float | None = None, paired: FullScores | None = None) -> tuple[float, float]:
         """The lowest and highest value the utility can take on all of dev, given `partial`; with `z`,
         a confidence interval of `z` standard errors instead, inside those, paired against the scores of
         `paired` (another point scored on all of dev: the personal best) where given (`race_bounds`)."""
@@ -177,8 +179,8 @@ class MeanRacer(Racer):
     def score_slice(self, model: CausalLM, tokenizer: Tokenizer, adapters: Adapters, index: int) -> list[dict[str, SliceScores]]:
         return [{"": scores} for scores in self._score_batches(model, tokenizer, adapters, self._plan[index])]
 
-    def bounds(self, partial: Partial, z: float | None = None, paired: Partial | None = None) -> tuple[float, float]:
-        other = in_order(paired.scores.get("", {}), self.examples) if paired is not None and self.pairs else None
+    def bounds(self, partial: Partial, z: float | None = None, paired: FullScores | None = None) -> tuple[float, float]:
+        other = every_score(paired, self.examples) if self.pairs else None
         return raced_bounds(partial.scores.get("", {}), self.examples, self.score_range, z, other)
 
     def result(self, partial: Partial) -> Score:
@@ -288,7 +290,7 @@ class GroupedRacer(Racer):
             if all(u in units for u in group)
         }
 
-    def bounds(self, partial: Partial, z: float | None = None, paired: Partial | None = None) -> tuple[float, float]:
+    def bounds(self, partial: Partial, z: float | None = None, paired: FullScores | None = None) -> tuple[float, float]:
         """A share right: not paired (see `race_bounds`)."""
         return raced_bounds(self._judged(partial.scores.get("", {})), len(self.groups), (0.0, 1.0), z)
 
@@ -320,7 +322,7 @@ class TokenMeanRacer(MeanRacer):
         super().__init__(len(tokens), plan, (-math.inf, 0.0), score_batches, finish, pairs=True)
         self.tokens, self._total = list(tokens), sum(tokens)
 
-    def bounds(self, partial: Partial, z: float | None = None, paired: Partial | None = None) -> tuple[float, float]:
+    def bounds(self, partial: Partial, z: float | None = None, paired: FullScores | None = None) -> tuple[float, float]:
         scores = partial.scores.get("", {})
         known = math.fsum(scores.values())
         high = widened(known / self._total, math.inf)  # the unscored tokens at best add nothing
@@ -328,7 +330,7 @@ class TokenMeanRacer(MeanRacer):
             return widened(known / self._total, -math.inf), high
         if z is None or len(scores) < 2:
             return -math.inf, high
-        other = in_order(paired.scores.get("", {}), self.examples) if paired is not None else None
+        other = every_score(paired, self.examples)
         if other is None:  # the unscored examples' sum, from the scored ones' per-token mean
             rest, error = ratio_interval(scores, self.tokens, z)
         else:  # the personal best's sum there, plus the scored differences' per-token mean
@@ -361,9 +363,9 @@ class ComponentsRacer(Racer):
                     per_adapter[name] = scores[""]
         return scored
 
-    def bounds(self, partial: Partial, z: float | None = None, paired: Partial | None = None) -> tuple[float, float]:
+    def bounds(self, partial: Partial, z: float | None = None, paired: FullScores | None = None) -> tuple[float, float]:
         pairs = [
-            racer.bounds(self._part(partial, name), z, None if paired is None else self._part(paired, name))
+            racer.bounds(self._part(partial, name), z, None if paired is None else {"": paired.get(name, [])})
             for name, racer in zip(self.names, self.racers)
         ]
         return self._aggregate([low for low, _ in pairs]), self._aggregate([high for _, high in pairs])
@@ -376,9 +378,7 @@ class ComponentsRacer(Racer):
         return Partial({"": partial.scores.get(name, {})}, partial.slices)
 
 
-def in_order(scores: dict[int, float], examples: int) -> list[float] | None:
-    """Every example's score in example order, or None unless all `examples` are scored (a personal
-    best scored on all of dev, for paired bounds)."""
-    if len(scores) != examples:
-        return None
-    return [scores[i] for i in range(examples)]
+def every_score(paired: FullScores | None, examples: int) -> list[float] | None:
+    """A single utility's scores of the point it is paired with, or None unless there are all `examples`."""
+    scores = None if paired is None else paired.get("")
+    return scores if scores is not None and len(scores) == examples else None
