@@ -2,13 +2,16 @@
 
     python benchmarks/real_seeds.py                          # subtract: swarm (model, layer) vs CMA-ES, seeds 0-2
     python benchmarks/real_seeds.py --objective mix_add_join --seeds 0 1 --search lorahub cma_es
+    python benchmarks/real_seeds.py --granularities model --dev-examples 200   # a larger search dev, same test
 
 `real_quality.py` runs every method of a cell once, with search seed 0. Where that table finds a baseline
 significantly better than the swarm, this re-runs the swarm (at each `--granularities`) and the named search
 baselines of that cell with other seeds (the best expert once per seed, as the reference for the gain), on
 `mergekit_swarm.testing.real_testbed` built from seed 0, and gives per seed and over all seeds pooled the
 default swarm's paired test difference to each method (bootstrap 95% interval, as the quality tables).
-Results in benchmarks/results/real_seeds.{json,md}.
+`--dev-examples N` (more than the testbed's 100) searches on the cell's dev followed by N - 100 examples drawn
+right after its test (`real_testbed.further_examples`), the test unchanged: is a verdict the small dev's?
+Results in benchmarks/results/real_seeds.{json,md} (`real_seeds_dev<N>` with `--dev-examples`).
 """
 
 from __future__ import annotations
@@ -36,11 +39,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--granularities", nargs="+", default=["model", "layer"])
     parser.add_argument("--search", nargs="+", default=["cma_es"], help="search baselines (compare's names)")
+    parser.add_argument(
+        "--dev-examples", type=int, default=real_testbed.DEV, help="search dev size (more: further examples appended)"
+    )
     parser.add_argument("--report-only", action="store_true", help="rewrite the .md from the saved .json")
     args = parser.parse_args()
+    if args.dev_examples < real_testbed.DEV:
+        parser.error(f"--dev-examples must be at least the testbed's {real_testbed.DEV}")
+    name = "real_seeds" if args.dev_examples == real_testbed.DEV else f"real_seeds_dev{args.dev_examples}"
     if args.report_only:
-        report = json.loads((RESULTS / "real_seeds.json").read_text())
-        write_report("real_seeds", report, markdown(report))
+        report = json.loads((RESULTS / f"{name}.json").read_text())
+        write_report(name, report, markdown(report))
         return
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -55,6 +64,8 @@ def main() -> None:
     start = time.perf_counter()
     root = real_testbed.build(0, root=TESTBED / "cache" / "real-seed-0")
     recipe = load_recipe(root / "recipes" / args.pool / f"{args.objective}.yml")
+    if args.dev_examples > real_testbed.DEV:
+        recipe = _with_larger_dev(recipe, args.objective, args.dev_examples)
     runs, examples = [], []
     for seed in args.seeds:
         print(f"== {args.pool} / {args.objective}, seed {seed}", flush=True)
@@ -87,12 +98,33 @@ def main() -> None:
         "seeds": args.seeds,
         "swarm": real_testbed.SWARM,
         "space": recipe.swarm.lora_space if args.pool == "lora" else None,
+        "dev_examples": args.dev_examples,
         "test_examples": real_testbed.TEST,
         "runs": runs,
         "pooled": differences(examples, utility_of(recipe)),
         "total_seconds": round(time.perf_counter() - start, 1),
     }
-    write_report("real_seeds", report, markdown(report))
+    write_report(name, report, markdown(report))
+
+
+def _dev_size(report: dict) -> str:
+    size = report.get("dev_examples", real_testbed.DEV)
+    if size == real_testbed.DEV:
+        return str(size)
+    return f"{size} ({real_testbed.DEV} of the testbed's dev, then {size - real_testbed.DEV} drawn after its test)"
+
+
+def _with_larger_dev(recipe, objective: str, size: int):
+    """`recipe` searching on its dev followed by `size` - 100 further examples (drawn after its test)."""
+    from dataclasses import replace
+
+    from mergekit_swarm.testing import toy
+    from mergekit_swarm.utilities.data import load_examples
+
+    dev = [{"prompt": e.prompt, "answer": e.answer} for e in load_examples(recipe.utility.dev)]
+    path = TESTBED / "runs" / "real-seeds" / "data" / objective / f"dev-{size}.jsonl"
+    toy.write_jsonl(path, dev + real_testbed.further_examples(objective, size - len(dev)))
+    return replace(recipe, utility=recipe.utility.model_copy(update={"dev": path}))
 
 
 def markdown(report: dict) -> str:
@@ -101,7 +133,8 @@ def markdown(report: dict) -> str:
     lines += [
         f"SmolLM2-135M-Instruct testbed (`mergekit_swarm.testing.real_testbed`, built from seed 0 on this machine), "
         f"{cell['pool']} pool" + (f" in {report['space']} space" if report["space"] else "") + f", swarm settings "
-        f"{report['swarm']}, search baselines at the swarm's budget, {report['test_examples']} test examples; search "
+        f"{report['swarm']}, search baselines at the swarm's budget, {_dev_size(report)} dev and {report['test_examples']} "
+        "test examples; search "
         f"seeds {report['seeds']}; total {report['total_seconds'] / 60:.1f} min. **swarm − method**: the default swarm's "
         "(granularity `model`) test utility minus the method's, paired bootstrap 95% interval over the test examples "
         "(pooled: over the seeds' runs side by side); **win** / **loss** when it excludes 0.",

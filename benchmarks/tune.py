@@ -195,16 +195,14 @@ def _on_dev_parts(recipe_file: Path, data: Path):
 def _real_cells(pools, objectives, seeds, candidates: dict, measured: set) -> list[dict]:
     """`--real`: every candidate on the real testbed's objectives, judged on 200 further dev examples (dev B)."""
     from mergekit_swarm.config import load_recipe
-    from mergekit_swarm.testing import nl_skills, toy
+    from mergekit_swarm.testing import toy
 
     root = real_testbed.build(0, root=TESTBED / "cache" / "real-seed-0")
     runs = []
     for pool in pools:
         for objective in objectives:
-            mix, data_seed = real_testbed.data_folders(0)[objective]
             dev_b = TESTBED / "runs" / "tune" / "real" / "data" / objective / "dev_b.jsonl"
-            drawn = nl_skills.make_examples(mix, real_testbed.DEV + real_testbed.TEST + REAL_DEV_B, data_seed)
-            toy.write_jsonl(dev_b, drawn[real_testbed.DEV + real_testbed.TEST :])  # after dev and test: disjoint
+            toy.write_jsonl(dev_b, real_testbed.further_examples(objective, REAL_DEV_B))
             recipe = load_recipe(root / "recipes" / pool / f"{objective}.yml")
             utility = recipe.utility.model_copy(update={"test": dev_b})
             swarm = recipe.swarm.model_copy(update={"holdout": HOLDOUT})

@@ -115,6 +115,13 @@ def _training_rows(skill: str, seed: int) -> list[dict]:
     return nl_skills.make_examples([skill], TRAIN_BATCH * max(LORA_STEPS, FULL_STEPS), seed + 77_777)
 
 
+def further_examples(objective: str, count: int, seed: int = 0) -> list[dict]:
+    """`count` examples of `objective`'s mix drawn right after its dev and test (`write_splits`' draw, continued):
+    disjoint from both, for judging tuned settings on dev no search saw, or for a larger search dev."""
+    mix, data_seed = data_folders(seed)[objective]
+    return nl_skills.make_examples(mix, DEV + TEST + count, data_seed)[DEV + TEST :]
+
+
 def write_splits(folder: Path, skills: Sequence[str], seed: int, dev: int = DEV, test: int = TEST) -> None:
     """Disjoint dev and test of an even mix of `skills` (distinct prompts within and across the splits)."""
     rows = nl_skills.make_examples(skills, dev + test, seed)
