@@ -72,3 +72,15 @@ def test_a_search_on_the_real_model_writes_a_winner_that_reproduces_its_dev_util
     assert (out / ("adapter_model.safetensors" if pool == "lora" else "model.safetensors")).exists()
     reloaded = score_folder(load_recipe(recipe_file).resolve(), out, "dev")  # PeftModel / from_pretrained, as a user
     assert reloaded.value == result.winner_dev
+
+
+def test_further_examples_continue_the_draw_of_dev_and_test_and_share_no_prompt_with_them(tmp_path):
+    """What tune.py's dev B and real_seeds.py's larger dev rest on: the splits written are unchanged, the rest is new."""
+    mix, data_seed = real_testbed.data_folders(0)["mix_add_join"]
+    real_testbed.write_splits(tmp_path, mix, data_seed)
+    written = [json.loads(line) for split in ("dev", "test") for line in (tmp_path / f"{split}.jsonl").read_text().splitlines()]
+    further = real_testbed.further_examples("mix_add_join", 40)
+    assert len(written) == real_testbed.DEV + real_testbed.TEST and len(further) == 40
+    assert nl_skills.make_examples(mix, len(written) + 40, data_seed) == written + further
+    assert not {row["prompt"] for row in further} & {row["prompt"] for row in written}
+    assert {row["prompt"].split()[0] for row in further} == {"What", "Join"}  # the mix's two skills, add and join
